@@ -1,0 +1,132 @@
+"""The ``seqkv`` command: ``demo``, ``inspect FILE``, ``bench``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import SeqKVError
+
+
+def _model_path(args) -> str:
+    if args.model:
+        return args.model
+    from .models import default_model_path
+
+    return default_model_path()
+
+
+def cmd_inspect(args) -> int:
+    from .container import Kind, read_container
+
+    container = read_container(args.file)
+    meta = container.meta
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    size = Path(args.file).stat().st_size
+    print(f"{args.file}: seqkv session, format {container.version}, {size:,} bytes")
+    model = meta.get("model", {})
+    print(f"  model      {model.get('name') or '?'} ({model.get('arch')}), fingerprint {model.get('fingerprint')}")
+    print(f"  saved by   seqkv_edge {meta.get('seqkv_edge')}, llama-cpp-python {meta.get('build', {}).get('llama_cpp_python')}, {meta.get('created')}")
+    cache = meta.get("cache", {})
+    print(f"  tokens     {meta.get('n_tokens'):,}")
+    print(f"  KV cache   K {'/'.join(cache.get('k_types', []))}, V {'/'.join(cache.get('v_types', []))}, v_trans={cache.get('v_trans')}")
+    state_bytes = meta.get("state_bytes", 0)
+    print(f"  raw state  {state_bytes:,} bytes -> {size:,} bytes ({state_bytes / size:.4f}x)")
+    codecs = meta.get("codecs", {})
+    print(f"  codecs     kv={codecs.get('kv')} tokens={codecs.get('tokens')}")
+    kinds = {}
+    for kind, payload in container.sections:
+        name = Kind(kind).name if kind in Kind._value2member_map_ else f"kind-{kind}"
+        count, total = kinds.get(name, (0, 0))
+        kinds[name] = (count + 1, total + len(payload))
+    for name, (count, total) in kinds.items():
+        print(f"  section    {name:<9} x{count:<4} {total:,} bytes")
+    tensors = meta.get("tensors", [])
+    if tensors and args.tensors:
+        for t in tensors:
+            print(f"    {t['name']:<16} type {t['ggml_type']:<3} cells {t['n_cells']:<6} channels {t['n_channels']:<5} "
+                  f"{'token-major' if t['token_major'] else 'channel-major'} {t['nbytes']:,} B")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_cache_type, environment, format_table
+    from .textdata import read_text
+
+    model_path = _model_path(args)
+    text, text_name = read_text(args.text)
+    from .llama import Llama
+
+    vocab = Llama(model_path=model_path, vocab_only=True, verbose=False)
+    tokens = vocab.tokenize(text.encode())[: args.tokens]
+    del vocab
+    if len(tokens) < args.tokens:
+        print(f"note: {text_name} gives only {len(tokens)} tokens", file=sys.stderr)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for cache_type in args.cache_types.split(","):
+            rows.append(bench_cache_type(model_path, tokens, cache_type, Path(tmp), args.n_ctx, args.threads))
+    print(f"model: {model_path}\ntext: {text_name} (first {len(tokens)} tokens)\nenv: {environment()}")
+    print(format_table(rows))
+    for r in rows:
+        print(f"{r['cache_type']}: codec encode {r['encode_mb_s']:.0f} MB/s, decode {r['decode_mb_s']:.0f} MB/s "
+              f"({args.threads or 'all'} threads); load_session steps {r['load_steps_s']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": model_path, "text": text_name, "env": environment(),
+                                               "rows": rows}, indent=2))
+    return 0 if all(r["bit_exact"] for r in rows) else 1
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(_model_path(args), args.tokens, args.n_ctx, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqkv", description="Sequence-level KV cache compression for llama.cpp")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="save, restore and continue a ~1,500-token session on the default model")
+    demo.add_argument("--model", help="GGUF model path (default: the packaged Qwen2.5-Coder-0.5B)")
+    demo.add_argument("--tokens", type=int, default=1500)
+    demo.add_argument("--n-ctx", type=int, default=4096)
+    demo.add_argument("--out", help="where to keep the session file (default: a temporary directory)")
+    demo.set_defaults(func=cmd_demo)
+
+    inspect = sub.add_parser("inspect", help="print what a session file holds")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true", help="print the raw header as JSON")
+    inspect.add_argument("--tensors", action="store_true", help="list every KV tensor")
+    inspect.set_defaults(func=cmd_inspect)
+
+    bench = sub.add_parser("bench", help="sizes and times against llama.cpp's raw state, zstd and re-prefill")
+    bench.add_argument("--model")
+    bench.add_argument("--text", help="English plain text (default: /usr/share/common-licenses/GPL-3)")
+    bench.add_argument("--tokens", type=int, default=2000)
+    bench.add_argument("--n-ctx", type=int, default=4096)
+    bench.add_argument("--threads", type=int, default=None)
+    bench.add_argument("--cache-types", default="f16,q8_0,q4_0")
+    bench.add_argument("--json", help="also write the figures to this JSON file")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (SeqKVError, FileNotFoundError) as exc:
+        print(f"seqkv {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

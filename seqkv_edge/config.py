@@ -1,0 +1,50 @@
+"""``SeqKV``: how a ``seqkv_edge.Llama`` compresses and stores its sessions."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+KV_TIERS = ("lossless",)
+TOKEN_CODECS = ("zstd",)
+
+
+@dataclass(frozen=True)
+class SeqKV:
+    """Compression settings for ``seqkv_edge.Llama(kv_compressor=SeqKV(...))``.
+
+    Args:
+        kv: how the KV snapshot is stored: ``"lossless"`` (bit-exact, entropy coded).
+        tokens: codec of the token ids: ``"zstd"``.
+        n_threads: threads coding KV tensors in parallel (default: all cores).
+
+    >>> SeqKV()
+    SeqKV(kv='lossless', tokens='zstd', n_threads=None)
+    >>> SeqKV(kv="fast")
+    Traceback (most recent call last):
+    ...
+    ValueError: SeqKV(kv='fast'): choose one of ('lossless',)
+    """
+
+    kv: str = "lossless"
+    tokens: str = "zstd"
+    n_threads: Optional[int] = None
+
+    def __post_init__(self):
+        if self.kv not in KV_TIERS:
+            raise ValueError(f"SeqKV(kv={self.kv!r}): choose one of {KV_TIERS}")
+        if self.tokens not in TOKEN_CODECS:
+            raise ValueError(f"SeqKV(tokens={self.tokens!r}): choose one of {TOKEN_CODECS}")
+        if self.n_threads is not None and self.n_threads < 1:
+            raise ValueError(f"SeqKV(n_threads={self.n_threads}): must be >= 1")
+
+    @property
+    def threads(self) -> int:
+        return self.n_threads or os.cpu_count() or 1
+
+    def get_config(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SeqKV":
+        return cls(**config)

@@ -1,0 +1,25 @@
+"""Exception hierarchy: every error the library raises derives from :class:`SeqKVError`."""
+
+
+class SeqKVError(Exception):
+    """Base class of all seqkv_edge errors."""
+
+
+class CorruptDataError(SeqKVError):
+    """Stored bytes are truncated, fail a checksum, or do not decode."""
+
+
+class ModelMismatchError(SeqKVError):
+    """A session was saved with another model, cache type or build than the one restoring it."""
+
+
+class UnsupportedStateError(SeqKVError):
+    """A llama.cpp state blob has a layout this version does not understand."""
+
+
+class StoreUnavailableError(SeqKVError):
+    """A session store cannot be reached or is full."""
+
+
+class ModelNotInstalledError(SeqKVError):
+    """The default model's packages are missing or do not assemble to the expected file."""

@@ -1,0 +1,54 @@
+"""``seqkv_edge.Llama``: ``llama_cpp.Llama`` with compressed, bit-exact session save and restore."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import llama_cpp
+
+from . import session
+from .config import SeqKV
+
+
+class Llama(llama_cpp.Llama):
+    """A ``llama_cpp.Llama`` that saves and restores its context as compressed session files.
+
+    It takes every argument of ``llama_cpp.Llama`` plus ``kv_compressor`` and changes nothing else.
+
+    Example (with the default model installed)::
+
+        from seqkv_edge import Llama, SeqKV
+        llm = Llama(model_path=path, n_ctx=4096, kv_compressor=SeqKV(kv="lossless"))
+        llm.eval(llm.tokenize(b"A long shared document ..."))
+        info = llm.save_session("chat.seqkv")      # sizes, ratio, timings
+        llm2 = Llama(model_path=path, n_ctx=4096, kv_compressor=SeqKV())
+        llm2.load_session("chat.seqkv")            # continues exactly where llm stopped
+    """
+
+    def __init__(self, *args, kv_compressor: Optional[SeqKV] = None, **kwargs):
+        self.kv_compressor = kv_compressor if kv_compressor is not None else SeqKV()
+        if not isinstance(self.kv_compressor, SeqKV):
+            raise TypeError(f"kv_compressor must be a seqkv_edge.SeqKV, got {type(kv_compressor).__name__}")
+        super().__init__(*args, **kwargs)
+
+    def save_session(self, path: Union[str, Path]) -> session.SessionInfo:
+        """Save this context's tokens and KV cache to ``path`` (atomic write); returns sizes and timings."""
+        return session.save(self, path, self.kv_compressor)
+
+    def load_session(self, path: Union[str, Path]) -> session.SessionInfo:
+        """Restore a session saved by ``save_session``; generation continues exactly where it stopped.
+
+        Raises ``ModelMismatchError`` (other model, cache type or flash_attn setting, too small n_ctx) or
+        ``CorruptDataError`` (truncated or damaged file); the context is then left as it was.
+        """
+        return session.load(self, path, self.kv_compressor)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["kv_compressor"] = self.kv_compressor.get_config()
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        state["kv_compressor"] = SeqKV.from_config(state.get("kv_compressor") or {})
+        self.__init__(**state)
