@@ -5,8 +5,8 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-KV_TIERS = ("lossless",)
-TOKEN_CODECS = ("zstd",)
+KV_TIERS = ("lossless", "none")
+TOKEN_CODECS = ("portable", "hybrid", "model")
 
 
 @dataclass(frozen=True)
@@ -14,20 +14,28 @@ class SeqKV:
     """Compression settings for ``seqkv_edge.Llama(kv_compressor=SeqKV(...))``.
 
     Args:
-        kv: how the KV snapshot is stored: ``"lossless"`` (bit-exact, entropy coded).
-        tokens: codec of the token ids: ``"zstd"``.
+        kv: the KV snapshot: ``"lossless"`` (bit-exact, entropy coded, restores without recompute) or
+            ``"none"`` (tokens only: the smallest files, restored by recomputing the KV).
+        tokens: how tokens-only sessions code their tokens: ``"portable"`` (a context model, no LLM
+            needed to decode; restore by batched prefill), ``"hybrid"`` (records the eval schedule and
+            codes generated tokens with the logits captured while generating; restore replays the
+            schedule bit-exactly) or ``"model"`` (a one-token pass at save codes every token with the
+            model; smallest; restore by one-token steps). Snapshots always code tokens portably.
+        portable_fallback: with ``hybrid``/``model`` tokens, also keep a portable copy so another
+            llama.cpp build (which cannot reproduce the logits) can still restore by prefill.
         n_threads: threads coding KV tensors in parallel (default: all cores).
 
     >>> SeqKV()
-    SeqKV(kv='lossless', tokens='zstd', n_threads=None)
+    SeqKV(kv='lossless', tokens='portable', portable_fallback=False, n_threads=None)
     >>> SeqKV(kv="fast")
     Traceback (most recent call last):
     ...
-    ValueError: SeqKV(kv='fast'): choose one of ('lossless',)
+    ValueError: SeqKV(kv='fast'): choose one of ('lossless', 'none')
     """
 
     kv: str = "lossless"
-    tokens: str = "zstd"
+    tokens: str = "portable"
+    portable_fallback: bool = False
     n_threads: Optional[int] = None
 
     def __post_init__(self):

@@ -20,9 +20,10 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Iterable, Optional, Union
 
 from .errors import CorruptDataError
+from .varint import read_varint, write_varint
 
 MAGIC = b"SQKV"
 FORMAT_VERSION = 1
@@ -36,6 +37,10 @@ class Kind(enum.IntEnum):
     TOKENS = 2  # coded token ids
     SKELETON = 3  # the state blob's non-tensor bytes (headers, cell metadata), coded
     KV = 4  # one coded KV tensor; order given by META["tensors"]
+    HEADER = 5  # compact binary header of token-only sessions, instead of META
+    SCHEDULE = 6  # the eval calls that built the context (hybrid tier)
+    MODEL_TOKENS = 7  # tokens coded with the model's own predictions
+    FALLBACK = 8  # a portable copy of the tokens, for builds that cannot replay the model
 
 
 @dataclass
@@ -43,7 +48,8 @@ class Container:
     """A parsed session file: its JSON meta and its sections in file order (payloads are views)."""
 
     version: int
-    meta: dict
+    meta: dict  # the JSON META section; empty for files with a compact HEADER
+    header: Optional[memoryview]  # the compact HEADER section, when the file has one
     sections: list[tuple[int, memoryview]] = field(default_factory=list)
 
     def payloads(self, kind: int) -> list[memoryview]:
@@ -56,46 +62,25 @@ class Container:
         return found[0]
 
 
-def _uleb128(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _read_uleb128(buf: memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise CorruptDataError("session file is truncated inside a section length")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
 def encode_meta(meta: dict) -> bytes:
     return json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
 
 
-def write_container(path: Union[str, Path], meta: dict, sections: Iterable[tuple[int, Buffer]]) -> int:
-    """Atomically write a session file; returns its size in bytes."""
+def write_container(path: Union[str, Path], meta: Union[dict, bytes], sections: Iterable[tuple[int, Buffer]]) -> int:
+    """Atomically write a session file; returns its size in bytes.
+
+    ``meta`` is a JSON-safe dict (META section) or the bytes of a compact HEADER section.
+    """
+    first = (Kind.HEADER, meta) if isinstance(meta, (bytes, bytearray)) else (Kind.META, encode_meta(meta))
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     crcs = bytearray()
     try:
         with open(tmp, "wb") as f:
             f.write(MAGIC + bytes([FORMAT_VERSION, 0]))
-            for kind, payload in [(Kind.META, encode_meta(meta)), *sections]:
+            for kind, payload in [first, *sections]:
                 crc = zlib.crc32(payload)
-                f.write(bytes([kind]) + _uleb128(len(payload)))
+                f.write(bytes([kind]) + write_varint(len(payload)))
                 f.write(payload)
                 f.write(struct.pack("<I", crc))
                 crcs += struct.pack("<I", crc)
@@ -139,7 +124,7 @@ def parse_container(data: Buffer, source: str = "session data") -> Container:
         if pos >= len(buf):
             raise CorruptDataError(f"{source} is truncated: no end marker")
         kind = buf[pos]
-        length, pos = _read_uleb128(buf, pos + 1)
+        length, pos = read_varint(buf, pos + 1, source)
         if kind == Kind.END:
             if length != 0 or pos + 4 > len(buf):
                 raise CorruptDataError(f"{source} has a damaged end marker")
@@ -159,13 +144,15 @@ def parse_container(data: Buffer, source: str = "session data") -> Container:
         crcs += struct.pack("<I", crc)
         sections.append((kind, payload))
         pos = end + 4
-    if not sections or sections[0][0] != Kind.META:
-        raise CorruptDataError(f"{source} does not start with a META section")
+    if not sections or sections[0][0] not in (Kind.META, Kind.HEADER):
+        raise CorruptDataError(f"{source} does not start with a META or HEADER section")
+    if sections[0][0] == Kind.HEADER:
+        return Container(version=version, meta={}, header=sections[0][1], sections=sections[1:])
     try:
         meta = json.loads(bytes(sections[0][1]))
     except ValueError as exc:
         raise CorruptDataError(f"{source}: META section is not valid JSON ({exc})") from None
-    return Container(version=version, meta=meta, sections=sections[1:])
+    return Container(version=version, meta=meta, header=None, sections=sections[1:])
 
 
 def _kind_name(kind: int) -> str:

@@ -8,6 +8,7 @@ import llama_cpp
 
 from . import session
 from .config import SeqKV
+from .schedule import Progress, ScheduleRecorder
 
 
 class Llama(llama_cpp.Llama):
@@ -29,19 +30,33 @@ class Llama(llama_cpp.Llama):
         self.kv_compressor = kv_compressor if kv_compressor is not None else SeqKV()
         if not isinstance(self.kv_compressor, SeqKV):
             raise TypeError(f"kv_compressor must be a seqkv_edge.SeqKV, got {type(kv_compressor).__name__}")
+        self.schedule_recorder: Optional[ScheduleRecorder] = None
         super().__init__(*args, **kwargs)
+        if self.kv_compressor.tokens == "hybrid":
+            self.schedule_recorder = ScheduleRecorder(self.n_vocab())
 
-    def save_session(self, path: Union[str, Path]) -> session.SessionInfo:
-        """Save this context's tokens and KV cache to ``path`` (atomic write); returns sizes and timings."""
-        return session.save(self, path, self.kv_compressor)
+    def eval(self, tokens):
+        """``llama_cpp.Llama.eval``; with ``SeqKV(tokens="hybrid")`` the call is also recorded for replay."""
+        if self.schedule_recorder is not None:
+            self.schedule_recorder.before_eval(self.n_tokens, tokens, self._ctx.get_logits)
+        super().eval(tokens)
 
-    def load_session(self, path: Union[str, Path]) -> session.SessionInfo:
+    def save_session(self, path: Union[str, Path], progress: Progress = None) -> session.SessionInfo:
+        """Save this context's session to ``path`` (atomic write); returns sizes and timings.
+
+        ``progress(done, total)`` is called during long work (the one-token pass of ``tokens="model"``).
+        """
+        return session.save(self, path, self.kv_compressor, progress)
+
+    def load_session(self, path: Union[str, Path], progress: Progress = None) -> session.SessionInfo:
         """Restore a session saved by ``save_session``; generation continues exactly where it stopped.
 
-        Raises ``ModelMismatchError`` (other model, cache type or flash_attn setting, too small n_ctx) or
-        ``CorruptDataError`` (truncated or damaged file); the context is then left as it was.
+        Tokens-only sessions are recomputed: ``progress(done, total)`` is called as tokens are replayed and
+        returning ``False`` cancels (``SessionCancelled``). Raises ``ModelMismatchError`` (other model, cache
+        type, flash_attn setting or llama.cpp build, too small n_ctx) or ``CorruptDataError`` (truncated or
+        damaged file); on any error the context is left as it was.
         """
-        return session.load(self, path, self.kv_compressor)
+        return session.load(self, path, progress)
 
     def __getstate__(self):
         state = super().__getstate__()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import __version__
 from .codecs import get_codec
-from .codecs.kv_lossless import KVLosslessCodec
+from .codecs.tokens_portable import TokensPortableCodec
 from .codecs.zstd_bytes import ZstdCodec
 from .config import SeqKV
 from .container import Container, Kind, read_container, write_container
@@ -36,6 +37,7 @@ class SessionInfo:
     raw_bytes: int  # llama.cpp's own sequence state for the same cells
     file_bytes: int
     seconds: dict = field(default_factory=dict)
+    restored_by: str = ""  # for restores: "snapshot", "prefill", "exact replay", "one-token replay"
 
     @property
     def ratio(self) -> float:
@@ -56,12 +58,18 @@ def _tensor_meta(tensor) -> dict:
     }
 
 
-def _kv_codec(config: SeqKV) -> KVLosslessCodec:
+def _kv_codec(config: SeqKV):
+    from .codecs.kv_lossless import KVLosslessCodec
+
     return KVLosslessCodec(n_threads=config.threads)
 
 
-def save(llm, path: Union[str, Path], config: SeqKV) -> SessionInfo:
-    """Write ``llm``'s sequence 0 (KV cells and tokens) to ``path`` atomically."""
+def save(llm, path: Union[str, Path], config: SeqKV, progress=None) -> SessionInfo:
+    """Write ``llm``'s sequence 0 to ``path`` atomically: a KV snapshot, or its tokens only."""
+    if config.kv == "none":
+        from . import token_session
+
+        return token_session.save(llm, path, config, progress)
     clock = _Clock()
     blob = read_seq_state(llm.ctx)
     state = parse_seq_state(blob, model=llm)
@@ -78,10 +86,9 @@ def save(llm, path: Union[str, Path], config: SeqKV) -> SessionInfo:
         )
     kv_codec = _kv_codec(config)
     coded = kv_codec.encode_many([(t.data, t.ggml_type.id, t.token_major, t.n_channels) for t in tensors])
-    side = ZstdCodec(level=19)
-    tokens = np.ascontiguousarray(llm.input_ids[:n_tokens], dtype="<i4")
+    side, tokens_codec = ZstdCodec(level=19), TokensPortableCodec(n_vocab=llm.n_vocab())
     skeleton = side.encode(state.skeleton())
-    coded_tokens = side.encode(tokens.tobytes())
+    coded_tokens = tokens_codec.encode(llm.input_ids[:n_tokens])
     clock.lap("encode")
     meta = {
         "seqkv_edge": __version__,
@@ -97,7 +104,7 @@ def save(llm, path: Union[str, Path], config: SeqKV) -> SessionInfo:
             "v_types": sorted({t.ggml_type.name for t in tensors if t.kind == "v"}),
             "v_trans": any(not t.token_major for t in tensors if t.kind == "v"),
         },
-        "codecs": {"kv": kv_codec.get_config(), "tokens": side.get_config(), "skeleton": side.get_config()},
+        "codecs": {"kv": kv_codec.get_config(), "tokens": tokens_codec.get_config(), "skeleton": side.get_config()},
         "tensors": [_tensor_meta(t) for t in tensors],
     }
     sections = [(Kind.TOKENS, coded_tokens), (Kind.SKELETON, skeleton)] + [(Kind.KV, c) for c in coded]
@@ -149,8 +156,7 @@ def _describe_cache(cache: dict) -> str:
 def decode_state(container: Container, source: str) -> tuple[bytearray, np.ndarray]:
     """Decode a session file's tokens and rebuild its llama.cpp state blob (tensors decoded in place)."""
     meta, codecs = container.meta, container.meta.get("codecs", {})
-    tokens_bytes = get_codec(codecs["tokens"]).decode(container.payload(Kind.TOKENS))
-    tokens = np.frombuffer(tokens_bytes, dtype="<i4")
+    tokens = get_codec(codecs["tokens"]).decode(container.payload(Kind.TOKENS))
     if len(tokens) != meta["n_tokens"]:
         raise CorruptDataError(f"{source}: {len(tokens)} tokens decoded, the header says {meta['n_tokens']}")
     skeleton = get_codec(codecs["skeleton"]).decode(container.payload(Kind.SKELETON))
@@ -166,29 +172,56 @@ def decode_state(container: Container, source: str) -> tuple[bytearray, np.ndarr
     return blob, tokens
 
 
-def load(llm, path: Union[str, Path], config: SeqKV) -> SessionInfo:
+def load(llm, path: Union[str, Path], progress=None) -> SessionInfo:
     """Restore a session file into ``llm`` (sequence 0). On any error the context is left as it was."""
     clock = _Clock()
     source = str(path)
     container = read_container(path)
+    if container.header is not None:
+        return _load_tokens(llm, container, source, progress, clock)
     check_model(container, llm, source)
     clock.lap("read_file")
     blob, tokens = decode_state(container, source)
     clock.lap("decode")
-    previous = read_seq_state(llm.ctx) if llm.n_tokens else None
-    try:
+    with _restore_on_error(llm):
         write_seq_state(llm.ctx, blob)
-    except SeqKVError:
-        if previous is not None:
-            write_seq_state(llm.ctx, previous)
-        raise
     n = len(tokens)
     llm.input_ids[:n] = tokens
     llm.n_tokens = n
     llm._requires_eval = True  # no logits are stored: the next generate() replays the last token
     clock.lap("set_state")
-    file_bytes = Path(path).stat().st_size
-    return SessionInfo(source, n, len(blob), file_bytes, clock.seconds)
+    return SessionInfo(source, n, len(blob), Path(path).stat().st_size, clock.seconds, restored_by="snapshot")
+
+
+def _load_tokens(llm, container: Container, source: str, progress, clock: "_Clock") -> SessionInfo:
+    from . import token_session
+
+    token_session.check(container, llm, source)
+    clock.lap("read_file")
+    with _restore_on_error(llm):
+        llm.reset()
+        how = token_session.load(llm, container, source, progress)
+    clock.lap("replay")
+    return SessionInfo(source, llm.n_tokens, token_session._raw_state_bytes(llm), Path(source).stat().st_size,
+                       clock.seconds, restored_by=how)
+
+
+@contextmanager
+def _restore_on_error(llm):
+    """Put the context (cells, tokens) back as it was if the block fails or is cancelled."""
+    n_tokens = llm.n_tokens
+    previous = bytes(read_seq_state(llm.ctx)) if n_tokens else None
+    input_ids = llm.input_ids[:n_tokens].copy()
+    try:
+        yield
+    except BaseException:
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        if previous is not None:
+            write_seq_state(llm.ctx, previous)
+        llm.input_ids[:n_tokens] = input_ids
+        llm.n_tokens = n_tokens
+        llm._requires_eval = True
+        raise
 
 
 class _Clock:

@@ -25,6 +25,7 @@ import zlib
 
 import numpy as np
 
+from ..varint import read_varint, write_varint  # noqa: F401 (re-exported)
 from ..errors import CorruptDataError, SeqKVError
 from . import register_codec
 from .base import Codec
@@ -44,32 +45,6 @@ def _lib():
 
 
 # ---------------------------------------------------------------- helpers shared with tokens_model
-
-
-def write_varint(value: int) -> bytes:
-    """Unsigned LEB128."""
-    if value < 0:
-        raise ValueError(f"varint of a negative number: {value}")
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def read_varint(buf: memoryview, pos: int, what: str) -> tuple[int, int]:
-    """Returns ``(value, next_pos)``; a truncated or over-long varint is corrupt data."""
-    value = shift = 0
-    while pos < len(buf) and shift < 64:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-    raise CorruptDataError(f"{what}: truncated or invalid varint at byte {pos}")
 
 
 def tokens_crc(tokens: np.ndarray) -> int:

@@ -1,0 +1,137 @@
+"""The eval schedule of a context: what was decoded, in which batches, and where it was cut back.
+
+Replaying the same schedule (batch sizes, order, cuts) on the same build gives bit-identical KV
+and logits (DESIGN.md §3). :class:`ScheduleRecorder` watches ``Llama.eval`` and records every call;
+the first token of each call after the first is coded with the model's logits of the call before
+it (the "hybrid" token tier: generated tokens cost about their surprisal), the other tokens go to
+the portable codec. :func:`replay` rebuilds the context by repeating the calls exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from .codecs.tokens_model import ModelTokenDecoder, ModelTokenEncoder
+from .errors import CorruptDataError, SeqKVError
+from .varint import read_varint, write_varint
+
+NO_CUT = -1
+Progress = Optional[Callable[[int, int], Optional[bool]]]
+
+
+class SessionCancelled(SeqKVError):
+    """A progress callback asked to stop a restore; the context was put back as it was."""
+
+
+@dataclass
+class Schedule:
+    """Eval calls in order: ``sizes[i]`` tokens, then the context cut back to ``cuts[i]`` (or not)."""
+
+    sizes: list = field(default_factory=list)
+    cuts: list = field(default_factory=list)
+
+    def encode(self) -> bytes:
+        out = bytearray(write_varint(len(self.sizes)))
+        for size, cut in zip(self.sizes, self.cuts):
+            out += write_varint(size) + write_varint(cut + 1)
+        return bytes(out)
+
+    @classmethod
+    def decode(cls, buf) -> "Schedule":
+        buf = memoryview(buf)
+        count, pos = read_varint(buf, 0, "schedule")
+        schedule = cls()
+        for _ in range(count):
+            size, pos = read_varint(buf, pos, "schedule")
+            cut, pos = read_varint(buf, pos, "schedule")
+            if size == 0:
+                raise CorruptDataError("schedule holds an empty eval call")
+            schedule.sizes.append(size)
+            schedule.cuts.append(cut - 1)
+        if pos != len(buf):
+            raise CorruptDataError("schedule section has trailing bytes")
+        return schedule
+
+    @property
+    def n_evaluated(self) -> int:
+        return sum(self.sizes)
+
+
+class ScheduleRecorder:
+    """Records a Llama's eval calls and model-codes each call's first token on the fly."""
+
+    def __init__(self, n_vocab: int):
+        self.n_vocab = n_vocab
+        self.clear()
+
+    def clear(self) -> None:
+        self.schedule = Schedule()
+        self.plain: list[np.ndarray] = []  # tokens not model-coded, in eval order
+        self.model = ModelTokenEncoder(self.n_vocab)
+        self.end = 0  # context length after the recorded calls
+        self.valid = True
+
+    def invalidate(self) -> None:
+        """The context changed outside ``eval`` (e.g. a KV snapshot was loaded): nothing to replay."""
+        self.clear()
+        self.valid = False
+
+    def sync(self, n_tokens: int) -> None:
+        """Record a cut-back of the context to ``n_tokens`` (``Llama.n_tokens`` shrank since the last call)."""
+        if not self.valid or n_tokens == self.end:
+            return
+        if n_tokens > self.end:
+            self.invalidate()
+        elif n_tokens == 0:
+            self.clear()  # a reset: replay starts from an empty context, as here
+        else:
+            self.schedule.cuts[-1] = n_tokens
+            self.end = n_tokens
+
+    def before_eval(self, n_tokens: int, tokens, logits) -> None:
+        """Called by ``Llama.eval`` before decoding ``tokens``; ``logits`` are the live last-token logits."""
+        self.sync(n_tokens)
+        if not self.valid or len(tokens) == 0:
+            return
+        tokens = np.asarray(tokens, dtype=np.int32)
+        if self.schedule.sizes:
+            self.model.add(logits(), int(tokens[0]))
+            tokens = tokens[1:]
+        self.plain.append(tokens)
+        self.schedule.sizes.append(len(tokens) + (len(self.schedule.sizes) > 0))
+        self.schedule.cuts.append(NO_CUT)
+        self.end += self.schedule.sizes[-1]
+
+    def plain_tokens(self) -> np.ndarray:
+        return np.concatenate(self.plain) if self.plain else np.zeros(0, dtype=np.int32)
+
+
+def replay(llm, schedule: Schedule, plain: np.ndarray, model_stream: bytes, progress: Progress = None) -> None:
+    """Repeat a recorded schedule in ``llm`` (from an empty context): bit-identical KV and logits."""
+    decoder = ModelTokenDecoder(model_stream, llm.n_vocab())
+    if len(plain) + len(schedule.sizes) - min(len(schedule.sizes), 1) != schedule.n_evaluated:
+        raise CorruptDataError("the schedule and its tokens disagree in length")
+    pos, done, total = 0, 0, schedule.n_evaluated
+    for index, (size, cut) in enumerate(zip(schedule.sizes, schedule.cuts)):
+        if index == 0:
+            tokens = plain[:size].tolist()
+        else:
+            first = decoder.next(llm._ctx.get_logits())
+            tokens = [first] + plain[pos:pos + size - 1].tolist()
+        pos += size - (index > 0)
+        llm.eval(tokens)
+        if cut != NO_CUT:
+            if not 0 < cut < llm.n_tokens:
+                raise CorruptDataError(f"schedule cuts the context to {cut} of {llm.n_tokens} tokens")
+            llm._ctx.kv_cache_seq_rm(-1, cut, -1)
+            llm.n_tokens = cut
+        done += size
+        report(progress, done, total)
+    decoder.done()
+
+
+def report(progress: Progress, done: int, total: int) -> None:
+    if progress is not None and progress(done, total) is False:
+        raise SessionCancelled(f"restore cancelled after {done} of {total} tokens")
