@@ -55,31 +55,52 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_cache_type, environment, format_table
-    from .textdata import read_text
+    from .bench import environment
 
     model_path = _model_path(args)
-    text, text_name = read_text(args.text)
-    from .llama import Llama
+    tiers = set(args.tiers.split(","))
+    unknown = tiers - {"snapshot", "tokens"}
+    if unknown:
+        raise SystemExit(f"seqkv bench: unknown tiers {sorted(unknown)}; choose from snapshot,tokens")
+    report, ok = {"model": model_path, "env": environment()}, True
+    print(f"model: {model_path}\nenv: {report['env']}")
+    if "snapshot" in tiers:
+        report["snapshot"], ok = _bench_snapshot(args, model_path)
+    if "tokens" in tiers:
+        from . import bench_tokens
 
+        result = bench_tokens.run(model_path, args.tokens, args.answer_tokens, args.n_ctx)
+        print(f"\ntoken tiers (texts: {', '.join(f'{k} ({v})' for k, v in bench_tokens.TEXTS.items())}; "
+              "a 3-question chat answered by the model):")
+        print(bench_tokens.format_table(result["rows"]))
+        gen = result["generation"]
+        print(f"capturing hybrid codes while generating {gen['generated_tokens']} tokens: {gen['capturing_s']:.2f}s "
+              f"vs {gen['plain_s']:.2f}s ({100 * gen['overhead']:+.1f}%)")
+        report["tokens"] = result
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0 if ok else 1
+
+
+def _bench_snapshot(args, model_path: str):
+    from .bench import bench_cache_type, format_table
+    from .llama import Llama
+    from .textdata import read_text
+
+    text, text_name = read_text(args.text)
     vocab = Llama(model_path=model_path, vocab_only=True, verbose=False)
     tokens = vocab.tokenize(text.encode())[: args.tokens]
     del vocab
-    if len(tokens) < args.tokens:
-        print(f"note: {text_name} gives only {len(tokens)} tokens", file=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for cache_type in args.cache_types.split(","):
             rows.append(bench_cache_type(model_path, tokens, cache_type, Path(tmp), args.n_ctx, args.threads))
-    print(f"model: {model_path}\ntext: {text_name} (first {len(tokens)} tokens)\nenv: {environment()}")
+    print(f"\nKV snapshot, lossless (text: {text_name}, first {len(tokens)} tokens):")
     print(format_table(rows))
     for r in rows:
         print(f"{r['cache_type']}: codec encode {r['encode_mb_s']:.0f} MB/s, decode {r['decode_mb_s']:.0f} MB/s "
               f"({args.threads or 'all'} threads); load_session steps {r['load_steps_s']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"model": model_path, "text": text_name, "env": environment(),
-                                               "rows": rows}, indent=2))
-    return 0 if all(r["bit_exact"] for r in rows) else 1
+    return {"text": text_name, "rows": rows}, all(r["bit_exact"] for r in rows)
 
 
 def cmd_demo(args) -> int:
@@ -113,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n-ctx", type=int, default=4096)
     bench.add_argument("--threads", type=int, default=None)
     bench.add_argument("--cache-types", default="f16,q8_0,q4_0")
+    bench.add_argument("--tiers", default="snapshot", help="comma list of: snapshot, tokens")
+    bench.add_argument("--answer-tokens", type=int, default=120, help="tokens per generated chat answer")
     bench.add_argument("--json", help="also write the figures to this JSON file")
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -46,6 +46,18 @@ class SeqKV:
         if self.n_threads is not None and self.n_threads < 1:
             raise ValueError(f"SeqKV(n_threads={self.n_threads}): must be >= 1")
 
+    def save(self, llm, path, progress=None):
+        """Save ``llm``'s session to ``path`` with these settings (the ``kv_compressor`` protocol)."""
+        from .session import save
+
+        return save(llm, path, self, progress)
+
+    def load(self, llm, path, progress=None):
+        """Restore a session file into ``llm`` (the ``kv_compressor`` protocol)."""
+        from .session import load
+
+        return load(llm, path, progress)
+
     @property
     def threads(self) -> int:
         return self.n_threads or os.cpu_count() or 1

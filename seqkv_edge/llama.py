@@ -46,7 +46,7 @@ class Llama(llama_cpp.Llama):
 
         ``progress(done, total)`` is called during long work (the one-token pass of ``tokens="model"``).
         """
-        return session.save(self, path, self.kv_compressor, progress)
+        return self.kv_compressor.save(self, path, progress)
 
     def load_session(self, path: Union[str, Path], progress: Progress = None) -> session.SessionInfo:
         """Restore a session saved by ``save_session``; generation continues exactly where it stopped.
@@ -56,7 +56,7 @@ class Llama(llama_cpp.Llama):
         type, flash_attn setting or llama.cpp build, too small n_ctx) or ``CorruptDataError`` (truncated or
         damaged file); on any error the context is left as it was.
         """
-        return session.load(self, path, progress)
+        return self.kv_compressor.load(self, path, progress)
 
     def __getstate__(self):
         state = super().__getstate__()

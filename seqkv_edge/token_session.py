@@ -61,8 +61,11 @@ def decode_header(buf, source: str) -> dict:
             "n_tokens": n_tokens, "n_vocab": n_vocab, "first_token": first - 1}
 
 
-def save(llm, path, config, progress: Progress = None):
-    """Write ``llm``'s session as tokens only, in the tier ``config.tokens``."""
+def save(llm, path, config, progress: Progress = None, ideal: Optional[list] = None):
+    """Write ``llm``'s session as tokens only, in the tier ``config.tokens``.
+
+    ``ideal`` (a list) collects each token's -log2 p in the model tier's pass (benchmarks).
+    """
     from .session import SessionInfo, _Clock
 
     clock = _Clock()
@@ -75,7 +78,10 @@ def save(llm, path, config, progress: Progress = None):
     if tier == "portable":
         sections.append((Kind.TOKENS, portable.encode(tokens)))
     elif tier == "hybrid":
-        recorder = llm.schedule_recorder
+        recorder = getattr(llm, "schedule_recorder", None)
+        if recorder is None:
+            raise SeqKVError("tokens='hybrid' records the eval schedule: use seqkv_edge.Llama(kv_compressor=SeqKV("
+                             "kv='none', tokens='hybrid')) from the start of the session")
         recorder.sync(llm.n_tokens)
         if not recorder.valid:
             raise SeqKVError("saving a hybrid session: the context was changed outside eval (e.g. a KV snapshot "
@@ -84,7 +90,7 @@ def save(llm, path, config, progress: Progress = None):
                      (Kind.MODEL_TOKENS, recorder.model.finish())]
     else:
         first_token = int(tokens[0])
-        sections.append((Kind.MODEL_TOKENS, one_token_pass(llm, tokens, progress)))
+        sections.append((Kind.MODEL_TOKENS, one_token_pass(llm, tokens, progress, ideal)))
     if config.portable_fallback and tier != "portable":
         sections.append((Kind.FALLBACK, portable.encode(tokens)))
     clock.lap("encode")
@@ -100,9 +106,14 @@ def _raw_state_bytes(llm) -> int:
     return int(lib.llama_state_seq_get_size(llm.ctx, 0))
 
 
-def one_token_pass(llm, tokens: np.ndarray, progress: Progress = None) -> bytes:
-    """Model-code ``tokens`` with logits from one-token steps in a scratch context on the same model."""
+def one_token_pass(llm, tokens: np.ndarray, progress: Progress = None, ideal: Optional[list] = None) -> bytes:
+    """Model-code ``tokens`` with logits from one-token steps in a scratch context on the same model.
+
+    With ``ideal`` (a list), each token's ideal code length -log2 p is appended to it (benchmarks).
+    """
     from llama_cpp import _internals
+
+    from .codecs.tokens_model import ideal_bits
 
     encoder = ModelTokenEncoder(llm.n_vocab())
     with closing(_internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=False)) as ctx, \
@@ -111,6 +122,9 @@ def one_token_pass(llm, tokens: np.ndarray, progress: Progress = None) -> bytes:
             batch.set_batch([token], n_past=position, logits_all=False)
             ctx.decode(batch)
             encoder.add(ctx.get_logits(), int(tokens[position + 1]))
+            if ideal is not None:
+                row = np.ctypeslib.as_array(ctx.get_logits(), shape=(llm.n_vocab(),))
+                ideal.append(ideal_bits(row, int(tokens[position + 1])))
             report(progress, position + 1, len(tokens))
     return encoder.finish()
 
