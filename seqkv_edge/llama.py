@@ -35,6 +35,10 @@ class Llama(llama_cpp.Llama):
         if self.kv_compressor.tokens == "hybrid":
             self.schedule_recorder = ScheduleRecorder(self.n_vocab())
 
+    def close(self) -> None:
+        if hasattr(self, "_stack"):  # construction may have stopped before llama_cpp.Llama.__init__ ran
+            super().close()
+
     def eval(self, tokens):
         """``llama_cpp.Llama.eval``; with ``SeqKV(tokens="hybrid")`` the call is also recorded for replay."""
         if self.schedule_recorder is not None:

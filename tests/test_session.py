@@ -94,7 +94,7 @@ def test_other_cache_layout_is_refused(tiny_model_path, tmp_path, kw):
 
 def test_too_small_context_is_refused(tiny_model_path, tmp_path):
     llm = make_llama(tiny_model_path)
-    llm.eval(llm.tokenize(PROMPT * 2))
+    llm.eval(llm.tokenize(PROMPT))
     llm.save_session(tmp_path / "s.seqkv")
     small = make_llama(tiny_model_path, n_ctx=64)
     with pytest.raises(ModelMismatchError, match="n_ctx"):
