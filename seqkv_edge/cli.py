@@ -57,6 +57,14 @@ def cmd_inspect(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import environment
 
+    if args.dedup:
+        from .bench_dedup import format_report, run_dedup_bench
+
+        result = run_dedup_bench(args)
+        print(format_report(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+        return 0
     model_path = _model_path(args)
     tiers = set(args.tiers.split(","))
     unknown = tiers - {"snapshot", "tokens"}
@@ -110,6 +118,9 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench_dedup import add_dedup_arguments
+    from .store_cli import add_store_parser
+
     parser = argparse.ArgumentParser(prog="seqkv", description="Sequence-level KV cache compression for llama.cpp")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tiers", default="snapshot", help="comma list of: snapshot, tokens")
     bench.add_argument("--answer-tokens", type=int, default=120, help="tokens per generated chat answer")
     bench.add_argument("--json", help="also write the figures to this JSON file")
+    bench.add_argument("--dedup", action="store_true", help="prefix store vs files/LlamaDiskCache, lookup latency, TTFT")
+    add_dedup_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+    add_store_parser(sub)
     return parser
 
 

@@ -24,9 +24,12 @@ class SeqKV:
         portable_fallback: with ``hybrid``/``model`` tokens, also keep a portable copy so another
             llama.cpp build (which cannot reproduce the logits) can still restore by prefill.
         n_threads: threads coding KV tensors in parallel (default: all cores).
+        store: a session store (a directory, or ``redis://host:port/db``): sessions saved by name are
+            deduplicated there, and the Llama's completion cache restores the longest stored prefix.
+        store_budget_bytes: evict KV snapshots beyond this many stored bytes (tokens are always kept).
 
     >>> SeqKV()
-    SeqKV(kv='lossless', tokens='portable', portable_fallback=False, n_threads=None)
+    SeqKV(kv='lossless', tokens='portable', portable_fallback=False, n_threads=None, store=None, store_budget_bytes=None)
     >>> SeqKV(kv="fast")
     Traceback (most recent call last):
     ...
@@ -37,8 +40,12 @@ class SeqKV:
     tokens: str = "portable"
     portable_fallback: bool = False
     n_threads: Optional[int] = None
+    store: Optional[str] = None
+    store_budget_bytes: Optional[int] = None
 
     def __post_init__(self):
+        if self.store is not None:
+            object.__setattr__(self, "store", os.fspath(self.store))
         if self.kv not in KV_TIERS:
             raise ValueError(f"SeqKV(kv={self.kv!r}): choose one of {KV_TIERS}")
         if self.tokens not in TOKEN_CODECS:

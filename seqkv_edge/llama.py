@@ -34,6 +34,13 @@ class Llama(llama_cpp.Llama):
         super().__init__(*args, **kwargs)
         if self.kv_compressor.tokens == "hybrid":
             self.schedule_recorder = ScheduleRecorder(self.n_vocab())
+        self.session_store = None
+        if self.kv_compressor.store is not None:
+            from .cache import SeqKVCache
+
+            cache = SeqKVCache.from_config(self.kv_compressor, self)
+            self.session_store = cache.store
+            self.set_cache(cache)
 
     def close(self) -> None:
         if hasattr(self, "_stack"):  # construction may have stopped before llama_cpp.Llama.__init__ ran
@@ -48,8 +55,14 @@ class Llama(llama_cpp.Llama):
     def save_session(self, path: Union[str, Path], progress: Progress = None) -> session.SessionInfo:
         """Save this context's session to ``path`` (atomic write); returns sizes and timings.
 
-        ``progress(done, total)`` is called during long work (the one-token pass of ``tokens="model"``).
+        With ``SeqKV(store=...)``, a plain name (no path separator, no ``.seqkv`` suffix) saves into the
+        store, deduplicated against every other session there. ``progress(done, total)`` is called during
+        long work (the one-token pass of ``tokens="model"``).
         """
+        from . import named_sessions
+
+        if self.session_store is not None and named_sessions.is_session_name(path):
+            return named_sessions.save_named(self, self.session_store, path, codec=self.cache.codec)
         return self.kv_compressor.save(self, path, progress)
 
     def load_session(self, path: Union[str, Path], progress: Progress = None) -> session.SessionInfo:
@@ -60,6 +73,10 @@ class Llama(llama_cpp.Llama):
         type, flash_attn setting or llama.cpp build, too small n_ctx) or ``CorruptDataError`` (truncated or
         damaged file); on any error the context is left as it was.
         """
+        from . import named_sessions
+
+        if self.session_store is not None and named_sessions.is_session_name(path):
+            return named_sessions.load_named(self, self.session_store, path, codec=self.cache.codec)
         return self.kv_compressor.load(self, path, progress)
 
     def __getstate__(self):
