@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from typing import Optional
@@ -40,7 +41,7 @@ def _new_llama(model_path: str, cache_type: str, n_ctx: int, n_threads: Optional
 
     type_id = CACHE_TYPES[cache_type]
     return Llama(
-        model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, verbose=False,
+        model_path=model_path, n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), verbose=False,
         type_k=type_id, type_v=type_id, flash_attn=cache_type != "f16",
         kv_compressor=SeqKV(n_threads=n_threads),
     )

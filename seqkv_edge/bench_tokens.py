@@ -7,6 +7,7 @@ against the lossless KV snapshot.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +32,8 @@ QUESTIONS = [
 def _llama(model_path, n_ctx, tokens="hybrid", kv="none"):
     from .llama import Llama
 
-    return Llama(model_path=model_path, n_ctx=n_ctx, verbose=False, kv_compressor=SeqKV(kv=kv, tokens=tokens))
+    return Llama(model_path=model_path, n_ctx=n_ctx, n_threads=os.cpu_count(), verbose=False,
+                 kv_compressor=SeqKV(kv=kv, tokens=tokens))
 
 
 def text_session(llm, path: str, n_tokens: int) -> float:
@@ -63,18 +65,18 @@ def chat_session(llm, n_answer: int) -> tuple[float, int]:
 
 def measure_session(name: str, llm, model_path: str, n_ctx: int, workdir: Path) -> dict:
     tokens = np.asarray(llm.input_ids[: llm.n_tokens], dtype=np.int32)
-    files = {}
+    files, slug = {}, "".join(c if c.isalnum() else "_" for c in name)
     for tier in ("hybrid", "portable"):
         llm.kv_compressor = SeqKV(kv="none", tokens=tier)
-        files[tier] = workdir / f"{name}.{tier}.seqkv"
+        files[tier] = workdir / f"{slug}.{tier}.seqkv"
         llm.save_session(files[tier])
     llm.kv_compressor = SeqKV(kv="lossless")
-    files["snapshot"] = workdir / f"{name}.snapshot.seqkv"
+    files["snapshot"] = workdir / f"{slug}.snapshot.seqkv"
     raw_bytes = llm.save_session(files["snapshot"]).raw_bytes
 
     ideal: list = []
     start = time.perf_counter()
-    files["model"] = workdir / f"{name}.model.seqkv"
+    files["model"] = workdir / f"{slug}.model.seqkv"
     with tqdm(total=len(tokens), desc=f"{name}: one-token pass", unit="tok", leave=False) as bar:
         token_session.save(llm, files["model"], SeqKV(kv="none", tokens="model"),
                            progress=lambda done, total: bar.update(done - bar.n), ideal=ideal)

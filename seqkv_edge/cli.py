@@ -57,6 +57,10 @@ def cmd_inspect(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import environment
 
+    if args.report:
+        from .report import report_main
+
+        return report_main(args)
     if args.dedup:
         from .bench_dedup import format_report, run_dedup_bench
 
@@ -151,11 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dedup", action="store_true", help="prefix store vs files/LlamaDiskCache, lookup latency, TTFT")
     add_dedup_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+    from . import chat, report, serve
+
+    report.add_report_args(bench)
+    chat.add_parser(sub)
+    serve.add_parser(sub)
+    quality = sub.add_parser("quality", add_help=False, help="KL / top-1 / perplexity of a lossy session vs exact")
+    quality.set_defaults(func=None)  # main() forwards to seqkv_edge.quality
     add_store_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["quality"]:  # its own parser: forward every option untouched
+        from .quality import main as quality_main
+
+        return quality_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

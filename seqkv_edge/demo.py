@@ -1,6 +1,7 @@
 """``seqkv demo``: a chat session on the default model, saved compressed, restored, continued."""
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ def run_demo(model_path: str, n_tokens: int, n_ctx: int, out: str | None) -> int
     from .llama import Llama
 
     def new_llama():
-        return Llama(model_path=model_path, n_ctx=n_ctx, verbose=False, kv_compressor=SeqKV())
+        return Llama(model_path=model_path, n_ctx=n_ctx, n_threads=os.cpu_count(), verbose=False, kv_compressor=SeqKV())
 
     llm = new_llama()
     prompt = chat_prompt(llm, n_tokens - N_ANSWER)

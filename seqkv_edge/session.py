@@ -59,6 +59,10 @@ def _tensor_meta(tensor) -> dict:
 
 
 def _kv_codec(config: SeqKV):
+    if config.kv == "lossy":
+        from .codecs.kv_lossy import KVLossyCodec
+
+        return KVLossyCodec(bits=config.bits, max_kl=config.max_kl)
     from .codecs.kv_lossless import KVLosslessCodec
 
     return KVLosslessCodec(n_threads=config.threads)
@@ -84,8 +88,14 @@ def save(llm, path: Union[str, Path], config: SeqKV, progress=None) -> SessionIn
             f"saving a session: the context holds {n_cells} cells but the Llama tracks {n_tokens} tokens; "
             "sessions are saved from contexts driven by the Llama API (eval/generate/create_completion)"
         )
-    kv_codec = _kv_codec(config)
-    coded = kv_codec.encode_many([(t.data, t.ggml_type.id, t.token_major, t.n_channels) for t in tensors])
+    kv_codec, rope = _kv_codec(config), None
+    if config.kv == "lossy":
+        from .rope import rope_params
+
+        rope = rope_params(llm)
+        coded = kv_codec.encode_state(state, rope)
+    else:
+        coded = kv_codec.encode_many([(t.data, t.ggml_type.id, t.token_major, t.n_channels) for t in tensors])
     side, tokens_codec = ZstdCodec(level=19), TokensPortableCodec(n_vocab=llm.n_vocab())
     skeleton = side.encode(state.skeleton())
     coded_tokens = tokens_codec.encode(llm.input_ids[:n_tokens])
@@ -99,6 +109,7 @@ def save(llm, path: Union[str, Path], config: SeqKV, progress=None) -> SessionIn
         "n_tokens": n_tokens,
         "state_bytes": len(blob),
         "layout": {"has_cell_ext": state.has_cell_ext, "has_v": state.has_v},
+        "rope": rope,
         "cache": {
             "k_types": sorted({t.ggml_type.name for t in tensors if t.kind == "k"}),
             "v_types": sorted({t.ggml_type.name for t in tensors if t.kind == "v"}),
@@ -168,7 +179,11 @@ def decode_state(container: Container, source: str) -> tuple[bytearray, np.ndarr
         if _tensor_meta(tensor) != described:
             raise CorruptDataError(f"{source}: tensor {described.get('name')} does not match the state layout")
     kv_codec = get_codec(codecs["kv"])
-    kv_codec.decode_many([(c, t.ggml_type.id, t.token_major, t.n_channels, t.data) for c, t in zip(coded, tensors)])
+    if codecs["kv"]["id"] == "kv_lossy":
+        streams = [st for sec in parse_seq_state(blob, **meta.get("layout", {})).sections for st in sec.streams]
+        kv_codec.decode_state(coded, tensors, [st.positions for st in streams if st.cell_count], meta.get("rope"))
+    else:
+        kv_codec.decode_many([(c, t.ggml_type.id, t.token_major, t.n_channels, t.data) for c, t in zip(coded, tensors)])
     return blob, tokens
 
 

@@ -35,4 +35,4 @@ def registered_codecs() -> list[str]:
 __all__ = ["Codec", "register_codec", "get_codec", "registered_codecs"]
 
 # the built-in codecs register themselves on import
-from . import tokens_model, tokens_portable, zstd_bytes  # noqa: E402,F401
+from . import kv_lossless, kv_lossy, tokens_model, tokens_portable, zstd_bytes  # noqa: E402,F401

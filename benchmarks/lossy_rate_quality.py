@@ -1,0 +1,106 @@
+"""Rate-quality of lossy KV snapshots, side by side on the same KV and the same harness.
+
+Methods: our kv_lossy codec at several rates; TurboQuant (peer package pyturboquant-cpu, per head vector,
+16-bit norms counted); llama.cpp's own q8_0 / q4_0 cache types (a context of that type prefills the same
+tokens, flash attention on, like the reference); the lossless tier (f16 exact). Quality is measured by
+``seqkv_edge.quality`` against the f16 cache restored losslessly (flash attention on both sides).
+
+    python benchmarks/lossy_rate_quality.py [--model M] [--text T] [--out DIR] [--quick]
+
+Prints a table and writes ``DIR/lossy_rate_quality.json`` and ``.csv`` (one row per method and rate).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from turboquant_peer import turboquant_state  # noqa: E402
+
+from seqkv_edge.codecs.kv_lossy import KVLossyCodec  # noqa: E402
+from seqkv_edge.quality import QualityBench  # noqa: E402
+
+OURS_BITS = (1.0, 1.5, 2.0, 3.0, 4.0)
+TURBO_BITS = (1, 1.5, 2, 2.5, 3, 4)
+COLUMNS = ("method", "bits_per_value", "kl_mean", "kl_p99", "top1_agreement", "ppl_change",
+           "greedy_agreement", "greedy_common_prefix", "seconds")
+
+
+def run(args) -> list[dict]:
+    model = args.model
+    if model is None:
+        from seqkv_edge.models import default_model_path
+
+        model = default_model_path()
+    bench = QualityBench(model, args.text, n_context=args.n_context, n_eval=args.n_eval, n_greedy=args.n_greedy)
+    n_values = sum(t.n_cells * t.n_channels for t in bench.state.tensors())
+    rows = []
+
+    def add(method, bits, produce):
+        t0 = time.perf_counter()
+        result = produce()
+        rows.append({"method": method, "bits_per_value": round(bits() if callable(bits) else bits, 4), **result,
+                     "seconds": round(time.perf_counter() - t0, 2)})
+        r = rows[-1]
+        print(f"{method:24s} {r['bits_per_value']:7.3f} {r['kl_mean']:9.4f} {r['kl_p99']:8.3f} "
+              f"{r['top1_agreement']:7.3f} {r['ppl_change']:+8.4f} {r['greedy_agreement']:7.3f}", flush=True)
+
+    print(f"text: {bench.text_name}; {args.n_context} context tokens, {args.n_eval} teacher-forced, "
+          f"{args.n_greedy} greedy; flash attention on both sides")
+    print(f"{'method':24s} {'bits':>7s} {'KL mean':>9s} {'KL p99':>8s} {'top-1':>7s} {'d ppl':>8s} {'greedy':>7s}")
+    add("lossless f16", 16.0, lambda: bench.evaluate(bench.blob))
+    for bits in args.ours:
+        codec = KVLossyCodec(bits=bits)
+        holder = {}
+
+        def ours(codec=codec, holder=holder):
+            blob, coded = bench.lossy_blob(codec)
+            holder["bits"] = 8 * coded / n_values
+            return bench.evaluate(blob)
+
+        add(f"seqkv kv_lossy {bits:g}", lambda holder=holder: holder["bits"], ours)
+    for bits in args.turbo:
+        holder = {}
+
+        def turbo(bits=bits, holder=holder):
+            blob, holder["bits"] = turboquant_state(bench.state, bits)
+            return bench.evaluate(blob)
+
+        add(f"TurboQuant peer {bits:g}", lambda holder=holder: holder["bits"], turbo)
+    for cache_type, bits in (("q8_0", 8.5), ("q4_0", 4.5)):
+        add(f"llama.cpp {cache_type}", bits, lambda ct=cache_type: bench.evaluate_cache_type(ct))
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model")
+    p.add_argument("--text", help="English plain text (default: /usr/share/common-licenses/GPL-3)")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--n-context", type=int, default=1000)
+    p.add_argument("--n-eval", type=int, default=256)
+    p.add_argument("--n-greedy", type=int, default=128)
+    p.add_argument("--quick", action="store_true", help="fewer rates, no greedy run")
+    args = p.parse_args(argv)
+    args.ours, args.turbo = OURS_BITS, TURBO_BITS
+    if args.quick:
+        args.ours, args.turbo, args.n_greedy = (1.0, 2.0, 3.0), (2, 3), 0
+    rows = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lossy_rate_quality.json").write_text(json.dumps(rows, indent=2))
+    with open(out / "lossy_rate_quality.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out / 'lossy_rate_quality.json'} and .csv")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

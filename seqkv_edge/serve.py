@@ -1,0 +1,163 @@
+"""``seqkv serve``: llama-cpp-python's OpenAI-compatible server with the SeqKV store as prompt cache.
+
+The app is llama-cpp-python's own (``llama_cpp.server.app.create_app``: ``/v1/chat/completions``,
+``/v1/completions``, ...). Its model gets a :class:`~seqkv_edge.cache.SeqKVCache` over a session
+store instead of the RAM/disk caches: every answered conversation is stored as lossless-coded KV
+chunks in a prefix trie, so a conversation's next turn restores its history from the store (also
+after a server restart) and conversations sharing a system prompt or document store it once.
+
+``GET /seqkv/stats`` reports the cache's hits, misses and stores and the store's size.
+
+    $ seqkv serve --store ~/.cache/seqkv_edge/server-store --port 8000
+    $ python -c "import openai; c = openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='-'); ..."
+
+Needs the ``server`` extra: ``pip install "seqkv_edge[server]"``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from .errors import SeqKVError
+from .models import seqkv_home
+
+log = logging.getLogger(__name__)
+
+STATS_PATH = "/seqkv/stats"
+
+
+def default_store() -> str:
+    return str(seqkv_home() / "server-store")
+
+
+def attach_cache(llm, store, budget_bytes=None):
+    """Install a :class:`SeqKVCache` over ``store`` as ``llm``'s prompt cache; returns it."""
+    from .cache import SeqKVCache
+
+    cache = SeqKVCache(store, llm, capacity_bytes=budget_bytes)
+    llm.set_cache(cache)
+    return cache
+
+
+def create_app(model_path: str, store_location: str, *, budget_bytes=None, n_ctx: int = 4096,
+               n_threads=None, chat_format=None, model_alias=None, verbose: bool = False):
+    """llama-cpp-python's FastAPI app serving ``model_path``, its prompt cache in the store at ``store_location``.
+
+    Returns ``(app, server)``; ``server.cache`` counts hits, ``server.close()`` closes the store.
+    """
+    try:
+        from llama_cpp.server import app as server_app
+        from llama_cpp.server.settings import ModelSettings, ServerSettings
+    except ImportError as error:
+        raise SeqKVError(f"seqkv serve needs llama-cpp-python's server extra ({error}); install it with: "
+                         'pip install "seqkv_edge[server]"') from None
+    from .named_sessions import open_session_store
+
+    options = {"n_threads": n_threads} if n_threads else {}
+    model_settings = ModelSettings(model=model_path, model_alias=model_alias or Path(model_path).stem, n_ctx=n_ctx,
+                                   chat_format=chat_format, cache=False, verbose=verbose, **options)
+    app = server_app.create_app(server_settings=ServerSettings(), model_settings=[model_settings])
+    server = _Server(open_session_store(store_location, budget_bytes=budget_bytes, n_threads=n_threads),
+                     budget_bytes)
+    server.install(server_app._llama_proxy)
+
+    @app.get(STATS_PATH)
+    def seqkv_stats() -> dict:
+        return server.stats()
+
+    return app, server
+
+
+class _Server:
+    """The store and the cache of the served model (re-attached if the proxy reloads the model)."""
+
+    def __init__(self, store, budget_bytes):
+        self.store = store
+        self.budget_bytes = budget_bytes
+        self.cache = None
+
+    def install(self, proxy) -> None:
+        load = proxy.load_llama_from_model_settings
+
+        def load_with_cache(settings):
+            llm = load(settings)
+            self.cache = attach_cache(llm, self.store, self.budget_bytes)
+            return llm
+
+        proxy.load_llama_from_model_settings = load_with_cache
+        self.cache = attach_cache(proxy(), self.store, self.budget_bytes)
+
+    def stats(self) -> dict:
+        store = self.store.stats()
+        return {"cache": asdict(self.cache.counters) if self.cache else {},
+                "store": {"location": str(getattr(self.store, "path", None) or getattr(self.store, "url", "")),
+                          **asdict(store), "budget_bytes": self.budget_bytes}}
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def run_serve(args) -> int:
+    import uvicorn
+
+    if args.model:
+        model_path = args.model
+    else:
+        from .models import default_model_path
+
+        model_path = default_model_path()
+    store = args.store or default_store()
+    app, server = create_app(model_path, store, budget_bytes=args.budget_bytes, n_ctx=args.n_ctx,
+                             n_threads=args.threads, chat_format=args.chat_format)
+    print(f"seqkv serve: {model_path} on http://{args.host}:{args.port}/v1, prompt cache in {store} "
+          f"(stats at {STATS_PATH})", file=sys.stderr, flush=True)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it
+    # found: make that an exception so the store is closed before the process ends
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose_server else "warning")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(0)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``seqkv serve``."""
+    parser = subparsers.add_parser("serve", help="OpenAI-compatible server whose prompt cache is the SeqKV store")
+    parser.add_argument("--model", help="GGUF model path (default: the packaged Qwen2.5-Coder-0.5B)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--store", help="store directory or redis:// URL (default: $SEQKV_HOME/server-store)")
+    parser.add_argument("--budget-bytes", type=int, default=None, help="evict stored KV beyond this many bytes")
+    parser.add_argument("--n-ctx", type=int, default=4096)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--chat-format", default=None, help="llama-cpp-python chat format (default: the GGUF's template)")
+    parser.add_argument("--verbose-server", action="store_true", help="uvicorn request log")
+    parser.set_defaults(func=run_serve)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="seqkv")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (SeqKVError, FileNotFoundError) as exc:
+        print(f"seqkv serve: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

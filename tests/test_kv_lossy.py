@@ -1,0 +1,160 @@
+"""The lossy KV codec on the tiny model: error bounds per cache type and layout, rate control, safe restores,
+and the frozen format version 1 (tests/fixtures/kv_lossy_v1.npz)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seqkv_edge.codecs import get_codec
+from seqkv_edge.codecs.kv_lossy import _HEADER, KVLossyCodec, tensor_values
+from seqkv_edge.errors import CorruptDataError, ModelMismatchError
+from seqkv_edge.rope import apply_rope, rope_params, undo_rope
+from seqkv_edge.state import parse_seq_state, read_seq_state, skeleton_layout, write_seq_state
+
+F32, F16, Q4_0, Q8_0, BF16 = 0, 1, 2, 8, 30
+TEXT = b"The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. " * 2
+LAYOUTS = [  # (type_k, type_v, flash_attn)
+    (F16, F16, False), (F16, F16, True), (F32, F32, False), (BF16, BF16, True),
+    (Q8_0, Q8_0, True), (Q4_0, Q4_0, True), (Q8_0, F16, False),
+]
+FIXTURE = Path(__file__).parent / "fixtures" / "kv_lossy_v1.npz"
+
+
+def make_llama(path, type_k=F16, type_v=F16, flash_attn=False):
+    from llama_cpp import Llama
+
+    return Llama(model_path=path, n_ctx=512, n_batch=128, verbose=False, type_k=type_k, type_v=type_v,
+                 flash_attn=flash_attn, n_threads=2)
+
+
+def session(llm):
+    llm.eval(llm.tokenize(TEXT))
+    blob = bytes(read_seq_state(llm.ctx))
+    return blob, parse_seq_state(blob, model=llm)
+
+
+def lossy_round_trip(state, blob, codec, rope):
+    payloads = codec.encode_state(state, rope)
+    out, tensors = skeleton_layout(state.skeleton(), expected_size=len(blob))
+    codec.decode_state(payloads, tensors, [st.positions for sec in state.sections for st in sec.streams], rope)
+    return payloads, out, tensors
+
+
+def steps_of(payload) -> np.ndarray:
+    n_ch = _HEADER.unpack_from(payload)[4]
+    return np.frombuffer(payload, np.float16, n_ch, _HEADER.size + 4 * n_ch).astype(np.float32)
+
+
+def type_step(tensor, x):
+    """The worst rounding of the target cache type itself, per value."""
+    name = tensor.ggml_type.name
+    if name in ("q8_0", "q4_0"):
+        amax = np.abs(x).reshape(x.shape[0], -1, 32).max(axis=-1)
+        per_block = amax / (127.0 if name == "q8_0" else 7.0)
+        return np.repeat(per_block, 32, axis=1) * np.sqrt(tensor.n_channels)  # rotated: spread over the head
+    rel = {"f16": 2.0 ** -11, "bf16": 2.0 ** -8, "f32": 2.0 ** -24}[name]
+    return np.abs(x) * rel + 1e-6
+
+
+@pytest.mark.parametrize("type_k,type_v,flash_attn", LAYOUTS)
+def test_round_trip_within_error_bound_and_restores(tiny_model_path, type_k, type_v, flash_attn):
+    llm = make_llama(tiny_model_path, type_k, type_v, flash_attn)
+    blob, state = session(llm)
+    rope = rope_params(llm)
+    assert rope["type"] == "norm" and rope["head_dim_k"] == 32
+    payloads, out, tensors = lossy_round_trip(state, blob, KVLossyCodec(bits=4.0), rope)
+    positions = state.sections[0].streams[0].positions
+    for src, dst, payload in zip(state.tensors(), tensors, payloads):
+        x, y = tensor_values(src, rope), tensor_values(dst, rope)
+        assert y.shape == x.shape and np.isfinite(y).all()
+        if src.kind == "k":  # the quantizer's bound holds before RoPE
+            x, y = undo_rope(x, positions, rope), undo_rope(y, positions, rope)
+        bound = steps_of(payload) / 2 + type_step(src, x) + type_step(dst, y) + 1e-3 * np.abs(x).max()
+        assert (np.abs(y - x) <= bound).all(), src.name
+    write_seq_state(llm.ctx, out)  # llama.cpp accepts the restored state and keeps evaluating
+    llm.n_tokens = state.sections[0].streams[0].cell_count
+    llm.eval(llm.tokenize(b" more", add_bos=False))
+    logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+    assert np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("bits", [1.0, 2.0, 4.0])
+def test_rate_control_hits_target_within_5_percent(tiny_model_path, bits):
+    llm = make_llama(tiny_model_path, F16, F16, True)
+    blob, state = session(llm)
+    payloads = KVLossyCodec(bits=bits).encode_state(state, rope_params(llm))
+    n_values = sum(t.n_cells * t.n_channels for t in state.tensors())
+    assert abs(8 * sum(map(len, payloads)) / n_values / bits - 1) <= 0.05
+
+
+def test_more_bits_less_error(tiny_model_path):
+    llm = make_llama(tiny_model_path)
+    blob, state = session(llm)
+    rope = rope_params(llm)
+    errors = []
+    for bits in (1.0, 3.0, 6.0):
+        _, _, tensors = lossy_round_trip(state, blob, KVLossyCodec(bits=bits), rope)
+        errors.append(sum(float(np.mean((tensor_values(a) - tensor_values(b)) ** 2))
+                          for a, b in zip(state.tensors(), tensors)))
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_rope_undo_redo_is_identity():
+    rng = np.random.default_rng(0)
+    keys = rng.standard_normal((50, 128)).astype(np.float32)
+    positions = np.arange(7, 57, dtype=np.int32)
+    for kind in ("neox", "norm"):
+        rope = {"type": kind, "n_rot": 48, "freq_base": 1e6, "freq_scale": 1.0, "head_dim_k": 64}
+        assert np.allclose(apply_rope(undo_rope(keys, positions, rope), positions, rope), keys, atol=1e-5)
+        assert np.allclose(undo_rope(keys, positions, rope)[:, 48:64], keys[:, 48:64])  # n_rot < head_dim
+
+
+def test_config_round_trip_and_validation():
+    codec = KVLossyCodec(bits=2.0)
+    assert json.loads(json.dumps(codec.get_config())) == {"id": "kv_lossy", "bits": 2.0, "max_kl": None, "version": 1}
+    assert get_codec(codec.get_config()) == codec
+    assert get_codec(KVLossyCodec(max_kl=0.01).get_config()).max_kl == 0.01
+    for bad in ({}, {"bits": 2.0, "max_kl": 0.1}, {"bits": 0.0}, {"max_kl": -1.0}, {"bits": 2.0, "version": 2}):
+        with pytest.raises(ValueError):
+            KVLossyCodec(**bad)
+
+
+def test_corrupt_or_mismatched_payloads_raise(tiny_model_path):
+    llm = make_llama(tiny_model_path)
+    blob, state = session(llm)
+    rope = rope_params(llm)
+    codec = KVLossyCodec(bits=2.0)
+    payloads = codec.encode_state(state, rope)
+    positions = [state.sections[0].streams[0].positions]
+    cases = [
+        (CorruptDataError, [payloads[0][:-3]] + payloads[1:]),
+        (CorruptDataError, [bytes([9]) + payloads[0][1:]] + payloads[1:]),  # unknown format version
+        (CorruptDataError, [payloads[0][:-8] + bytes(8)] + payloads[1:]),  # damaged entropy-coded bits
+        (CorruptDataError, payloads[:-1]),
+    ]
+    for error, bad in cases:
+        _, tensors = skeleton_layout(state.skeleton(), expected_size=len(blob))
+        with pytest.raises(error):
+            codec.decode_state(bad, tensors, positions, rope)
+    llm.eval(llm.tokenize(b" longer", add_bos=False))  # another cell count: a mismatched context
+    other = parse_seq_state(bytes(read_seq_state(llm.ctx)), model=llm)
+    _, tensors = skeleton_layout(other.skeleton())
+    with pytest.raises(ModelMismatchError):
+        codec.decode_state(payloads, tensors, [other.sections[0].streams[0].positions], rope)
+
+
+def test_format_version_1_fixture_still_decodes():
+    """The fixture was written by format version 1; its decoded values must never change."""
+    fx = np.load(FIXTURE)
+    rope = json.loads(str(fx["rope"]))
+    n = int(fx["n_payloads"])
+    payloads = [fx[f"payload_{i}"].tobytes() for i in range(n)]
+    out, tensors = skeleton_layout(fx["skeleton"].tobytes(), expected_size=len(fx["expected"]))
+    KVLossyCodec(bits=2.0).decode_state(payloads, tensors, [fx["positions"]], rope)
+    expected = parse_seq_state(fx["expected"].tobytes(), has_cell_ext=False).tensors()
+    for got, want in zip(tensors, expected):
+        a, b = tensor_values(got), tensor_values(want)
+        assert np.allclose(a, b, rtol=2e-3, atol=1e-4), got.name  # 1 ulp of f16 across platforms

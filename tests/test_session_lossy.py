@@ -1,0 +1,51 @@
+"""Lossy KV sessions on the tiny model: smaller files, restored into the context's own cache type."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seqkv_edge import Llama, SeqKV
+from seqkv_edge.container import read_container
+from seqkv_edge.state import parse_seq_state, read_seq_state
+
+PROMPT = b"The lossy tier keeps what matters and drops the noise. " * 4
+F16, Q8_0, Q4_0 = 1, 8, 2
+
+
+def make(path, cfg, type_kv=F16, flash_attn=False):
+    return Llama(model_path=path, n_ctx=512, n_batch=64, verbose=False, type_k=type_kv, type_v=type_kv,
+                 flash_attn=flash_attn, kv_compressor=cfg)
+
+
+@pytest.mark.parametrize("type_kv,flash_attn", [(F16, False), (F16, True), (Q8_0, True), (Q4_0, True)])
+def test_lossy_session_restores_and_continues(tiny_model_path, tmp_path, type_kv, flash_attn):
+    llm = make(tiny_model_path, SeqKV(kv="lossless"), type_kv, flash_attn)
+    llm.eval(llm.tokenize(PROMPT))
+    lossless = llm.save_session(tmp_path / "exact.seqkv")
+    llm.kv_compressor = SeqKV(kv="lossy", bits=4.0)
+    lossy = llm.save_session(tmp_path / "lossy.seqkv")
+    assert lossy.file_bytes < lossless.file_bytes
+    assert read_container(tmp_path / "lossy.seqkv").meta["codecs"]["kv"]["id"] == "kv_lossy"
+
+    fresh = make(tiny_model_path, SeqKV(), type_kv, flash_attn)
+    fresh.load_session(tmp_path / "lossy.seqkv")
+    assert fresh.n_tokens == llm.n_tokens
+    restored = parse_seq_state(read_seq_state(fresh.ctx), model=fresh)
+    original = parse_seq_state(read_seq_state(llm.ctx), model=llm)
+    assert [t.data.shape for t in restored.tensors()] == [t.data.shape for t in original.tensors()]
+    assert [st.positions.tolist() for st in restored.sections[0].streams] == \
+        [st.positions.tolist() for st in original.sections[0].streams]
+    more = llm.tokenize(b" More text.", add_bos=False)
+    llm.eval(more)
+    fresh.eval(more)
+    a = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+    b = np.ctypeslib.as_array(fresh._ctx.get_logits(), shape=(fresh.n_vocab(),))
+    assert np.all(np.isfinite(b)) and np.corrcoef(a, b)[0, 1] > 0.9
+
+
+def test_lossy_settings_are_validated():
+    with pytest.raises(ValueError, match="bits or max_kl"):
+        SeqKV(kv="lossy", bits=2.0, max_kl=0.01)
+    with pytest.raises(ValueError, match="apply to kv='lossy'"):
+        SeqKV(bits=2.0)
+    assert SeqKV(kv="lossy", max_kl=0.02).bits is None
