@@ -73,22 +73,11 @@ def pick_template(llm, name: str = "auto") -> ChatTemplate:
 
 
 def snapshot_config() -> SeqKV:
-    """The lossless KV snapshot tier (restores without recompute)."""
-    from .codecs import kv_lossless  # noqa: F401  (registers the codec that load_session looks up)
-
-    return SeqKV()
+    """Lossless KV snapshots in the deduplicating store ``$SEQKV_HOME/chats/store`` (restore without recompute)."""
+    return SeqKV(store=str(seqkv_home() / "chats" / "store"))
 
 
-def default_config() -> SeqKV:
-    """The lossless KV snapshot (instant restore) when its codec is installed, else hybrid tokens."""
-    try:
-        return snapshot_config()
-    except ImportError:
-        log.info("the lossless KV codec is not available: sessions are stored as hybrid tokens")
-        return SeqKV(kv="none", tokens="hybrid")
-
-
-TIERS = {"snapshot": snapshot_config, "tokens": lambda: SeqKV(kv="none", tokens="hybrid"), "auto": default_config}
+TIERS = {"snapshot": snapshot_config, "tokens": lambda: SeqKV(kv="none", tokens="hybrid"), "auto": snapshot_config}
 
 
 @dataclass
@@ -175,22 +164,33 @@ class ChatSession:
         self.stop_ids = {llm.token_eos()} | self._special_ids(self.template.stop)
 
     def path(self, name: str) -> Path:
+        if self.llm.session_store is not None:  # named sessions in the deduplicating store
+            return Path(str(self.llm.kv_compressor.store)) / check_name(name)
         return self.dir / f"{check_name(name)}.seqkv"
+
+    def exists(self, name: str) -> bool:
+        if self.llm.session_store is None:
+            return self.path(name).exists()
+        from .named_sessions import list_named
+
+        return any(row["name"] == name and row["kind"] == "named" for row in list_named(self.llm.session_store))
 
     # ---- persistence ----------------------------------------------------------------------
 
     def resume(self) -> bool:
-        """Restore the session's file if it exists (a progress bar while tokens are replayed)."""
-        if not self.path(self.name).exists():
+        """Restore the saved session if it exists (a progress bar while tokens are replayed)."""
+        if not self.exists(self.name):
             return False
         self.load(self.name)
         return True
 
     def load(self, name: str) -> SessionStatus:
-        """Switch to session ``name``, restoring it from its file (KeyError when there is none)."""
+        """Switch to session ``name``, restoring it (KeyError when there is none)."""
         path = self.path(name)
-        if not path.exists():
+        if not self.exists(name):
             raise KeyError(f"no saved session {name!r} ({path})")
+        if self.llm.session_store is not None:
+            return self._load_named(name)
         bars: list = []  # opened on the first report: snapshots restore without replaying tokens
 
         def progress(done, total):
@@ -208,9 +208,38 @@ class ChatSession:
                                     info.seconds.get("total"), info.restored_by)
         return self.status
 
+    def _load_named(self, name: str) -> SessionStatus:
+        self.llm.reset()
+        info = self.llm.load_session(name)
+        how = f"{info.restored_tokens} tokens from the store, {info.replayed_tokens} replayed"
+        self.name = name
+        self.status = SessionStatus(name, self.path(name), info.n_tokens, self._stored_bytes(name), info.raw_bytes,
+                                    info.seconds.get("total"), how)
+        return self.status
+
+    def _stored_bytes(self, name: str) -> int:
+        """Bytes of the store chunks this session's KV is made of (shared prefixes included)."""
+        store = self.llm.session_store
+        try:
+            record = store.get_session(name)
+        except KeyError:
+            return 0
+        return sum(node.nbytes for node in store.node_stats(record.node_ids))
+
+    def _save_named(self, name: str) -> SessionStatus:
+        info = self.llm.save_session(name)
+        same = name == self.name
+        self.status = SessionStatus(name, self.path(name), info.n_tokens, self._stored_bytes(name), info.raw_bytes,
+                                    self.status.restore_seconds if same else None,
+                                    self.status.restored_by if same else "", info.seconds.get("total"))
+        self.name = name
+        return self.status
+
     def save(self, name: Optional[str] = None) -> SessionStatus:
         """Save the context as session ``name`` (default: the current one); atomic."""
         name = name or self.name
+        if self.llm.session_store is not None:
+            return self._save_named(name)
         path = self.path(name)
         try:
             info = self.llm.save_session(path)
@@ -231,7 +260,7 @@ class ChatSession:
 
     def fork(self, name: str) -> SessionStatus:
         """Continue in a copy named ``name``; the current session's file stays as it was."""
-        if self.path(name).exists():
+        if self.exists(name):
             raise ValueError(f"session {name!r} exists already; /load it or fork under another name")
         if self.llm.n_tokens == 0:
             self.name, self.status = name, SessionStatus(name, self.path(name), 0)
@@ -365,6 +394,8 @@ def format_info(status: SessionStatus, tier: str) -> str:
 
 
 def _tier_name(config: SeqKV) -> str:
+    if config.store:
+        return f"lossless KV snapshots, deduplicated in {config.store}"
     return "lossless KV snapshot" if config.kv == "lossless" else f"{config.tokens} tokens"
 
 

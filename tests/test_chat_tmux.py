@@ -101,23 +101,19 @@ def terminal(tmp_path, tiny_model_path):
     subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
 
 
-def _snapshot_codec_installed() -> bool:
-    code = "import seqkv_edge.codecs.kv_lossless"
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
-
-
 TIER_ARGS = ("--max-tokens", "24", "--seed", "7")
 
 
 @pytest.mark.parametrize("tier", ["tokens", "snapshot"])
 def test_two_turns_quit_restart_restores_tokens(terminal, tier):
-    if tier == "snapshot" and not _snapshot_codec_installed():
-        pytest.skip("the lossless KV codec is not installed yet")
     chat = terminal("alpha", "--tier", tier, *TIER_ARGS)
     first = chat.turn("hello there")
     second = chat.turn("and a second question")
     assert 0 < first < second
-    assert (terminal.home / "chats" / "alpha.seqkv").is_file()
+    if tier == "snapshot":  # named sessions in the deduplicating store
+        assert (terminal.home / "chats" / "store").is_dir()
+    else:
+        assert (terminal.home / "chats" / "alpha.seqkv").is_file()
     chat.send("/quit")
     chat.wait_exit()
 
@@ -126,7 +122,8 @@ def test_two_turns_quit_restart_restores_tokens(terminal, tier):
     again.send("/info")
     screen = again.wait(lambda s: "restore  " in s, what="/info")
     assert re.search(rf"^tokens\s+{second:,}$", screen, re.M), screen
-    assert re.search(r"^restore\s+[\d.]+ s \((snapshot|exact replay)\)$", screen, re.M), screen
+    restored_by = rf"{second} tokens from the store, 0 replayed" if tier == "snapshot" else "exact replay"
+    assert re.search(rf"^restore\s+[\d.]+ s \({restored_by}\)$", screen, re.M), screen
     assert re.search(r"^raw\s+llama\.cpp state [\d,]+ bytes -> ratio [\d,.]+x$", screen, re.M), screen
     third = again.turn("a third one")  # the restored context continues
     assert third > second
