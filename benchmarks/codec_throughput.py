@@ -1,0 +1,147 @@
+"""kv_lossless on real KV dumps: ratio, single-thread and parallel throughput, vs zstd level 3.
+
+Usage:
+    python benchmarks/codec_throughput.py [DUMP ...] [--reps N] [--layers N]
+
+A DUMP is a llama.cpp per-sequence state blob (llama_state_seq_get_data) with one KV stream.
+Default: the dumps in /tmp/kvdata (Qwen2.5-Coder-0.5B Q4_K_M, 2,000 tokens of the GPL-3 text).
+Ratios count every byte of the coded streams (headers and side information included) against
+the raw tensor bytes; throughput is MB of raw tensor bytes per second, best of --reps runs per
+tensor, measured after a warm-up call (context tables cached in the thread's workspace).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from seqkv_edge import native  # noqa: E402
+from seqkv_edge.codecs.kv_lossless import KVLosslessCodec  # noqa: E402
+
+DEFAULT_DUMPS = ["seq_nofa_f16.bin", "seq_fa_f16.bin", "seq_fa_q8_0.bin", "seq_fa_q4_0.bin"]
+TYPE_NAMES = {0: "f32", 1: "f16", 2: "q4_0", 8: "q8_0", 30: "bf16"}
+BLOCK = {2: (18, 32), 8: (34, 32)}  # bytes and values per block
+
+
+def parse_seq_state(blob: bytes):
+    """(tensors, v_trans) of a one-stream sequence state: tensors are (name, data, type, token_major, n_channels)."""
+    off = 8  # magic, seq id
+    n_stream, n_cells = struct.unpack_from("<II", blob, off)
+    if n_stream != 1:
+        raise ValueError(f"expected one KV stream, got {n_stream}")
+    off += 8
+    for _ in range(n_cells):  # pos, n_seq_id, seq ids
+        n_seq = struct.unpack_from("<I", blob, off + 4)[0]
+        off += 8 + 4 * n_seq
+    v_trans, n_layer = struct.unpack_from("<II", blob, off)
+    off += 8
+    tensors = []
+    for layer in range(n_layer):
+        typ, row = struct.unpack_from("<iQ", blob, off)
+        off += 12
+        data = np.frombuffer(blob, np.uint8, row * n_cells, off).reshape(n_cells, row)
+        off += row * n_cells
+        tensors.append((f"K{layer}", data, typ, True, channels_of(typ, row)))
+    for layer in range(n_layer):
+        if v_trans:
+            typ, elem, n_embd = struct.unpack_from("<iII", blob, off)
+            off += 12
+            data = np.frombuffer(blob, np.uint8, n_embd * n_cells * elem, off).reshape(n_embd, n_cells * elem)
+            off += n_embd * n_cells * elem
+            tensors.append((f"V{layer}", data, typ, False, n_embd))
+        else:
+            typ, row = struct.unpack_from("<iQ", blob, off)
+            off += 12
+            data = np.frombuffer(blob, np.uint8, row * n_cells, off).reshape(n_cells, row)
+            off += row * n_cells
+            tensors.append((f"V{layer}", data, typ, True, channels_of(typ, row)))
+    if off != len(blob):
+        raise ValueError(f"parsed {off} of {len(blob)} bytes")
+    return tensors, bool(v_trans)
+
+
+def channels_of(typ: int, row: int) -> int:
+    if typ in BLOCK:
+        return row // BLOCK[typ][0] * BLOCK[typ][1]
+    return row // (4 if typ == 0 else 2)
+
+
+def best_time(fn, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_dump(path: Path, reps: int, layers: int | None) -> None:
+    tensors, v_trans = parse_seq_state(path.read_bytes())
+    if layers:
+        n_layer = len(tensors) // 2
+        keep = set(range(0, n_layer, max(1, n_layer // layers)))
+        tensors = [t for t in tensors if int(t[0][1:]) in keep]
+    codec = KVLosslessCodec(n_threads=1)
+    ws = native.KVWorkspace()
+    raw = {"K": 0, "V": 0}
+    coded = {"K": 0, "V": 0}
+    t_enc = t_dec = 0.0
+    blobs = []
+    for name, data, typ, token_major, n_channels in tensors:
+        data = np.ascontiguousarray(data)
+        blob = native.kv_encode(data, typ, token_major, n_channels, -1, ws)  # warm-up (tables)
+        out = np.empty_like(data)
+        t_enc += best_time(lambda: native.kv_encode(data, typ, token_major, n_channels, -1, ws), reps)
+        t_dec += best_time(lambda: native.kv_decode(blob, typ, token_major, n_channels, out, ws), reps)
+        if not np.array_equal(out, data):
+            raise SystemExit(f"{path.name} {name}: round trip is not bit-exact")
+        raw[name[0]] += data.nbytes
+        coded[name[0]] += len(blob)
+        blobs.append(blob)
+    total_raw, total_coded = sum(raw.values()), sum(coded.values())
+    all_bytes = b"".join(np.ascontiguousarray(t[1]).tobytes() for t in tensors)
+    zstd3 = len(zstandard.ZstdCompressor(level=3).compress(all_bytes))
+    typ = TYPE_NAMES.get(tensors[0][2], str(tensors[0][2]))
+
+    jobs = [(np.ascontiguousarray(d), t, tm, c) for _, d, t, tm, c in tensors]
+    par = KVLosslessCodec()
+    t_par_enc = best_time(lambda: par.encode_many(jobs), max(1, reps // 2))
+    outs = [np.empty_like(j[0]) for j in jobs]
+    t_par_dec = best_time(lambda: par.decode_many([(b, j[1], j[2], j[3], o) for b, j, o in zip(blobs, jobs, outs)]),
+                          max(1, reps // 2))
+
+    per_value = typ in ("f16", "bf16", "f32")
+    bits = total_coded / total_raw * ({"f32": 32}.get(typ, 16) if per_value else 8)
+    print(f"{path.name} ({typ}, v_trans={int(v_trans)}, {len(tensors)} tensors, {total_raw / 1e6:.1f} MB raw)")
+    print(f"  kv_lossless ratio  K {raw['K'] / coded['K']:.4f}  V {raw['V'] / coded['V']:.4f}  "
+          f"all {total_raw / total_coded:.4f}  ({bits:.2f} bits per {'value' if per_value else 'byte'})")
+    print(f"  zstd -3 ratio      {total_raw / zstd3:.4f}")
+    print(f"  1 thread           encode {total_raw / t_enc / 1e6:6.1f} MB/s   decode {total_raw / t_dec / 1e6:6.1f} MB/s")
+    print(f"  {os.cpu_count()} threads (*_many) encode {total_raw / t_par_enc / 1e6:6.1f} MB/s   "
+          f"decode {total_raw / t_par_dec / 1e6:6.1f} MB/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dumps", nargs="*", help="sequence state blobs (default: the dumps in /tmp/kvdata)")
+    parser.add_argument("--reps", type=int, default=3, help="timing repetitions per tensor (best is kept)")
+    parser.add_argument("--layers", type=int, default=None, help="use about this many layers (default: all)")
+    args = parser.parse_args()
+    paths = [Path(p) for p in args.dumps] or [Path("/tmp/kvdata") / n for n in DEFAULT_DUMPS]
+    paths = [p for p in paths if p.exists()]
+    if not paths:
+        raise SystemExit("no dumps found: pass the path of a llama.cpp sequence state blob")
+    native.require()
+    for path in paths:
+        bench_dump(path, args.reps, args.layers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+/*
+ * kvc_adapt.c -- adaptive per-channel tables of the kv_lossless codec (INT sections).
+ *
+ * The values of q8_0 / q4_0 blocks are far from Gaussian (clipped, with the block maximum at
+ * an end of the range), so each of their channels counts its own symbols (the distance of the
+ * value from the prediction). The counts start from the channel's Gaussian context table
+ * (worth KVC_ADAPT_PRIOR / KVC_ADAPT_INC = 512 symbols) and become a rANS table after 16, 32, ...,
+ * 512 symbols, then every 512. Encoder and decoder follow the same schedule.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvc_internal.h"
+
+#define ADAPT_BUCKET_SHIFT (KVC_PROB_BITS - KVC_ADAPT_BUCKET_BITS)
+
+int kvc_adapt_init(KvcAdapt *a, int A, const KvcCtx *prior)
+{
+    size_t bytes = (size_t)A * 4 + ((size_t)A + 1) * 4 + (size_t)A * 4 + ((size_t)1 << KVC_ADAPT_BUCKET_BITS) * 2;
+    uint8_t *mem = malloc(bytes);
+    if (!mem)
+        return -1;
+    a->count = (uint32_t *)mem;
+    a->tab.cum = (uint32_t *)(mem + (size_t)A * 4);
+    a->tab.sym_rank = (uint16_t *)(mem + (size_t)A * 8 + 4);
+    a->tab.rank_sym = a->tab.sym_rank + A;
+    a->tab.bucket = a->tab.rank_sym + A;
+    a->total = 0;
+    for (int s = 0; s < A; s++) {
+        int r = prior->sym_rank[s];
+        uint32_t freq = prior->cum[r + 1] - prior->cum[r];
+        a->count[s] = 1 + (uint32_t)(((uint64_t)freq * KVC_ADAPT_PRIOR) >> KVC_PROB_BITS);
+        a->total += a->count[s];
+        a->tab.sym_rank[s] = a->tab.rank_sym[s] = (uint16_t)s;
+    }
+    a->seen = 0;
+    a->period = 0;
+    kvc_adapt_rebuild(a, A);
+    return 0;
+}
+
+void kvc_adapt_free(KvcAdapt *a)
+{
+    free(a->count);
+    a->count = NULL;
+}
+
+static void fill_buckets(KvcCtx *t)
+{
+    int s = 0;
+    for (uint32_t b = 0; b < (1u << KVC_ADAPT_BUCKET_BITS); b++) {
+        uint32_t slot = b << ADAPT_BUCKET_SHIFT;
+        while (t->cum[s + 1] <= slot)
+            s++;
+        t->bucket[b] = (uint16_t)s;
+    }
+}
+
+/* Counts -> frequencies 1 + count * (2^PROB_BITS - A) / total (floored), remainder to symbol 0
+ * (the value equal to the prediction's floor). */
+void kvc_adapt_rebuild(KvcAdapt *a, int A)
+{
+    a->seen += a->period;
+    a->total += KVC_ADAPT_INC * a->period;
+    if (a->total > KVC_ADAPT_LIMIT) {
+        a->total = 0;
+        for (int s = 0; s < A; s++) {
+            a->count[s] = (a->count[s] + 1) >> 1;
+            a->total += a->count[s];
+        }
+    }
+    uint64_t mul = ((uint64_t)(KVC_PROB_ONE - (uint32_t)A) << 32) / a->total;
+    uint32_t *cum = a->tab.cum, sum = 0;
+    for (int s = 0; s < A; s++) {
+        cum[s] = 1 + (uint32_t)((a->count[s] * mul) >> 32);
+        sum += cum[s];
+    }
+    cum[0] += KVC_PROB_ONE - sum;
+    uint32_t run = 0;
+    for (int s = 0; s < A; s++) {
+        uint32_t freq = cum[s];
+        cum[s] = run;
+        run += freq;
+    }
+    cum[A] = run;
+    fill_buckets(&a->tab);
+    a->period = a->seen < KVC_ADAPT_FIRST ? KVC_ADAPT_FIRST : (a->seen < KVC_ADAPT_MAX ? a->seen : KVC_ADAPT_MAX);
+    a->countdown = a->period;
+}
