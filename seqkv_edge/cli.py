@@ -20,9 +20,11 @@ def _model_path(args) -> str:
 
 
 def cmd_inspect(args) -> int:
-    from .container import Kind, read_container
+    from .container import read_container
 
     container = read_container(args.file)
+    if container.header is not None:
+        return _inspect_tokens_only(args, container)
     meta = container.meta
     if args.json:
         print(json.dumps(meta, indent=2))
@@ -41,7 +43,7 @@ def cmd_inspect(args) -> int:
     print(f"  codecs     kv={codecs.get('kv')} tokens={codecs.get('tokens')}")
     kinds = {}
     for kind, payload in container.sections:
-        name = Kind(kind).name if kind in Kind._value2member_map_ else f"kind-{kind}"
+        name = _kind_label(kind)
         count, total = kinds.get(name, (0, 0))
         kinds[name] = (count + 1, total + len(payload))
     for name, (count, total) in kinds.items():
@@ -52,6 +54,30 @@ def cmd_inspect(args) -> int:
             print(f"    {t['name']:<16} type {t['ggml_type']:<3} cells {t['n_cells']:<6} channels {t['n_channels']:<5} "
                   f"{'token-major' if t['token_major'] else 'channel-major'} {t['nbytes']:,} B")
     return 0
+
+
+def _inspect_tokens_only(args, container) -> int:
+    from .token_session import decode_header
+
+    header = decode_header(container.header, args.file)
+    header["build"] = header["build"].hex()
+    if args.json:
+        print(json.dumps(header, indent=2))
+        return 0
+    size = Path(args.file).stat().st_size
+    print(f"{args.file}: seqkv tokens-only session ({header['tier']} tier), format {container.version}, {size:,} bytes")
+    print(f"  model      fingerprint {header['fingerprint']}, vocabulary {header['n_vocab']:,}")
+    print(f"  build      {header['build']} (model-coded tokens replay only on the same llama.cpp build)")
+    print(f"  tokens     {header['n_tokens']:,} ({8 * size / max(header['n_tokens'], 1):.2f} bits/token, header included)")
+    for kind, payload in container.sections:
+        print(f"  section    {_kind_label(kind):<12} {len(payload):,} bytes")
+    return 0
+
+
+def _kind_label(kind: int) -> str:
+    from .container import Kind
+
+    return Kind(kind).name if kind in Kind._value2member_map_ else f"kind-{kind}"
 
 
 def cmd_bench(args) -> int:
