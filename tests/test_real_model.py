@@ -27,7 +27,7 @@ def logits(llm):
 @pytest.fixture(scope="module")
 def chat(real_model_path):
     """A ChatML prompt with ~400 tokens of the GPL-3, prefilled in a batch, then 12 generated tokens."""
-    llm = make(real_model_path, tokens="hybrid")
+    llm = make(real_model_path, kv="none", tokens="hybrid")
     text, _ = read_text()
     body = llm.tokenize(text.encode(), add_bos=False)[:400]
     prompt = (llm.tokenize(b"<|im_start|>user\n", special=True) + body

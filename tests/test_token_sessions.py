@@ -159,3 +159,26 @@ def test_compact_header(tiny_model_path, tmp_path):
     container = read_container(path)
     overhead = path.stat().st_size - len(container.payload(Kind.MODEL_TOKENS))
     assert container.header is not None and overhead <= 64
+
+
+def test_other_batch_schedule_is_detected(tiny_model_path, tmp_path):
+    """Replaying with other batch boundaries gives other logits: the model-coded tokens must not decode."""
+    from seqkv_edge.schedule import Schedule
+
+    llm = make(tiny_model_path, tokens="hybrid")
+    chat(llm, n_new=20)
+    path = tmp_path / "h.seqkv"
+    llm.save_session(path)
+
+    def move_boundary(payload):
+        schedule = Schedule.decode(payload)
+        assert schedule.sizes[0] > 2
+        schedule.sizes[0] -= 1  # the prompt's last token moves into the first one-token step
+        schedule.sizes[1] += 1
+        return schedule.encode()
+
+    _rewrite(path, Kind.SCHEDULE, move_boundary)
+    fresh = make(tiny_model_path, tokens="hybrid")
+    with pytest.raises(CorruptDataError):
+        fresh.load_session(path)
+    assert fresh.n_tokens == 0
