@@ -14,7 +14,7 @@ chunks hold (:func:`seqkv_edge.chunks.full_to_seq_state`).
 >>> llm = llama_cpp.Llama(model_path=path, n_ctx=4096)                    # doctest: +SKIP
 >>> llm.set_cache(SeqKVCache(open_session_store("prompt-cache/"), llm))  # doctest: +SKIP
 >>> llm.create_completion(long_prompt + "Q1")                             # doctest: +SKIP
->>> llm.create_completion(long_prompt + "Q2")   # restores long_prompt's KV from the store
+>>> llm.create_completion(long_prompt + "Q2")  # restores long_prompt's KV from the store  # doctest: +SKIP
 """
 from __future__ import annotations
 

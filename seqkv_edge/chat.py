@@ -144,8 +144,8 @@ class ChatSession:
     """A chat on a ``seqkv_edge.Llama``, persisted as ``<home>/chats/<name>.seqkv`` after every turn.
 
     >>> chat = ChatSession(llm, "work")          # doctest: +SKIP
-    >>> chat.resume()                             # restores work.seqkv when it exists
-    >>> chat.turn("Why is the sky blue?")         # streams the answer to stdout, then saves
+    >>> chat.resume()  # restores work.seqkv when it exists  # doctest: +SKIP
+    >>> chat.turn("Why is the sky blue?")  # streams the answer to stdout, then saves  # doctest: +SKIP
     """
 
     def __init__(self, llm, name: str, *, home: Optional[Path] = None, template: Optional[ChatTemplate] = None,

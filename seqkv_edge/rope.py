@@ -6,7 +6,7 @@ rotation here is our own (float64 angles, float32 arithmetic); ``apply_rope(undo
 up to float32 rounding, whatever llama.cpp's own rounding of the angles was.
 
     >>> params = rope_params(llm)                                  # doctest: +SKIP
-    >>> pre = undo_rope(keys, cell_positions, params)              # [n_cells, n_head_kv * head_dim]
+    >>> pre = undo_rope(keys, cell_positions, params)  # [n_cells, n_head_kv * head_dim]  # doctest: +SKIP
 """
 from __future__ import annotations
 
