@@ -88,7 +88,6 @@ def bench_dump(path: Path, reps: int, layers: int | None) -> None:
         n_layer = len(tensors) // 2
         keep = set(range(0, n_layer, max(1, n_layer // layers)))
         tensors = [t for t in tensors if int(t[0][1:]) in keep]
-    codec = KVLosslessCodec(n_threads=1)
     ws = native.KVWorkspace()
     raw = {"K": 0, "V": 0}
     coded = {"K": 0, "V": 0}

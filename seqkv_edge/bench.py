@@ -7,7 +7,6 @@ state is bit-identical to the original.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform

@@ -21,7 +21,6 @@ import logging
 import re
 import signal
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path

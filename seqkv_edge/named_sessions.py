@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import struct
-import time
 import types
 import urllib.parse
 import zlib
@@ -42,6 +41,7 @@ import numpy as np
 from . import __version__
 from .chunks import ChunkCodec, default_codec, split_payload
 from .codecs.tokens_portable import TokensPortableCodec
+from .timing import Clock
 from .errors import CorruptDataError, ModelMismatchError, SeqKVError, StoreUnavailableError
 from .fingerprint import model_fingerprint
 from .state import parse_seq_state, read_seq_state, write_seq_state
@@ -286,7 +286,7 @@ def save_named(llm, store: SessionStore, name: str, *, codec: ChunkCodec | None 
     (deduplicated against every stored prefix). Replaces a session of the same name."""
     if not isinstance(name, str) or not name or name.startswith(CACHE_PREFIX):
         raise ValueError(f"a session name must be a non-empty string not starting with {CACHE_PREFIX!r}")
-    clock = _Clock()
+    clock = Clock()
     n = llm.n_tokens
     if n == 0:
         raise SeqKVError(f"saving session {name!r}: the context holds no tokens yet; evaluate or generate first")
@@ -372,7 +372,7 @@ def load_named(llm, store: SessionStore, name: str, *, codec: ChunkCodec | None 
     tokens, then a batched prefill of the rest (all of it when every snapshot was evicted)."""
     from .bench import prefill
 
-    clock = _Clock()
+    clock = Clock()
     tokens = session_tokens(llm, store, name)
     n = tokens.shape[0]
     if n > llm.n_ctx():
@@ -422,15 +422,3 @@ def list_named(store: SessionStore) -> list[dict]:
                      "n_tokens": int(record.tokens.shape[0]), "kv_tokens": int(record.tokens.shape[0]),
                      "own_snapshot": True, "created": ""})
     return rows
-
-
-class _Clock:
-    def __init__(self):
-        self.start = self.last = time.perf_counter()
-        self.seconds: dict = {}
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.seconds[name] = round(now - self.last, 4)
-        self.seconds["total"] = round(now - self.start, 4)
-        self.last = now

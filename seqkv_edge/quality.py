@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 

@@ -6,7 +6,6 @@ This module joins the pieces: ``state`` (the llama.cpp blob), ``codecs`` (the by
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ from .codecs.tokens_portable import TokensPortableCodec
 from .codecs.zstd_bytes import ZstdCodec
 from .config import SeqKV
 from .container import Container, Kind, read_container, write_container
+from .timing import Clock
 from .errors import CorruptDataError, ModelMismatchError, SeqKVError
 from .fingerprint import build_info, model_fingerprint
 from .state import GGML_TYPES, parse_seq_state, read_seq_state, skeleton_layout, write_seq_state
@@ -74,7 +74,7 @@ def save(llm, path: Union[str, Path], config: SeqKV, progress=None) -> SessionIn
         from . import token_session
 
         return token_session.save(llm, path, config, progress)
-    clock = _Clock()
+    clock = Clock()
     blob = read_seq_state(llm.ctx)
     state = parse_seq_state(blob, model=llm)
     clock.lap("read_state")
@@ -189,7 +189,7 @@ def decode_state(container: Container, source: str) -> tuple[bytearray, np.ndarr
 
 def load(llm, path: Union[str, Path], progress=None) -> SessionInfo:
     """Restore a session file into ``llm`` (sequence 0). On any error the context is left as it was."""
-    clock = _Clock()
+    clock = Clock()
     source = str(path)
     container = read_container(path)
     if container.header is not None:
@@ -208,7 +208,7 @@ def load(llm, path: Union[str, Path], progress=None) -> SessionInfo:
     return SessionInfo(source, n, len(blob), Path(path).stat().st_size, clock.seconds, restored_by="snapshot")
 
 
-def _load_tokens(llm, container: Container, source: str, progress, clock: "_Clock") -> SessionInfo:
+def _load_tokens(llm, container: Container, source: str, progress, clock: "Clock") -> SessionInfo:
     from . import token_session
 
     token_session.check(container, llm, source)
@@ -237,15 +237,3 @@ def _restore_on_error(llm):
         llm.n_tokens = n_tokens
         llm._requires_eval = True
         raise
-
-
-class _Clock:
-    def __init__(self):
-        self.start = self.last = time.perf_counter()
-        self.seconds: dict = {}
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.seconds[name] = round(now - self.last, 4)
-        self.seconds["total"] = round(now - self.start, 4)
-        self.last = now

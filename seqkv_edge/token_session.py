@@ -29,6 +29,7 @@ from .codecs.tokens_portable import TokensPortableCodec
 from .container import Container, Kind, write_container
 from .errors import CorruptDataError, ModelMismatchError, SeqKVError
 from .fingerprint import build_info, model_fingerprint
+from .timing import Clock
 from .schedule import Progress, Schedule, replay, report
 from .varint import read_varint, write_varint
 
@@ -66,9 +67,9 @@ def save(llm, path, config, progress: Progress = None, ideal: Optional[list] = N
 
     ``ideal`` (a list) collects each token's -log2 p in the model tier's pass (benchmarks).
     """
-    from .session import SessionInfo, _Clock
+    from .session import SessionInfo
 
-    clock = _Clock()
+    clock = Clock()
     tokens = np.ascontiguousarray(llm.input_ids[: llm.n_tokens], dtype=np.int32)
     if len(tokens) == 0:
         raise SeqKVError("saving a session: the context holds no tokens yet; evaluate or generate first")
