@@ -100,14 +100,25 @@ def save(llm, path: Union[str, Path], config: SeqKV, progress=None) -> SessionIn
     skeleton = side.encode(state.skeleton())
     coded_tokens = tokens_codec.encode(llm.input_ids[:n_tokens])
     clock.lap("encode")
-    meta = {
+    codecs = {"kv": kv_codec.get_config(), "tokens": tokens_codec.get_config(), "skeleton": side.get_config()}
+    meta = _session_meta(llm, state, len(blob), codecs, rope)
+    sections = [(Kind.TOKENS, coded_tokens), (Kind.SKELETON, skeleton)] + [(Kind.KV, c) for c in coded]
+    file_bytes = write_container(path, meta, sections)
+    clock.lap("write")
+    return SessionInfo(str(path), n_tokens, len(blob), file_bytes, clock.seconds)
+
+
+def _session_meta(llm, state, state_bytes: int, codecs: dict, rope) -> dict:
+    """The JSON META of a snapshot file: what it was saved from and how to decode it."""
+    tensors = state.tensors()
+    return {
         "seqkv_edge": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"fingerprint": model_fingerprint(llm.model_path), "arch": state.arch,
                   "name": llm.metadata.get("general.name", ""), "path": str(llm.model_path)},
         "build": build_info(),
-        "n_tokens": n_tokens,
-        "state_bytes": len(blob),
+        "n_tokens": llm.n_tokens,
+        "state_bytes": state_bytes,
         "layout": {"has_cell_ext": state.has_cell_ext, "has_v": state.has_v},
         "rope": rope,
         "cache": {
@@ -115,13 +126,9 @@ def save(llm, path: Union[str, Path], config: SeqKV, progress=None) -> SessionIn
             "v_types": sorted({t.ggml_type.name for t in tensors if t.kind == "v"}),
             "v_trans": any(not t.token_major for t in tensors if t.kind == "v"),
         },
-        "codecs": {"kv": kv_codec.get_config(), "tokens": tokens_codec.get_config(), "skeleton": side.get_config()},
+        "codecs": codecs,
         "tensors": [_tensor_meta(t) for t in tensors],
     }
-    sections = [(Kind.TOKENS, coded_tokens), (Kind.SKELETON, skeleton)] + [(Kind.KV, c) for c in coded]
-    file_bytes = write_container(path, meta, sections)
-    clock.lap("write")
-    return SessionInfo(str(path), n_tokens, len(blob), file_bytes, clock.seconds)
 
 
 def check_model(container: Container, llm, source: str) -> None:
