@@ -16,22 +16,19 @@
 
 int kvc_adapt_init(KvcAdapt *a, int A, const KvcCtx *prior)
 {
-    size_t bytes = (size_t)A * 4 + ((size_t)A + 1) * 4 + (size_t)A * 4 + ((size_t)1 << KVC_ADAPT_BUCKET_BITS) * 2;
+    size_t bytes = (size_t)A * 4 + (size_t)A * 8 + ((size_t)A + 1) * 4 + ((size_t)1 << KVC_ADAPT_BUCKET_BITS) * 2;
     uint8_t *mem = malloc(bytes);
     if (!mem)
         return -1;
     a->count = (uint32_t *)mem;
-    a->tab.cum = (uint32_t *)(mem + (size_t)A * 4);
-    a->tab.sym_rank = (uint16_t *)(mem + (size_t)A * 8 + 4);
-    a->tab.rank_sym = a->tab.sym_rank + A;
-    a->tab.bucket = a->tab.rank_sym + A;
+    a->tab.enc = (uint64_t *)(mem + (size_t)A * 4);
+    a->tab.dec = (uint32_t *)(mem + (size_t)A * 12);
+    a->tab.bucket = (uint16_t *)(mem + (size_t)A * 16 + 4);
     a->total = 0;
     for (int s = 0; s < A; s++) {
-        int r = prior->sym_rank[s];
-        uint32_t freq = prior->cum[r + 1] - prior->cum[r];
+        uint32_t freq = (uint32_t)(prior->enc[s] >> 32);
         a->count[s] = 1 + (uint32_t)(((uint64_t)freq * KVC_ADAPT_PRIOR) >> KVC_PROB_BITS);
         a->total += a->count[s];
-        a->tab.sym_rank[s] = a->tab.rank_sym[s] = (uint16_t)s;
     }
     a->seen = 0;
     a->period = 0;
@@ -50,7 +47,7 @@ static void fill_buckets(KvcCtx *t)
     int s = 0;
     for (uint32_t b = 0; b < (1u << KVC_ADAPT_BUCKET_BITS); b++) {
         uint32_t slot = b << ADAPT_BUCKET_SHIFT;
-        while (t->cum[s + 1] <= slot)
+        while (KVC_DEC_START(t->dec[s + 1]) <= slot)
             s++;
         t->bucket[b] = (uint16_t)s;
     }
@@ -70,19 +67,19 @@ void kvc_adapt_rebuild(KvcAdapt *a, int A)
         }
     }
     uint64_t mul = ((uint64_t)(KVC_PROB_ONE - (uint32_t)A) << 32) / a->total;
-    uint32_t *cum = a->tab.cum, sum = 0;
+    uint32_t freq[KVC_MAX_A], sum = 0;
     for (int s = 0; s < A; s++) {
-        cum[s] = 1 + (uint32_t)((a->count[s] * mul) >> 32);
-        sum += cum[s];
+        freq[s] = 1 + (uint32_t)((a->count[s] * mul) >> 32);
+        sum += freq[s];
     }
-    cum[0] += KVC_PROB_ONE - sum;
+    freq[0] += KVC_PROB_ONE - sum;
     uint32_t run = 0;
-    for (int s = 0; s < A; s++) {
-        uint32_t freq = cum[s];
-        cum[s] = run;
-        run += freq;
+    for (int s = 0; s < A; s++) { /* rank == symbol */
+        a->tab.dec[s] = run | (uint32_t)s << KVC_DEC_SYM_SHIFT;
+        a->tab.enc[s] = run | (uint64_t)freq[s] << 32;
+        run += freq[s];
     }
-    cum[A] = run;
+    a->tab.dec[A] = run;
     fill_buckets(&a->tab);
     a->period = a->seen < KVC_ADAPT_FIRST ? KVC_ADAPT_FIRST : (a->seen < KVC_ADAPT_MAX ? a->seen : KVC_ADAPT_MAX);
     a->countdown = a->period;

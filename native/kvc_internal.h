@@ -99,13 +99,18 @@ typedef struct {
 
 /* One context: a static rANS table, built on first use. The symbols are laid out in "rank"
  * order -- the likely ones first, then the rest, each part in symbol order -- so that the rare
- * symbols, whose tiny frequencies crowd the decoder's buckets, all sit at the end. */
+ * symbols, whose tiny frequencies crowd the decoder's buckets, all sit at the end. Each side
+ * finds everything about a symbol in one load: the encoder by symbol, the decoder by rank. */
 typedef struct {
-    uint32_t *cum;        /* cumulative frequencies by rank [A + 1], cum[A] = KVC_PROB_ONE */
-    uint16_t *sym_rank;   /* encoder: rank of each symbol [A] */
-    uint16_t *rank_sym;   /* decoder: symbol of each rank [A] */
+    uint64_t *enc;        /* encoder: start | freq << 32 of each symbol [A] */
+    uint32_t *dec;        /* decoder: start | symbol << KVC_DEC_SYM_SHIFT by rank [A + 1];
+                             dec[A] = KVC_PROB_ONE (the end of the last symbol) */
     uint16_t *bucket;     /* decoder: rank holding slot b << KVC_BUCKET_SHIFT [2^BUCKET_BITS] */
-} KvcCtx;                 /* 32 bytes; cum == NULL until built */
+} KvcCtx;                 /* enc == NULL until built */
+
+#define KVC_DEC_SYM_SHIFT (KVC_PROB_BITS + 1) /* start may be KVC_PROB_ONE (the end marker) */
+#define KVC_DEC_START(e) ((e) & ((1u << KVC_DEC_SYM_SHIFT) - 1))
+#define KVC_DEC_SYM(e) ((e) >> KVC_DEC_SYM_SHIFT)
 
 #define KVC_MAX_A 2048
 #define KVC_EDGE_INF INT64_MAX

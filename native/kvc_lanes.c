@@ -122,7 +122,7 @@ static int init_adapt(const KvcSection *s, Member *m, KvcAdapt *a)
 {
     KvcMap map = kvc_map_int(m->ch, m->ch->mu);
     KvcCtx *prior = &s->set->ctx[map.ctx];
-    if (!prior->cum)
+    if (!prior->enc)
         kvc_ctx_build(s->set, map.ctx, s->fmt);
     m->adapt = a;
     return kvc_adapt_init(a, 1 << s->fmt->nb, prior);
@@ -175,7 +175,7 @@ INLINE void update_group(Group *g, const int64_t *v)
 INLINE KvcCtx *context_for(const KvcSection *s, const KvcMap *map)
 {
     KvcCtx *t = &s->set->ctx[map->ctx];
-    if (__builtin_expect(!t->cum, 0))
+    if (__builtin_expect(!t->enc, 0))
         kvc_ctx_build(s->set, map->ctx, s->fmt);
     return t;
 }
@@ -194,13 +194,13 @@ INLINE int decode_symbol(const KvcCtx *tab, Rans64State *r, uint32_t scale, uint
 {
     uint32_t slot = rans64_dec_get(r, scale);
     uint32_t s = slot & (KVC_PROB_ONE - 1);
-    int rank = tab->bucket[s >> bucket_shift];
-    while (tab->cum[rank + 1] <= s)
-        rank++;
+    const uint32_t *e = &tab->dec[tab->bucket[s >> bucket_shift]];
+    while (KVC_DEC_START(e[1]) <= s)
+        e++;
+    uint32_t start = KVC_DEC_START(e[0]);
     *raw = slot >> KVC_PROB_BITS;
-    rans64_dec_advance(r, pptr, end, (*raw << KVC_PROB_BITS) + tab->cum[rank],
-                       tab->cum[rank + 1] - tab->cum[rank], scale, err);
-    return tab->rank_sym[rank];
+    rans64_dec_advance(r, pptr, end, (*raw << KVC_PROB_BITS) + start, KVC_DEC_START(e[1]) - start, scale, err);
+    return (int)KVC_DEC_SYM(e[0]);
 }
 
 /* What one coding loop over a section works with. */
@@ -245,9 +245,9 @@ INLINE int64_t code_elem(Coder *cd, Member *m, Rans64State *x, const int j0, con
         h = read_elem(m, elem, raw_bits, &raw, &extra);
         sym = kind == KVC_KIND_FLOAT ? kvc_sym_float(m->ch, &map, h, nb, exp_bits) : kvc_sym_int(&map, h, nb);
         KvcStep *st = &cd->steps[cd->n];
-        int rank = tab->sym_rank[sym];
-        st[0].start = (raw << KVC_PROB_BITS) + tab->cum[rank];
-        st[0].fss = (tab->cum[rank + 1] - tab->cum[rank]) | (scale << 24) | ((uint32_t)(j0 % KVC_N_STATES) << 29);
+        uint64_t se = tab->enc[sym];
+        st[0].start = (raw << KVC_PROB_BITS) + (uint32_t)se;
+        st[0].fss = (uint32_t)(se >> 32) | (scale << 24) | ((uint32_t)(j0 % KVC_N_STATES) << 29);
         if (extra_bits) {
             st[1].start = extra;
             st[1].fss = STEP_BYPASS | (16u << 24) | ((uint32_t)((j0 + 1) % KVC_N_STATES) << 29);

@@ -32,7 +32,7 @@ static void float_edges(KvcCtxSet *set, const KvcFormat *f)
 int kvc_ctxset_init(KvcCtxSet *set, const KvcFormat *f, int n_ctx)
 {
     int A = 1 << f->nb;
-    size_t per_ctx = ((size_t)A + 1) * 4 + (size_t)A * 4 + (1u << KVC_BUCKET_BITS) * 2;
+    size_t per_ctx = (size_t)A * 8 + ((size_t)A + 1) * 4 + (1u << KVC_BUCKET_BITS) * 2;
     uint8_t *mem = calloc((size_t)n_ctx, per_ctx);
     KvcCtx *ctx = calloc((size_t)n_ctx, sizeof(KvcCtx));
     if (!mem || !ctx) {
@@ -159,7 +159,7 @@ static void fill_buckets(KvcCtx *t)
     int r = 0;
     for (uint32_t b = 0; b < (1u << KVC_BUCKET_BITS); b++) {
         uint32_t slot = b << KVC_BUCKET_SHIFT;
-        while (t->cum[r + 1] <= slot)
+        while (KVC_DEC_START(t->dec[r + 1]) <= slot)
             r++;
         t->bucket[b] = (uint16_t)r;
     }
@@ -170,23 +170,24 @@ static void prepare(KvcCtxSet *set, KvcCtx *t, const KvcFormat *f, const KvcChan
 {
     double sigma = (double)((int64_t)(4 + ch->sigma_p) << (ch->sigma_k - 2));
     double inv = 32768.0 / sigma;
-    uint32_t prob[KVC_MAX_A];
+    uint32_t prob[KVC_MAX_A], cum[KVC_MAX_A + 1];
     int A = set->A;
     uint8_t *p = set->mem + (size_t)(t - set->ctx) * set->per_ctx;
-    t->cum = (uint32_t *)p;
-    t->sym_rank = (uint16_t *)(p + ((size_t)A + 1) * 4);
-    t->rank_sym = t->sym_rank + A;
-    t->bucket = t->rank_sym + A;
+    t->enc = (uint64_t *)p;
+    t->dec = (uint32_t *)(p + (size_t)A * 8);
+    t->bucket = (uint16_t *)(p + (size_t)A * 8 + ((size_t)A + 1) * 4);
     if (f->kind == KVC_KIND_FLOAT)
         float_prior(set, prob, f, ch, map, c, inv);
     else
         int_prior(prob, f, ch, map, c, inv);
     uint16_t order[KVC_MAX_A];
-    rank_symbols(prob, set->A, order);
-    quantize(t->cum, prob, order, set->A);
-    memcpy(t->rank_sym, order, sizeof(uint16_t) * (size_t)set->A);
-    for (int r = 0; r < set->A; r++)
-        t->sym_rank[order[r]] = (uint16_t)r;
+    rank_symbols(prob, A, order);
+    quantize(cum, prob, order, A);
+    for (int r = 0; r < A; r++) {
+        t->dec[r] = cum[r] | (uint32_t)order[r] << KVC_DEC_SYM_SHIFT;
+        t->enc[order[r]] = cum[r] | (uint64_t)(cum[r + 1] - cum[r]) << 32;
+    }
+    t->dec[A] = KVC_PROB_ONE;
     fill_buckets(t);
 }
 

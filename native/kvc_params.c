@@ -73,17 +73,17 @@ static float *load_values(const KvcSection *s)
         const KvcChannel *ch = &s->chans[c];
         const uint8_t *p = ch->base + (f->elem == KVC_ELEM_W32 ? 2 : 0);
         float *out = vals + c * n;
-        for (int64_t t = 0; t < n; t++, p += ch->stride) {
-            int h, raw = 0;
-            if (f->elem == KVC_ELEM_I8 || f->elem == KVC_ELEM_NIB) {
-                h = f->elem == KVC_ELEM_I8 ? p[0] : ((p[0] >> ch->nib_shift) & 15) ^ 8;
-                h = p[ch->scale_off] >> 7 ? (-h) & (A - 1) : h; /* times the sign of the scale */
-            } else {
-                int word = p[0] | (p[1] << 8);
-                h = word >> f->raw_bits;
-                raw = word & raw_mask;
+        if (f->kind == KVC_KIND_FLOAT) { /* 16-bit words */
+            for (int64_t t = 0; t < n; t++, p += ch->stride) {
+                int word = p[0] | (p[1] << 8), h = word >> f->raw_bits;
+                out[t] = base[h] + scale[h] * (float)(word & raw_mask);
             }
-            out[t] = base[h] + scale[h] * (float)raw;
+            continue;
+        }
+        for (int64_t t = 0; t < n; t++, p += ch->stride) {
+            int h = f->elem == KVC_ELEM_I8 ? p[0] : ((p[0] >> ch->nib_shift) & 15) ^ 8;
+            h = p[ch->scale_off] >> 7 ? (-h) & (A - 1) : h; /* times the sign of the scale */
+            out[t] = base[h]; /* INT: no raw bits */
         }
     }
     return vals;
