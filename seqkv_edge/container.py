@@ -1,6 +1,6 @@
 """The session file format: a versioned, little-endian sequence of checksummed sections.
 
-Layout (format version 1)::
+Layout (format versions 1 and 2; 2 only adds the SCHEDULE_RUNS section kind)::
 
     b"SQKV" u8 version u8 flags
     section*                 kind u8 | length uleb128 | payload | crc32(payload) u32
@@ -26,8 +26,8 @@ from .errors import CorruptDataError
 from .varint import read_varint, write_varint
 
 MAGIC = b"SQKV"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2  # 2: hybrid schedules are run-length coded (SCHEDULE_RUNS); version 1 files still read
+SUPPORTED_VERSIONS = (1, 2)
 Buffer = Union[bytes, bytearray, memoryview]
 
 
@@ -38,7 +38,8 @@ class Kind(enum.IntEnum):
     SKELETON = 3  # the state blob's non-tensor bytes (headers, cell metadata), coded
     KV = 4  # one coded KV tensor; order given by META["tensors"]
     HEADER = 5  # compact binary header of token-only sessions, instead of META
-    SCHEDULE = 6  # the eval calls that built the context (hybrid tier)
+    SCHEDULE = 6  # the eval calls that built the context (hybrid tier), one entry per call (version 1)
+    SCHEDULE_RUNS = 9  # the same, run-length coded (version 2: a generated answer is one run)
     MODEL_TOKENS = 7  # tokens coded with the model's own predictions
     FALLBACK = 8  # a portable copy of the tokens, for builds that cannot replay the model
 

@@ -33,23 +33,29 @@ class Schedule:
     cuts: list = field(default_factory=list)
 
     def encode(self) -> bytes:
-        out = bytearray(write_varint(len(self.sizes)))
+        """Run-length coded (section SCHEDULE_RUNS): ``count`` runs of ``(size, cut + 1, repeat)``."""
+        runs: list[list[int]] = []
         for size, cut in zip(self.sizes, self.cuts):
-            out += write_varint(size) + write_varint(cut + 1)
-        return bytes(out)
+            if runs and runs[-1][:2] == [size, cut + 1]:
+                runs[-1][2] += 1
+            else:
+                runs.append([size, cut + 1, 1])
+        return write_varint(len(runs)) + b"".join(b"".join(map(write_varint, run)) for run in runs)
 
     @classmethod
-    def decode(cls, buf) -> "Schedule":
+    def decode(cls, buf, runs: bool = True) -> "Schedule":
+        """Read a SCHEDULE_RUNS section, or with ``runs=False`` a version-1 SCHEDULE (one entry per call)."""
         buf = memoryview(buf)
         count, pos = read_varint(buf, 0, "schedule")
         schedule = cls()
         for _ in range(count):
             size, pos = read_varint(buf, pos, "schedule")
             cut, pos = read_varint(buf, pos, "schedule")
-            if size == 0:
-                raise CorruptDataError("schedule holds an empty eval call")
-            schedule.sizes.append(size)
-            schedule.cuts.append(cut - 1)
+            repeat, pos = read_varint(buf, pos, "schedule") if runs else (1, pos)
+            if size == 0 or repeat == 0 or repeat > len(buf) * 128:
+                raise CorruptDataError("schedule holds an empty eval call or run")
+            schedule.sizes += [size] * repeat
+            schedule.cuts += [cut - 1] * repeat
         if pos != len(buf):
             raise CorruptDataError("schedule section has trailing bytes")
         return schedule

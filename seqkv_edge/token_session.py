@@ -87,7 +87,7 @@ def save(llm, path, config, progress: Progress = None, ideal: Optional[list] = N
         if not recorder.valid:
             raise SeqKVError("saving a hybrid session: the context was changed outside eval (e.g. a KV snapshot "
                              "was loaded), so its schedule cannot be replayed; save it with tokens='portable'")
-        sections += [(Kind.SCHEDULE, recorder.schedule.encode()), (Kind.TOKENS, portable.encode(recorder.plain_tokens())),
+        sections += [(Kind.SCHEDULE_RUNS, recorder.schedule.encode()), (Kind.TOKENS, portable.encode(recorder.plain_tokens())),
                      (Kind.MODEL_TOKENS, recorder.model.finish())]
     else:
         first_token = int(tokens[0])
@@ -159,13 +159,20 @@ def load(llm, container: Container, source: str, progress: Progress = None) -> s
     if tier == "portable":
         return _prefill(llm, portable.decode(container.payload(Kind.TOKENS)), header, source, progress, "prefill")
     if tier == "hybrid":
-        schedule = Schedule.decode(container.payload(Kind.SCHEDULE))
+        schedule = read_schedule(container)
         replay(llm, schedule, portable.decode(container.payload(Kind.TOKENS)),
                bytes(container.payload(Kind.MODEL_TOKENS)), progress)
         _check_count(llm, header, source)
         return "exact replay"
     _one_token_replay(llm, header, bytes(container.payload(Kind.MODEL_TOKENS)), progress)
     return "one-token replay"
+
+
+def read_schedule(container: Container) -> Schedule:
+    """The hybrid schedule: run-length coded (format 2) or one entry per call (format 1)."""
+    if container.payloads(Kind.SCHEDULE):
+        return Schedule.decode(container.payload(Kind.SCHEDULE), runs=False)
+    return Schedule.decode(container.payload(Kind.SCHEDULE_RUNS))
 
 
 def _prefill(llm, tokens: np.ndarray, header: dict, source: str, progress: Progress, how: str) -> str:

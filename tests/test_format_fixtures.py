@@ -1,4 +1,4 @@
-"""Session files of format version 1, committed under tests/fixtures/, must decode forever."""
+"""Session files of every format version, committed under tests/fixtures/, must decode forever."""
 from __future__ import annotations
 
 import hashlib
@@ -11,41 +11,48 @@ from seqkv_edge import Llama, SeqKV
 from seqkv_edge.codecs.tokens_portable import TokensPortableCodec
 from seqkv_edge.container import Kind, read_container
 from seqkv_edge.fingerprint import model_fingerprint
-from seqkv_edge.schedule import Schedule
 from seqkv_edge.session import decode_state
 from seqkv_edge.state import read_seq_state
-from seqkv_edge.token_session import build_hash, decode_header
+from seqkv_edge.token_session import build_hash, decode_header, read_schedule
 
 FIXTURES = Path(__file__).parent / "fixtures"
-EXPECTED = json.loads((FIXTURES / "session_v1_expected.json").read_text())
+VERSIONS = [1, 2]
 
 
+def expected(version: int) -> dict:
+    return json.loads((FIXTURES / f"session_v{version}_expected.json").read_text())
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("name", ["snapshot_f16", "snapshot_q8_0"])
-def test_snapshot_fixture_decodes_to_the_same_state(name):
-    container = read_container(FIXTURES / f"session_v1_{name}.seqkv")
-    assert container.version == 1
+def test_snapshot_fixture_decodes_to_the_same_state(name, version):
+    container = read_container(FIXTURES / f"session_v{version}_{name}.seqkv")
+    assert container.version == version
     blob, tokens = decode_state(container, name)
-    assert hashlib.sha256(blob).hexdigest() == EXPECTED[name]["state_sha256"]
-    assert tokens.tolist() == EXPECTED[name]["tokens"]
+    assert hashlib.sha256(blob).hexdigest() == expected(version)[name]["state_sha256"]
+    assert tokens.tolist() == expected(version)[name]["tokens"]
 
 
-def test_portable_tokens_fixture_decodes():
-    container = read_container(FIXTURES / "session_v1_tokens_portable.seqkv")
+@pytest.mark.parametrize("version", VERSIONS)
+def test_portable_tokens_fixture_decodes(version):
+    container = read_container(FIXTURES / f"session_v{version}_tokens_portable.seqkv")
     header = decode_header(container.header, "fixture")
-    assert header["tier"] == "portable" and header["n_tokens"] == len(EXPECTED["tokens_portable"]["tokens"])
+    want = expected(version)["tokens_portable"]["tokens"]
+    assert header["tier"] == "portable" and header["n_tokens"] == len(want)
     codec = TokensPortableCodec(n_vocab=header["n_vocab"])
-    assert codec.decode(container.payload(Kind.TOKENS)).tolist() == EXPECTED["tokens_portable"]["tokens"]
+    assert codec.decode(container.payload(Kind.TOKENS)).tolist() == want
 
 
-def test_hybrid_fixture_replays_to_the_same_state(tiny_model_path):
-    path = FIXTURES / "session_v1_tokens_hybrid.seqkv"
+@pytest.mark.parametrize("version", VERSIONS)
+def test_hybrid_fixture_replays_to_the_same_state(tiny_model_path, version):
+    path = FIXTURES / f"session_v{version}_tokens_hybrid.seqkv"
     container = read_container(path)
     header = decode_header(container.header, "fixture")
-    schedule = Schedule.decode(container.payload(Kind.SCHEDULE))
+    schedule = read_schedule(container)
     assert header["tier"] == "hybrid" and schedule.n_evaluated == header["n_tokens"]
     if header["fingerprint"] != model_fingerprint(tiny_model_path) or header["build"] != build_hash():
         pytest.skip("the tiny model or the llama.cpp build differs from the one that wrote the fixture")
     llm = Llama(model_path=tiny_model_path, n_ctx=512, n_batch=64, verbose=False,
                 kv_compressor=SeqKV(kv="none", tokens="hybrid"))
     llm.load_session(path)
-    assert hashlib.sha256(read_seq_state(llm.ctx)).hexdigest() == EXPECTED["tokens_hybrid"]["state_sha256"]
+    assert hashlib.sha256(read_seq_state(llm.ctx)).hexdigest() == expected(version)["tokens_hybrid"]["state_sha256"]

@@ -177,7 +177,7 @@ def test_other_batch_schedule_is_detected(tiny_model_path, tmp_path):
         schedule.sizes[1] += 1
         return schedule.encode()
 
-    _rewrite(path, Kind.SCHEDULE, move_boundary)
+    _rewrite(path, Kind.SCHEDULE_RUNS, move_boundary)
     fresh = make(tiny_model_path, tokens="hybrid")
     with pytest.raises(CorruptDataError):
         fresh.load_session(path)
