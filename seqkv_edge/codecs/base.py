@@ -6,19 +6,22 @@ file always says how to decode itself (``from_config()`` rebuilds the codec).
 """
 from __future__ import annotations
 
+import abc
 from typing import Any, ClassVar
 
 
-class Codec:
+class Codec(abc.ABC):
     """Base class: subclasses set ``codec_id`` and implement ``encode`` / ``decode``."""
 
     codec_id: ClassVar[str] = ""
 
+    @abc.abstractmethod
     def encode(self, buf: Any) -> bytes:
-        raise NotImplementedError
+        """The bytes of ``buf``."""
 
+    @abc.abstractmethod
     def decode(self, buf: bytes, out: Any = None) -> Any:
-        raise NotImplementedError
+        """What ``encode`` was given, written into ``out`` when one is passed."""
 
     def get_config(self) -> dict:
         """JSON-safe description; ``from_config(get_config())`` rebuilds an equal codec."""
