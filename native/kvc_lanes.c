@@ -8,7 +8,8 @@
  * scale, state); kvc_encode_steps() then codes them backwards. The decoder does both at once.
  *
  * The loops are written once (loop_section) and specialised per element format with constant
- * arguments, so the compiler removes every format test from the inner loop.
+ * arguments, so the compiler removes every format test from the inner loop. The decoder hands
+ * full groups of f16 channels to the faster loop of kvc_quad.c.
  */
 #include <string.h>
 
@@ -19,32 +20,6 @@
 #define STEP_BYPASS (1u << 31)
 #define KVC_LOOP_MEMORY (-2)
 #define INLINE static inline __attribute__((always_inline))
-
-/* A channel while its group is being coded. */
-typedef struct {
-    uint8_t *p;          /* this token's element */
-    ptrdiff_t stride;
-    int64_t pred;        /* prediction of this token's value */
-    const KvcChannel *ch;
-    int64_t map_pred;    /* the prediction map and tab were computed for */
-    KvcMap map;
-    KvcCtx *tab;
-    KvcAdapt *adapt;     /* INT sections: the channel's adaptive table */
-} Member;
-
-/* Fixed-point value of FLOAT bin h with raw low bits r: ((base + r) * mul) >> 16, signed.
- * (Only the predictor uses it: any deterministic approximation would do.) */
-typedef struct {
-    int64_t mul;
-    uint32_t base;
-} ValueOfBin;
-
-typedef struct {
-    Member m[KVC_GROUP];
-    int n;               /* channels in the group */
-    int paired;          /* lanes are pairs (m[0], m[1]), (m[2], m[3]) */
-    const KvcLane *lanes;
-} Group;
 
 static void value_table(const KvcFormat *f, ValueOfBin *vt)
 {
@@ -58,11 +33,6 @@ static void value_table(const KvcFormat *f, ValueOfBin *vt)
         vt[h].base = (word & m_mask) | (e ? 1u << f->mant_bits : 0);
         vt[h].mul = ((int64_t)1 << (sh + 16)) * (h >> (f->nb - 1) ? -1 : 1);
     }
-}
-
-INLINE int64_t float_value(const ValueOfBin *vt, int h, uint32_t raw)
-{
-    return ((int64_t)(vt[h].base + raw) * vt[h].mul) >> 16;
 }
 
 INLINE int64_t int_value(int nb, int h)
@@ -203,18 +173,6 @@ INLINE int decode_symbol(const KvcCtx *tab, Rans64State *r, uint32_t scale, uint
     return (int)KVC_DEC_SYM(e[0]);
 }
 
-/* What one coding loop over a section works with. */
-typedef struct {
-    const KvcSection *s;
-    const ValueOfBin *vt;
-    KvcStep *steps;      /* encoder: recorded steps */
-    int64_t n;           /* encoder: steps recorded so far */
-    const uint8_t *p;    /* decoder: stream position */
-    const uint8_t *end;
-    int err;             /* decoder: the stream ran out */
-    int e0;
-} Coder;
-
 /* Code one element of member m with rANS states x[j0] (and x[j0 + 1] for an f32 low half);
  * returns its fixed-point value. All format arguments are compile-time constants. */
 INLINE int64_t code_elem(Coder *cd, Member *m, Rans64State *x, const int j0, const int decode, const int kind,
@@ -259,7 +217,7 @@ INLINE int64_t code_elem(Coder *cd, Member *m, Rans64State *x, const int j0, con
     m->p += m->stride;
     if (!moving)
         return 0;
-    return kind == KVC_KIND_FLOAT ? float_value(cd->vt, h, raw) : int_value(nb, h);
+    return kind == KVC_KIND_FLOAT ? kvc_float_value(cd->vt, h, raw) : int_value(nb, h);
 }
 
 #define CODE_ELEM(i, moving) code_elem(cd, &g->m[i], x, (i) * (extra_bits ? 2 : 1), decode, kind, elem, nb, \
@@ -281,13 +239,16 @@ INLINE void code_group(Coder *cd, Group *g, Rans64State *x, const int decode, co
                        const int nb, const int raw_bits, const int extra_bits, const int exp_bits,
                        const int mant_bits)
 {
-    int64_t v[KVC_GROUP];
+    int64_t v[KVC_GROUP], t = 0;
+    const int quad_f16 = decode && kind == KVC_KIND_FLOAT && elem == KVC_ELEM_W16 && nb == KVC_F16_NB;
     if (g->n == 4 && kind == KVC_KIND_FLOAT && group_is_static(g)) {
         for (int i = 0; i < 4; i++) { /* the contexts are fixed: find them once */
             g->m[i].map = kvc_map_float(g->m[i].ch, g->m[i].pred, nb, exp_bits, mant_bits, cd->e0);
             g->m[i].tab = context_for(cd->s, &g->m[i].map);
         }
-        for (int64_t t = 0; t < cd->s->n_tokens; t++) {
+        if (quad_f16)
+            t = kvc_quad_decode_f16(cd, g, x, 0, t);
+        for (; t < cd->s->n_tokens; t++) {
             CODE_ELEM(0, 0);
             CODE_ELEM(1, 0);
             CODE_ELEM(2, 0);
@@ -296,7 +257,9 @@ INLINE void code_group(Coder *cd, Group *g, Rans64State *x, const int decode, co
         return;
     }
     if (g->n == 4) {
-        for (int64_t t = 0; t < cd->s->n_tokens; t++) {
+        if (quad_f16)
+            t = kvc_quad_decode_f16(cd, g, x, 1, t);
+        for (; t < cd->s->n_tokens; t++) {
             v[0] = CODE_ELEM(0, 1);
             v[1] = CODE_ELEM(1, 1);
             v[2] = CODE_ELEM(2, 1);
@@ -305,7 +268,7 @@ INLINE void code_group(Coder *cd, Group *g, Rans64State *x, const int decode, co
         }
         return;
     }
-    for (int64_t t = 0; t < cd->s->n_tokens; t++) {
+    for (; t < cd->s->n_tokens; t++) {
         for (int i = 0; i < g->n; i++)
             v[i] = CODE_ELEM(i, 1);
         update_group(g, v);
@@ -381,6 +344,21 @@ int kvc_decode_section(const KvcSection *s, Rans64State *st, const uint8_t **ppt
     return (int)run_section(s, NULL, st, pptr, end);
 }
 
+/* rans64_enc_put() / rans64_enc_put_bits() (freq 1) without a branch on the renormalisation
+ * (whether a word goes out is close to random): the low word is always stored below *p, which
+ * moves only when the word is kept. That store stays in the buffer: at most one word was
+ * written per step coded so far, and the buffer holds one per step plus the flushed states. */
+static inline void put_step(Rans64State *r, uint8_t **p, uint32_t start, uint32_t freq, uint32_t scale,
+                            int bypass)
+{
+    uint64_t x = *r;
+    uint64_t emit = x >= ((RANS64_L >> scale) << 32) * freq;
+    rans64_store_le32(*p - 4, (uint32_t)x);
+    *p -= emit * 4;
+    x >>= emit * 32;
+    *r = bypass ? (x << scale) | start : ((x / freq) << scale) + (x % freq) + start;
+}
+
 /* Code recorded steps backwards into the bytes ending at *pptr; then flush the states. */
 void kvc_encode_steps(const KvcStep *steps, size_t n, uint8_t **pptr)
 {
@@ -392,9 +370,9 @@ void kvc_encode_steps(const KvcStep *steps, size_t n, uint8_t **pptr)
         Rans64State *r = &st[(fss >> 29) & 3];
         uint32_t scale = (fss >> 24) & 31;
         if (fss & STEP_BYPASS)
-            rans64_enc_put_bits(r, pptr, steps[i].start, scale);
+            put_step(r, pptr, steps[i].start, 1, scale, 1);
         else
-            rans64_enc_put(r, pptr, steps[i].start, fss & 0xffffff, scale);
+            put_step(r, pptr, steps[i].start, fss & 0xffffff, scale, 0);
     }
     for (int i = KVC_N_STATES; i-- > 0;)
         rans64_enc_flush(&st[i], pptr);

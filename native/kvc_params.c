@@ -104,45 +104,47 @@ int kvc_max_exponent(const KvcSection *s)
     return best;
 }
 
-/* Squared residuals of the (rotating) EMA predictor over n tokens; y may be NULL. */
-static void run_predictor(const float *x, const float *y, int64_t n, double mx, double my, double alpha,
-                          double cs, double sn, double *ex, double *ey)
-{
-    double px = mx, py = my, sx = 0, sy = 0;
-    for (int64_t t = 0; t < n; t++) {
-        double dx = x[t] - px;
-        sx += dx * dx;
-        if (!y) {
-            px += alpha * dx;
-            continue;
-        }
-        double dy = y[t] - py;
-        sy += dy * dy;
-        double ux = px + alpha * dx, uy = py + alpha * dy;
-        px = cs * ux - sn * uy;
-        py = sn * ux + cs * uy;
-    }
-    *ex = sx;
-    *ey = sy;
-}
+/* Up to BATCH series (or lanes) handled in one pass: their sums do not depend on one another,
+ * so the pass runs at the throughput of the floating-point units rather than at the latency
+ * of one sum. Each sum keeps the order of the one-series code, so the results are the same. */
+#define BATCH 4
 
-static double mean_of(const float *x, int64_t n)
+/* mean_of() of k <= BATCH series */
+static void means_of(const float *const *x, int k, int64_t n, double *mean)
 {
-    double s = 0;
+    const float *p[BATCH];
+    double s[BATCH] = {0};
+    for (int i = 0; i < BATCH; i++)
+        p[i] = x[i < k ? i : 0];
     for (int64_t t = 0; t < n; t++)
-        s += x[t];
-    return n ? s / (double)n : 0.0;
+        for (int i = 0; i < BATCH; i++)
+            s[i] += p[i][t];
+    for (int i = 0; i < k; i++)
+        mean[i] = n ? s[i] / (double)n : 0.0;
 }
 
-static double rotation_angle(const float *x, const float *y, int64_t n, double mx, double my)
+/* rotation_angle of a pair: atan2 of the lag-1 autocorrelation of (x + iy), about its mean */
+static void rotation_angles(const float *const *x, const float *const *y, int k, int64_t n, const double *mx,
+                            const double *my, double *angle)
 {
-    double re = 0, im = 0;
-    for (int64_t t = 1; t < n; t++) {
-        double ax = x[t] - mx, ay = y[t] - my, bx = x[t - 1] - mx, by = y[t - 1] - my;
-        re += ax * bx + ay * by;
-        im += ay * bx - ax * by;
+    const float *px[BATCH], *py[BATCH];
+    double cx[BATCH], cy[BATCH], re[BATCH] = {0}, im[BATCH] = {0};
+    for (int i = 0; i < BATCH; i++) {
+        int j = i < k ? i : 0;
+        px[i] = x[j];
+        py[i] = y[j];
+        cx[i] = mx[j];
+        cy[i] = my[j];
     }
-    return atan2(im, re);
+    for (int64_t t = 1; t < n; t++)
+        for (int i = 0; i < BATCH; i++) {
+            double ax = px[i][t] - cx[i], ay = py[i][t] - cy[i], bx = px[i][t - 1] - cx[i],
+                   by = py[i][t - 1] - cy[i];
+            re[i] += ax * bx + ay * by;
+            im[i] += ay * bx - ax * by;
+        }
+    for (int i = 0; i < k; i++)
+        angle[i] = atan2(im[i], re[i]);
 }
 
 static double log_cost(double sq, int64_t n)
@@ -150,57 +152,82 @@ static double log_cost(double sq, int64_t n)
     return 0.5 * log2(sq / (double)(n ? n : 1) + 1.0);
 }
 
-/* Choose alpha (and the rotation of a pair) on the first n tokens; returns the cost. */
-/* Squared residuals of the N_ALPHA predictors (one per alpha) of a lane over n tokens, all in
- * one pass (the 8-wide inner loops vectorize). */
-static void run_alphas(const float *x, const float *y, int64_t n, float mx, float my, float cs, float sn,
-                       double *ex, double *ey)
+/* Squared residuals of the N_ALPHA predictors (one per alpha) of k <= BATCH lanes over n tokens,
+ * all in one pass (the 8-wide inner loops vectorize); y == NULL: single channels. */
+static void run_alphas(const float *const *x, const float *const *y, int k, int64_t n, const double *mx,
+                       const double *my, const float *cs, const float *sn, double (*ex)[N_ALPHA],
+                       double (*ey)[N_ALPHA])
 {
-    float a[8], px[8], py[8], sx[8], sy[8];
-    for (int k = 0; k < 8; k++) {
-        a[k] = k < N_ALPHA ? (float)ALPHAS_Q8[k] / 256.0f : 0.0f;
-        px[k] = mx;
-        py[k] = my;
-        sx[k] = sy[k] = 0.0f;
-    }
-    for (int64_t t = 0; t < n; t++) {
-        float xt = x[t], yt = y ? y[t] : 0.0f;
-        for (int k = 0; k < 8; k++) {
-            float dx = xt - px[k], dy = yt - py[k];
-            sx[k] += dx * dx;
-            sy[k] += dy * dy;
-            float ux = px[k] + a[k] * dx, uy = py[k] + a[k] * dy;
-            px[k] = cs * ux - sn * uy;
-            py[k] = sn * ux + cs * uy;
+    const float *xs[BATCH], *ys[BATCH];
+    float a[8], c[BATCH], s[BATCH], px[BATCH][8], py[BATCH][8], sx[BATCH][8], sy[BATCH][8];
+    for (int j = 0; j < 8; j++)
+        a[j] = j < N_ALPHA ? (float)ALPHAS_Q8[j] / 256.0f : 0.0f;
+    for (int i = 0; i < BATCH; i++) {
+        int l = i < k ? i : 0;
+        xs[i] = x[l];
+        ys[i] = y ? y[l] : x[l];
+        c[i] = cs[l];
+        s[i] = sn[l];
+        for (int j = 0; j < 8; j++) {
+            px[i][j] = (float)mx[l];
+            py[i][j] = y ? (float)my[l] : 0.0f;
+            sx[i][j] = sy[i][j] = 0.0f;
         }
     }
-    for (int k = 0; k < N_ALPHA; k++) {
-        ex[k] = sx[k];
-        ey[k] = sy[k];
-    }
-}
-
-/* Choose alpha (and the rotation of a pair) on the first n tokens; returns the cost. */
-static double choose_lane(KvcLane *ln, const float *x, const float *y, int64_t n, int try_zero_angle)
-{
-    double mx = mean_of(x, n), my = y ? mean_of(y, n) : 0.0;
-    double angles[2] = {y ? rotation_angle(x, y, n, mx, my) : 0.0, 0.0};
-    double best = INFINITY;
-    for (int ai = 0; ai < (y && try_zero_angle ? 2 : 1); ai++) {
-        int32_t cs = (int32_t)lround(cos(angles[ai]) * 16384.0), sn = (int32_t)lround(sin(angles[ai]) * 16384.0);
-        double ex[N_ALPHA], ey[N_ALPHA];
-        run_alphas(x, y, n, (float)mx, (float)my, (float)cs / 16384.0f, y ? (float)sn / 16384.0f : 0.0f, ex, ey);
-        for (int k = 0; k < N_ALPHA; k++) {
-            double cost = log_cost(ex[k], n) + (y ? log_cost(ey[k], n) : 0.0);
-            if (cost < best - 1e-9) {
-                best = cost;
-                ln->alpha_q8 = ALPHAS_Q8[k];
-                ln->cos_q14 = y ? cs : 1 << 14;
-                ln->sin_q14 = y ? sn : 0;
+    for (int64_t t = 0; t < n; t++)
+        for (int i = 0; i < BATCH; i++) {
+            float xt = xs[i][t], yt = y ? ys[i][t] : 0.0f;
+            for (int j = 0; j < 8; j++) {
+                float dx = xt - px[i][j], dy = yt - py[i][j];
+                sx[i][j] += dx * dx;
+                sy[i][j] += dy * dy;
+                float ux = px[i][j] + a[j] * dx, uy = py[i][j] + a[j] * dy;
+                px[i][j] = c[i] * ux - s[i] * uy;
+                py[i][j] = s[i] * ux + c[i] * uy;
             }
         }
+    for (int i = 0; i < k; i++)
+        for (int j = 0; j < N_ALPHA; j++) {
+            ex[i][j] = sx[i][j];
+            ey[i][j] = sy[i][j];
+        }
+}
+
+/* Choose alpha (and the rotation of a pair) of k <= BATCH lanes on the first n tokens; cost[i]:
+ * the cost of lane i. x, y: the lanes' first and second channels (y == NULL: single channels). */
+static void choose_lanes(KvcLane *ln, const float *const *x, const float *const *y, int k, int64_t n,
+                         int try_zero_angle, double *cost)
+{
+    double mx[BATCH], my[BATCH] = {0}, angles[2][BATCH] = {{0}};
+    means_of(x, k, n, mx);
+    if (y) {
+        means_of(y, k, n, my);
+        rotation_angles(x, y, k, n, mx, my, angles[0]);
     }
-    return best;
+    for (int i = 0; i < k; i++)
+        cost[i] = INFINITY;
+    for (int ai = 0; ai < (y && try_zero_angle ? 2 : 1); ai++) {
+        int32_t cs[BATCH], sn[BATCH];
+        float csf[BATCH], snf[BATCH];
+        double ex[BATCH][N_ALPHA], ey[BATCH][N_ALPHA];
+        for (int i = 0; i < k; i++) {
+            cs[i] = (int32_t)lround(cos(angles[ai][i]) * 16384.0);
+            sn[i] = (int32_t)lround(sin(angles[ai][i]) * 16384.0);
+            csf[i] = (float)cs[i] / 16384.0f;
+            snf[i] = y ? (float)sn[i] / 16384.0f : 0.0f;
+        }
+        run_alphas(x, y, k, n, mx, my, csf, snf, ex, ey);
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < N_ALPHA; j++) {
+                double c = log_cost(ex[i][j], n) + (y ? log_cost(ey[i][j], n) : 0.0);
+                if (c < cost[i] - 1e-9) {
+                    cost[i] = c;
+                    ln[i].alpha_q8 = ALPHAS_Q8[j];
+                    ln[i].cos_q14 = y ? cs[i] : 1 << 14;
+                    ln[i].sin_q14 = y ? sn[i] : 0;
+                }
+            }
+    }
 }
 
 static void quantize_sigma(KvcChannel *ch, double sigma)
@@ -221,43 +248,111 @@ static void quantize_sigma(KvcChannel *ch, double sigma)
     ch->sigma_p = p;
 }
 
-/* mu and sigma of the lane's channels with the chosen predictor over all tokens. */
-static void finish_lane(KvcSection *s, const KvcLane *ln, const float *x, const float *y)
+/* Squared residuals of the (rotating) EMA predictors of k <= BATCH lanes over n tokens, starting
+ * from the channels' mu (mx, my); y == NULL: single channels. */
+static void run_predictors(const float *const *x, const float *const *y, int k, int64_t n, const double *mx,
+                           const double *my, const KvcLane *const *ln, double *ex, double *ey)
+{
+    const float *px_of[BATCH], *py_of[BATCH];
+    double px[BATCH], py[BATCH], sx[BATCH] = {0}, sy[BATCH] = {0}, alpha[BATCH], cs[BATCH], sn[BATCH];
+    for (int i = 0; i < BATCH; i++) {
+        int j = i < k ? i : 0;
+        px_of[i] = x[j];
+        py_of[i] = y ? y[j] : x[j];
+        px[i] = mx[j];
+        py[i] = y ? my[j] : 0.0;
+        alpha[i] = ln[j]->alpha_q8 / 256.0;
+        cs[i] = ln[j]->cos_q14 / 16384.0;
+        sn[i] = ln[j]->sin_q14 / 16384.0;
+    }
+    if (!y) {
+        for (int64_t t = 0; t < n; t++)
+            for (int i = 0; i < BATCH; i++) {
+                double dx = px_of[i][t] - px[i];
+                sx[i] += dx * dx;
+                px[i] += alpha[i] * dx;
+            }
+    } else {
+        for (int64_t t = 0; t < n; t++)
+            for (int i = 0; i < BATCH; i++) {
+                double dx = px_of[i][t] - px[i], dy = py_of[i][t] - py[i];
+                sx[i] += dx * dx;
+                sy[i] += dy * dy;
+                double ux = px[i] + alpha[i] * dx, uy = py[i] + alpha[i] * dy;
+                px[i] = cs[i] * ux - sn[i] * uy;
+                py[i] = sn[i] * ux + cs[i] * uy;
+            }
+    }
+    for (int i = 0; i < k; i++) {
+        ex[i] = sx[i];
+        ey[i] = sy[i];
+    }
+}
+
+/* mu of a channel from the mean of its values */
+static void set_mu(KvcChannel *ch, const KvcFormat *f, double m)
+{
+    if (f->kind == KVC_KIND_FLOAT) {
+        ch->mu_word = kvc_fix_to_word(f, (int64_t)llround(m));
+        ch->mu = kvc_float_to_fix(f, ch->mu_word);
+    } else {
+        long q8 = lround(m / 256.0);
+        q8 = q8 > 32767 ? 32767 : (q8 < -32767 ? -32767 : q8);
+        ch->mu_word = (uint16_t)(int16_t)q8;
+        ch->mu = (int64_t)q8 * 256;
+    }
+}
+
+/* mu and sigma of the channels of k <= BATCH lanes with their chosen predictors over all tokens. */
+static void finish_lanes(KvcSection *s, const KvcLane *lanes, int k, const float *vals)
 {
     int64_t n = s->n_tokens;
-    int paired = ln->ch[1] >= 0;
-    for (int i = 0; i < 1 + paired; i++) {
-        KvcChannel *ch = &s->chans[ln->ch[i]];
-        double m = mean_of(i ? y : x, n);
-        if (s->fmt->kind == KVC_KIND_FLOAT) {
-            ch->mu_word = kvc_fix_to_word(s->fmt, (int64_t)llround(m));
-            ch->mu = kvc_float_to_fix(s->fmt, ch->mu_word);
-        } else {
-            long q8 = lround(m / 256.0);
-            q8 = q8 > 32767 ? 32767 : (q8 < -32767 ? -32767 : q8);
-            ch->mu_word = (uint16_t)(int16_t)q8;
-            ch->mu = (int64_t)q8 * 256;
+    int paired = lanes[0].ch[1] >= 0;
+    const float *xy[2][BATCH];
+    const KvcLane *ln[BATCH];
+    double mu[2][BATCH], ex[BATCH], ey[BATCH];
+    for (int i = 0; i < k; i++) {
+        ln[i] = &lanes[i];
+        for (int j = 0; j < 1 + paired; j++)
+            xy[j][i] = vals + lanes[i].ch[j] * n;
+    }
+    for (int j = 0; j < 1 + paired; j++) {
+        double m[BATCH];
+        means_of(xy[j], k, n, m);
+        for (int i = 0; i < k; i++) {
+            KvcChannel *ch = &s->chans[lanes[i].ch[j]];
+            set_mu(ch, s->fmt, m[i]);
+            mu[j][i] = (double)ch->mu;
         }
     }
-    double ex, ey;
-    run_predictor(x, paired ? y : NULL, n, (double)s->chans[ln->ch[0]].mu,
-                  paired ? (double)s->chans[ln->ch[1]].mu : 0.0, ln->alpha_q8 / 256.0,
-                  ln->cos_q14 / 16384.0, ln->sin_q14 / 16384.0, &ex, &ey);
-    quantize_sigma(&s->chans[ln->ch[0]], sqrt(ex / (double)(n ? n : 1)));
-    if (paired)
-        quantize_sigma(&s->chans[ln->ch[1]], sqrt(ey / (double)(n ? n : 1)));
+    run_predictors(xy[0], paired ? xy[1] : NULL, k, n, mu[0], mu[1], ln, ex, ey);
+    for (int i = 0; i < k; i++) {
+        quantize_sigma(&s->chans[lanes[i].ch[0]], sqrt(ex[i] / (double)(n ? n : 1)));
+        if (paired)
+            quantize_sigma(&s->chans[lanes[i].ch[1]], sqrt(ey[i] / (double)(n ? n : 1)));
+    }
 }
 
 /* Cost of the lanes of one pair offset over the first n tokens. */
 static double offset_cost(const KvcSection *s, const float *vals, int offset, int64_t n)
 {
     double cost = 0;
+    KvcLane ln[BATCH];
+    const float *x[BATCH], *y[BATCH];
+    int k = 0;
     for (int c = 0; c < s->n_channels; c++) {
-        if (offset && (c / offset) % 2)
-            continue;
-        KvcLane ln;
-        const float *x = vals + c * s->n_tokens;
-        cost += choose_lane(&ln, x, offset ? x + offset * s->n_tokens : NULL, n, 0);
+        if (!(offset && (c / offset) % 2)) {
+            x[k] = vals + c * s->n_tokens;
+            y[k] = x[k] + offset * s->n_tokens;
+            k++;
+        }
+        if (k == BATCH || (k && c + 1 == s->n_channels)) {
+            double lane_cost[BATCH];
+            choose_lanes(ln, x, offset ? y : NULL, k, n, 0, lane_cost);
+            for (int i = 0; i < k; i++)
+                cost += lane_cost[i];
+            k = 0;
+        }
     }
     return cost;
 }
@@ -293,11 +388,17 @@ int kvc_estimate_section(KvcSection *s, int pair_offset)
     if (pair_offset > 0 && (pair_offset >= s->n_channels || s->n_channels % (2 * pair_offset)))
         pair_offset = 0;
     s->n_lanes = kvc_make_lanes(s->lanes, s->n_channels, pair_offset);
-    for (int l = 0; l < s->n_lanes; l++) {
+    for (int l = 0; l < s->n_lanes; l += BATCH) {
         KvcLane *ln = &s->lanes[l];
-        const float *x = vals + ln->ch[0] * n, *y = ln->ch[1] >= 0 ? vals + ln->ch[1] * n : NULL;
-        choose_lane(ln, x, y, n < WINDOW ? n : WINDOW, 1);
-        finish_lane(s, ln, x, y);
+        int k = s->n_lanes - l < BATCH ? s->n_lanes - l : BATCH;
+        const float *x[BATCH], *y[BATCH];
+        double cost[BATCH];
+        for (int i = 0; i < k; i++) {
+            x[i] = vals + ln[i].ch[0] * n;
+            y[i] = ln[i].ch[1] >= 0 ? vals + ln[i].ch[1] * n : NULL;
+        }
+        choose_lanes(ln, x, y[0] ? y : NULL, k, n < WINDOW ? n : WINDOW, 1, cost);
+        finish_lanes(s, ln, k, vals);
     }
     for (int c = 0; c < s->n_channels; c++)
         kvc_channel_derive(&s->chans[c], s->fmt);
