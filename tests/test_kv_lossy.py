@@ -1,5 +1,5 @@
 """The lossy KV codec on the tiny model: error bounds per cache type and layout, rate control, safe restores,
-and the frozen format version 1 (tests/fixtures/kv_lossy_v1.npz)."""
+model-derived bases (format 2), and the frozen format versions 1 and 2 (tests/fixtures/kv_lossy_v*.npz)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from seqkv_edge.codecs import get_codec
-from seqkv_edge.codecs.kv_lossy import _HEADER, KVLossyCodec, tensor_values
+from seqkv_edge.codecs.kv_lossy import _HEADER, _HEADER2, KVLossyCodec, tensor_values
 from seqkv_edge.errors import CorruptDataError, ModelMismatchError
+from seqkv_edge.kv_profile import KVProfile, profile_from_state
 from seqkv_edge.rope import apply_rope, rope_params, undo_rope
 from seqkv_edge.state import parse_seq_state, read_seq_state, skeleton_layout, write_seq_state
 
@@ -21,6 +22,7 @@ LAYOUTS = [  # (type_k, type_v, flash_attn)
     (Q8_0, Q8_0, True), (Q4_0, Q4_0, True), (Q8_0, F16, False),
 ]
 FIXTURE = Path(__file__).parent / "fixtures" / "kv_lossy_v1.npz"
+FIXTURE_V2 = Path(__file__).parent / "fixtures" / "kv_lossy_v2.npz"
 
 
 def make_llama(path, type_k=F16, type_v=F16, flash_attn=False):
@@ -36,16 +38,32 @@ def session(llm):
     return blob, parse_seq_state(blob, model=llm)
 
 
-def lossy_round_trip(state, blob, codec, rope):
-    payloads = codec.encode_state(state, rope)
+def lossy_round_trip(state, blob, codec, rope, profile=None):
+    payloads = codec.encode_state(state, rope, profile=profile)
     out, tensors = skeleton_layout(state.skeleton(), expected_size=len(blob))
-    codec.decode_state(payloads, tensors, [st.positions for sec in state.sections for st in sec.streams], rope)
+    codec.decode_state(payloads, tensors, [st.positions for sec in state.sections for st in sec.streams], rope,
+                       profile=profile)
     return payloads, out, tensors
 
 
+def fields_at(payload) -> dict:
+    """Offsets of the optional format-2 fields (recent window, centroid, digest) and the step array."""
+    flags, n_ch = payload[1], _HEADER.unpack_from(payload)[4]
+    at = {"window": _HEADER.size}
+    at["one"] = at["window"] + (_HEADER2.size if flags & 4 else 0)
+    at["digest"] = at["one"] + (2 if flags & 8 else 0)
+    at["offset"] = at["digest"] + (8 if flags & 2 else 0)
+    at["step"] = at["offset"] + 4 * n_ch
+    return at
+
+
 def steps_of(payload) -> np.ndarray:
+    """Per-channel half-width of the quantization error in steps: 1/2, widened by the centroid of +-1."""
     n_ch = _HEADER.unpack_from(payload)[4]
-    return np.frombuffer(payload, np.float16, n_ch, _HEADER.size + 4 * n_ch).astype(np.float32)
+    at = fields_at(payload)
+    one = float(np.frombuffer(payload, np.float16, 1, at["one"])[0]) if payload[1] & 8 else 1.0
+    steps = np.frombuffer(payload, np.float16, n_ch, at["step"]).astype(np.float32)
+    return steps * (1 + 2 * abs(one - 1))
 
 
 def type_step(tensor, x):
@@ -114,10 +132,10 @@ def test_rope_undo_redo_is_identity():
 
 def test_config_round_trip_and_validation():
     codec = KVLossyCodec(bits=2.0)
-    assert json.loads(json.dumps(codec.get_config())) == {"id": "kv_lossy", "bits": 2.0, "max_kl": None, "version": 1}
+    assert json.loads(json.dumps(codec.get_config())) == {"id": "kv_lossy", "bits": 2.0, "max_kl": None, "version": 2}
     assert get_codec(codec.get_config()) == codec
     assert get_codec(KVLossyCodec(max_kl=0.01).get_config()).max_kl == 0.01
-    for bad in ({}, {"bits": 2.0, "max_kl": 0.1}, {"bits": 0.0}, {"max_kl": -1.0}, {"bits": 2.0, "version": 2}):
+    for bad in ({}, {"bits": 2.0, "max_kl": 0.1}, {"bits": 0.0}, {"max_kl": -1.0}, {"bits": 2.0, "version": 3}):
         with pytest.raises(ValueError):
             KVLossyCodec(**bad)
 
@@ -158,3 +176,84 @@ def test_format_version_1_fixture_still_decodes():
     for got, want in zip(tensors, expected):
         a, b = tensor_values(got), tensor_values(want)
         assert np.allclose(a, b, rtol=2e-3, atol=1e-4), got.name  # 1 ulp of f16 across platforms
+
+
+@pytest.fixture
+def profiled(tiny_model_path, tmp_path, monkeypatch):
+    """A tiny-model session and a profile derived from it, cached under a private $SEQKV_HOME."""
+    monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
+    llm = make_llama(tiny_model_path)
+    blob, state = session(llm)
+    rope = rope_params(llm)
+    return llm, blob, state, rope, profile_from_state(state, rope)
+
+
+def test_profile_round_trip_within_rotated_error_bound(profiled):
+    llm, blob, state, rope, profile = profiled
+    payloads, out, tensors = lossy_round_trip(state, blob, KVLossyCodec(bits=4.0), rope, profile)
+    positions = state.sections[0].streams[0].positions
+    for src, dst, payload in zip(state.tensors(), tensors, payloads):
+        at = fields_at(payload)["digest"]
+        assert payload[1] & 2 and payload[at:at + 8] == profile.digest
+        x, y = tensor_values(src, rope), tensor_values(dst, rope)
+        if src.kind == "k":
+            x, y = undo_rope(x, positions, rope), undo_rope(y, positions, rope)
+        heads = x.shape[1] // profile.analysis[f"{src.kind}{src.layer}"].shape[1]
+        synthesis = profile.synthesis[f"{src.kind}{src.layer}"]
+        half = steps_of(payload).reshape(heads, -1) / 2
+        bound = np.concatenate([np.abs(synthesis[h]).T @ half[h] for h in range(heads)])  # per channel
+        assert (np.abs(y - x) <= bound + 4 * type_step(src, x) + 1e-3 * np.abs(x).max()).all(), src.name
+
+
+def test_profile_is_found_by_digest_and_a_mismatch_refuses(profiled, tmp_path):
+    llm, blob, state, rope, profile = profiled
+    codec = KVLossyCodec(bits=2.0)
+    payloads = codec.encode_state(state, rope, profile=profile)
+    positions = [state.sections[0].streams[0].positions]
+    _, tensors = skeleton_layout(state.skeleton(), expected_size=len(blob))
+    with pytest.raises(ModelMismatchError, match=profile.digest.hex()):  # not given and not cached
+        codec.decode_state(payloads, tensors, positions, rope)
+    other = KVProfile({k: b[:, :, ::-1] for k, b in profile.analysis.items()}, profile.variances)
+    with pytest.raises(ModelMismatchError):
+        codec.decode_state(payloads, tensors, positions, rope, profile=other)
+    profile.save(tmp_path / "kv_profiles" / f"{profile.digest.hex()}.npz")
+    assert KVProfile.load(tmp_path / "kv_profiles" / f"{profile.digest.hex()}.npz").digest == profile.digest
+    out_cached, tensors = skeleton_layout(state.skeleton(), expected_size=len(blob))
+    codec.decode_state(payloads, tensors, positions, rope)  # found in $SEQKV_HOME/kv_profiles by digest
+    out_given, tensors = skeleton_layout(state.skeleton(), expected_size=len(blob))
+    codec.decode_state(payloads, tensors, positions, rope, profile=profile)
+    assert bytes(out_cached) == bytes(out_given)
+    with pytest.raises(ValueError):
+        KVLossyCodec(bits=2.0, version=1).encode_state(state, rope, profile=profile)
+
+
+def test_profile_costs_fewer_bits_for_the_same_error(profiled):
+    llm, blob, state, rope, profile = profiled
+    sizes = [sum(map(len, KVLossyCodec(max_kl=0.01).encode_state(state, rope, profile=p))) for p in (None, profile)]
+    assert sizes[1] < sizes[0]
+
+
+def test_version_1_is_still_written_on_request(tiny_model_path):
+    llm = make_llama(tiny_model_path)
+    blob, state = session(llm)
+    rope = rope_params(llm)
+    payloads, out, tensors = lossy_round_trip(state, blob, KVLossyCodec(bits=3.0, version=1), rope)
+    assert {p[0] for p in payloads} == {1}
+    assert all(np.isfinite(tensor_values(t)).all() for t in tensors)
+
+
+def test_format_version_2_fixture_still_decodes(tmp_path, monkeypatch):
+    """Written by format version 2 with a profile (stored in the fixture); decoded values must never change."""
+    monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
+    fx = np.load(FIXTURE_V2)
+    rope = json.loads(str(fx["rope"]))
+    profile_path = tmp_path / "profile.npz"
+    profile_path.write_bytes(fx["profile"].tobytes())
+    profile = KVProfile.load(profile_path)
+    payloads = [fx[f"payload_{i}"].tobytes() for i in range(int(fx["n_payloads"]))]
+    assert {p[0] for p in payloads} == {2} and all(p[1] & 6 == 6 for p in payloads)  # rotated, recent window
+    out, tensors = skeleton_layout(fx["skeleton"].tobytes(), expected_size=len(fx["expected"]))
+    KVLossyCodec(bits=2.0).decode_state(payloads, tensors, [fx["positions"]], rope, profile=profile)
+    expected = parse_seq_state(fx["expected"].tobytes(), has_cell_ext=False).tensors()
+    for got, want in zip(tensors, expected):
+        assert np.allclose(tensor_values(got), tensor_values(want), rtol=2e-3, atol=1e-4), got.name

@@ -182,3 +182,15 @@ def test_other_batch_schedule_is_detected(tiny_model_path, tmp_path):
     with pytest.raises(CorruptDataError):
         fresh.load_session(path)
     assert fresh.n_tokens == 0
+
+
+def test_thread_count_does_not_change_the_replay(tiny_model_path, tmp_path):
+    """Measured: logits and KV do not depend on the thread count, so the build hash leaves it out."""
+    llm = Llama(model_path=tiny_model_path, n_ctx=512, n_batch=32, n_threads=2, verbose=False,
+                kv_compressor=SeqKV(kv="none", tokens="hybrid"))
+    chat(llm)
+    llm.save_session(tmp_path / "h.seqkv")
+    fresh = Llama(model_path=tiny_model_path, n_ctx=512, n_batch=32, n_threads=1, verbose=False,
+                  kv_compressor=SeqKV(kv="none", tokens="hybrid"))
+    fresh.load_session(tmp_path / "h.seqkv")
+    assert bytes(read_seq_state(fresh.ctx)) == bytes(read_seq_state(llm.ctx))
