@@ -1,6 +1,7 @@
 """Rate-quality of lossy KV snapshots, side by side on the same KV and the same harness.
 
-Methods: our kv_lossy codec at several rates; TurboQuant (peer package pyturboquant-cpu, per head vector,
+Methods: our kv_lossy codec at several rates, format 2 with the model's KV profile (per-head KLT bases, finer
+recent window) and format 1 (``--v1``: per-channel, no profile); TurboQuant (peer package pyturboquant-cpu, per head vector,
 16-bit norms counted); llama.cpp's own q8_0 / q4_0 cache types (a context of that type prefills the same
 tokens, flash attention on, like the reference); the lossless tier (f16 exact). Quality is measured by
 ``seqkv_edge.quality`` against the f16 cache restored losslessly (flash attention on both sides).
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from turboquant_peer import turboquant_state  # noqa: E402
 
 from seqkv_edge.codecs.kv_lossy import KVLossyCodec  # noqa: E402
+from seqkv_edge.kv_profile import load_or_build_profile  # noqa: E402
 from seqkv_edge.quality import QualityBench  # noqa: E402
 
 OURS_BITS = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -54,16 +56,21 @@ def run(args) -> list[dict]:
           f"{args.n_greedy} greedy; flash attention on both sides")
     print(f"{'method':24s} {'bits':>7s} {'KL mean':>9s} {'KL p99':>8s} {'top-1':>7s} {'d ppl':>8s} {'greedy':>7s}")
     add("lossless f16", 16.0, lambda: bench.evaluate(bench.blob))
-    for bits in args.ours:
-        codec = KVLossyCodec(bits=bits)
-        holder = {}
+    profile = load_or_build_profile(model)
+    variants = [("kv_lossy v2", 2, profile)] + ([("kv_lossy v1", 1, None)] if args.v1 else [])
+    for name, version, prof in variants:
+        for bits in args.ours:
+            codec = KVLossyCodec(bits=bits, version=version)
+            holder = {}
 
-        def ours(codec=codec, holder=holder):
-            blob, coded = bench.lossy_blob(codec)
-            holder["bits"] = 8 * coded / n_values
-            return bench.evaluate(blob)
+            def ours(codec=codec, holder=holder, prof=prof):
+                blob, coded = bench.lossy_blob(codec, profile=prof)
+                holder["bits"] = 8 * coded / n_values
+                return bench.evaluate(blob)
 
-        add(f"seqkv kv_lossy {bits:g}", lambda holder=holder: holder["bits"], ours)
+            add(f"seqkv {name} {bits:g}", lambda holder=holder: holder["bits"], ours)
+    if args.ours_only:
+        return rows
     for bits in args.turbo:
         holder = {}
 
@@ -86,10 +93,15 @@ def main(argv=None) -> int:
     p.add_argument("--n-eval", type=int, default=256)
     p.add_argument("--n-greedy", type=int, default=128)
     p.add_argument("--quick", action="store_true", help="fewer rates, no greedy run")
+    p.add_argument("--v1", action="store_true", help="also format 1 (no model profile), side by side")
+    p.add_argument("--ours-only", action="store_true", help="only seqkv's rows (no TurboQuant, no llama.cpp types)")
+    p.add_argument("--bits", help="comma-separated rates for seqkv's rows (default 1,1.5,2,3,4)")
     args = p.parse_args(argv)
     args.ours, args.turbo = OURS_BITS, TURBO_BITS
     if args.quick:
         args.ours, args.turbo, args.n_greedy = (1.0, 2.0, 3.0), (2, 3), 0
+    if args.bits:
+        args.ours = tuple(float(b) for b in args.bits.split(","))
     rows = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -172,22 +172,27 @@ class QualityBench:
         del ev
         return compare(self.reference, out, self.cont)
 
-    def lossy_blob(self, codec) -> tuple[bytes, int]:
-        """Encode the bench's state with a KVLossyCodec, decode into a fresh skeleton: (blob, coded bytes)."""
+    def lossy_blob(self, codec, profile=None) -> tuple[bytes, int]:
+        """Encode the bench's state with a KVLossyCodec (and a ``kv_profile.KVProfile`` for format 2 bases),
+        decode into a fresh skeleton: (blob, coded bytes)."""
         from .codecs.kv_lossy import rope_params
         from .state import skeleton_layout
 
         rope = rope_params(self.ev.llm)
-        payloads = codec.encode_state(self.state, rope)
+        payloads = codec.encode_state(self.state, rope, profile=profile)
         out, tensors = skeleton_layout(self.state.skeleton(), expected_size=len(self.blob))
         positions = [st.positions for sec in self.state.sections for st in sec.streams]
-        codec.decode_state(payloads, tensors, positions, rope)
+        codec.decode_state(payloads, tensors, positions, rope, profile=profile)
         return bytes(out), sum(map(len, payloads))
 
 
 def run_quality(model_path, text_path=None, bits: float | None = None, max_kl: float | None = None,
-                n_context: int = 1000, n_eval: int = 256, n_greedy: int = 128, flash_attn: bool = True) -> dict:
+                n_context: int = 1000, n_eval: int = 256, n_greedy: int = 128, flash_attn: bool = True,
+                profile: bool = False) -> dict:
     """Save a session lossily (``bits`` per value or ``max_kl``), restore it, and measure the damage.
+
+    ``profile``: code with the model's KV profile (``seqkv_edge.kv_profile``; built and cached in
+    ``$SEQKV_HOME/kv_profiles`` on first use).
 
     Returns the figures of :func:`compare` plus ``bits_per_value`` (all side information counted),
     ``coded_bytes``, ``raw_kv_bytes`` and the setup (text, token counts, flash_attn).
@@ -197,11 +202,17 @@ def run_quality(model_path, text_path=None, bits: float | None = None, max_kl: f
     bench = QualityBench(model_path, text_path, n_context=n_context, n_eval=n_eval, n_greedy=n_greedy,
                          flash_attn=flash_attn)
     codec = KVLossyCodec(bits=bits, max_kl=max_kl)
-    blob, coded = bench.lossy_blob(codec)
+    kv_profile = None
+    if profile:
+        from .kv_profile import load_or_build_profile
+
+        kv_profile = load_or_build_profile(model_path)
+    blob, coded = bench.lossy_blob(codec, profile=kv_profile)
     n_values = sum(t.n_cells * t.n_channels for t in bench.state.tensors())
     result = bench.evaluate(blob)
     result.update(bits_per_value=8.0 * coded / n_values, coded_bytes=coded, raw_kv_bytes=2 * n_values,
-                  codec=codec.get_config(), text=bench.text_name, n_context=n_context, flash_attn=flash_attn)
+                  codec=codec.get_config(), text=bench.text_name, n_context=n_context, flash_attn=flash_attn,
+                  profile=kv_profile.digest.hex() if kv_profile is not None else None)
     return result
 
 
@@ -217,6 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-eval", type=int, default=256)
     p.add_argument("--n-greedy", type=int, default=128)
     p.add_argument("--no-flash-attn", action="store_true")
+    p.add_argument("--profile", action="store_true", help="code with the model's KV profile (format 2 bases)")
     args = p.parse_args(argv)
     model = args.model
     if model is None:
@@ -225,7 +237,8 @@ def main(argv=None) -> int:
         model = default_model_path()
     bits = args.bits if args.bits is not None or args.max_kl is not None else 2.0
     result = run_quality(model, args.text, bits=bits, max_kl=args.max_kl, n_context=args.n_context,
-                         n_eval=args.n_eval, n_greedy=args.n_greedy, flash_attn=not args.no_flash_attn)
+                         n_eval=args.n_eval, n_greedy=args.n_greedy, flash_attn=not args.no_flash_attn,
+                         profile=args.profile)
     print(json.dumps(result, indent=2))
     return 0
 

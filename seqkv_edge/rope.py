@@ -48,7 +48,20 @@ def rope_supported(rope: dict | None) -> bool:
     return bool(rope) and rope.get("type") in ("neox", "norm") and 0 < rope["n_rot"] <= rope["head_dim_k"]
 
 
+_last_angles: tuple = (None, None)  # (key, (cos, sin)): every layer of a state rotates by the same angles
+
+
 def _angles(positions: np.ndarray, rope: dict) -> tuple[np.ndarray, np.ndarray]:
+    global _last_angles
+    key = (positions.tobytes(), rope["n_rot"], rope["freq_base"], rope["freq_scale"])
+    cached_key, angles = _last_angles  # one read: another thread may swap the pair
+    if cached_key != key:
+        angles = _compute_angles(positions, rope)
+        _last_angles = (key, angles)
+    return angles
+
+
+def _compute_angles(positions: np.ndarray, rope: dict) -> tuple[np.ndarray, np.ndarray]:
     half = rope["n_rot"] // 2
     inv_freq = rope["freq_base"] ** (-2.0 * np.arange(half) / rope["n_rot"])
     theta = positions.astype(np.float64)[:, None] * rope["freq_scale"] * inv_freq[None, :]

@@ -11,7 +11,7 @@ import pytest
 from seqkv_edge.codecs import get_codec
 from seqkv_edge.codecs.kv_lossy import _HEADER, _HEADER2, KVLossyCodec, tensor_values
 from seqkv_edge.errors import CorruptDataError, ModelMismatchError
-from seqkv_edge.kv_profile import KVProfile, profile_from_state
+from seqkv_edge.kv_profile import KVProfile, metric_bases, profile_from_state, query_metric
 from seqkv_edge.rope import apply_rope, rope_params, undo_rope
 from seqkv_edge.state import parse_seq_state, read_seq_state, skeleton_layout, write_seq_state
 
@@ -47,23 +47,18 @@ def lossy_round_trip(state, blob, codec, rope, profile=None):
 
 
 def fields_at(payload) -> dict:
-    """Offsets of the optional format-2 fields (recent window, centroid, digest) and the step array."""
+    """Offsets of the optional format-2 fields (recent window, profile digest) and of the step array."""
     flags, n_ch = payload[1], _HEADER.unpack_from(payload)[4]
     at = {"window": _HEADER.size}
-    at["one"] = at["window"] + (_HEADER2.size if flags & 4 else 0)
-    at["digest"] = at["one"] + (2 if flags & 8 else 0)
+    at["digest"] = at["window"] + (_HEADER2.size if flags & 4 else 0)
     at["offset"] = at["digest"] + (8 if flags & 2 else 0)
     at["step"] = at["offset"] + 4 * n_ch
     return at
 
 
 def steps_of(payload) -> np.ndarray:
-    """Per-channel half-width of the quantization error in steps: 1/2, widened by the centroid of +-1."""
     n_ch = _HEADER.unpack_from(payload)[4]
-    at = fields_at(payload)
-    one = float(np.frombuffer(payload, np.float16, 1, at["one"])[0]) if payload[1] & 8 else 1.0
-    steps = np.frombuffer(payload, np.float16, n_ch, at["step"]).astype(np.float32)
-    return steps * (1 + 2 * abs(one - 1))
+    return np.frombuffer(payload, np.float16, n_ch, fields_at(payload)["step"]).astype(np.float32)
 
 
 def type_step(tensor, x):
@@ -257,3 +252,36 @@ def test_format_version_2_fixture_still_decodes(tmp_path, monkeypatch):
     expected = parse_seq_state(fx["expected"].tobytes(), has_cell_ext=False).tensors()
     for got, want in zip(tensors, expected):
         assert np.allclose(tensor_values(got), tensor_values(want), rtol=2e-3, atol=1e-4), got.name
+
+
+def test_query_metric_bases_whiten_scores_and_decorrelate():
+    """Keys coded as z = k @ analysis: z's components are uncorrelated and |dz|^2 is the score error q.dk^2
+    averaged over the queries and relative rotations (synthesis^T-congruence maps the metric to I)."""
+    rng = np.random.default_rng(1)
+    rope = {"type": "neox", "n_rot": 16, "freq_base": 1e4, "freq_scale": 1.0, "head_dim_k": 16}
+    queries = rng.standard_normal((300, 4 * 16)) * np.linspace(0.2, 3, 64) + 0.5  # 4 query heads, 2 KV heads
+    keys = rng.standard_normal((400, 2 * 16)) @ np.kron(np.eye(2), rng.standard_normal((16, 16)))
+    metric = query_metric(queries, rope, n_head_kv=2)
+    assert metric.shape == (2, 16, 16) and np.allclose(metric, metric.transpose(0, 2, 1))
+    analysis, synthesis, variances = metric_bases(keys, metric)
+    for h in range(2):
+        assert np.allclose(analysis[h] @ synthesis[h], np.eye(16), atol=1e-4)
+        assert np.allclose(synthesis[h] @ metric[h] @ synthesis[h].T, np.eye(16), atol=1e-3 * np.abs(metric[h]).max())
+        z = (keys[:, 16 * h:16 * h + 16] - keys[:, 16 * h:16 * h + 16].mean(0)) @ analysis[h]
+        cov = z.T @ z / len(z)
+        assert np.allclose(cov, np.diag(variances[h]), atol=1e-3 * variances[h].max())
+        assert (np.diff(variances[h]) <= 1e-6 * variances[h].max()).all()
+
+
+def test_profile_is_built_from_the_model_once_and_cached(tiny_model_path, tmp_path, monkeypatch):
+    from seqkv_edge.kv_profile import load_or_build_profile
+
+    monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
+    text = tmp_path / "calibration.txt"
+    text.write_text("Calibration text for the model's KV profile: keys, values and the queries that read them. " * 6)
+    profile = load_or_build_profile(tiny_model_path, text_path=text)
+    assert profile.meta["key_metric"] == "query"  # the eval callback saw every layer's queries
+    n_layers = len({key[1:] for key in profile.analysis})
+    assert n_layers >= 1 and set(profile.analysis) == {f"{kind}{layer}" for kind in "kv" for layer in range(n_layers)}
+    again = load_or_build_profile(tiny_model_path)  # from $SEQKV_HOME/kv_profiles, no prefill
+    assert again.digest == profile.digest and (tmp_path / "kv_profiles" / f"{profile.digest.hex()}.npz").is_file()
