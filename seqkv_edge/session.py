@@ -93,7 +93,12 @@ def save(llm, path: Union[str, Path], config: SeqKV, progress=None) -> SessionIn
         from .rope import rope_params
 
         rope = rope_params(llm)
-        coded = kv_codec.encode_state(state, rope)
+        profile = None
+        if config.model_profile:
+            from .kv_profile import load_or_build_profile
+
+            profile = load_or_build_profile(llm)
+        coded = kv_codec.encode_state(state, rope, profile=profile)
     else:
         coded = kv_codec.encode_many([(t.data, t.ggml_type.id, t.token_major, t.n_channels) for t in tensors])
     side, tokens_codec = ZstdCodec(level=19), TokensPortableCodec(n_vocab=llm.n_vocab())

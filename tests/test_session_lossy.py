@@ -43,9 +43,22 @@ def test_lossy_session_restores_and_continues(tiny_model_path, tmp_path, type_kv
     assert np.all(np.isfinite(b)) and np.corrcoef(a, b)[0, 1] > 0.9
 
 
+def test_model_profile_session_round_trip(tiny_model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQKV_HOME", str(tmp_path / "home"))
+    llm = make(tiny_model_path, SeqKV(kv="lossy", bits=3.0, model_profile=True))
+    llm.eval(llm.tokenize(PROMPT))
+    llm.save_session(tmp_path / "p.seqkv")
+    assert list((tmp_path / "home" / "kv_profiles").glob("*.npz")), "the profile is cached per model"
+    fresh = make(tiny_model_path, SeqKV())
+    fresh.load_session(tmp_path / "p.seqkv")
+    assert fresh.n_tokens == llm.n_tokens
+
+
 def test_lossy_settings_are_validated():
     with pytest.raises(ValueError, match="bits or max_kl"):
         SeqKV(kv="lossy", bits=2.0, max_kl=0.01)
     with pytest.raises(ValueError, match="apply to kv='lossy'"):
         SeqKV(bits=2.0)
     assert SeqKV(kv="lossy", max_kl=0.02).bits is None
+    with pytest.raises(ValueError, match="model_profile"):
+        SeqKV(model_profile=True)
