@@ -22,6 +22,7 @@ from .container import Kind, read_container
 from . import token_session
 
 TEXTS = {"GPL-3": "/usr/share/common-licenses/GPL-3", "fortunes/literature": "/usr/share/games/fortunes/literature"}
+LOSSY_BITS = 3.0  # the lossy snapshot measured beside the token tiers (bits per KV value)
 QUESTIONS = [
     "What is a hash table? Answer in three sentences.",
     "Write a Python function that reverses a linked list.",
@@ -73,6 +74,9 @@ def measure_session(name: str, llm, model_path: str, n_ctx: int, workdir: Path) 
     llm.kv_compressor = SeqKV(kv="lossless")
     files["snapshot"] = workdir / f"{slug}.snapshot.seqkv"
     raw_bytes = llm.save_session(files["snapshot"]).raw_bytes
+    llm.kv_compressor = SeqKV(kv="lossy", bits=LOSSY_BITS)
+    files["lossy"] = workdir / f"{slug}.lossy.seqkv"
+    llm.save_session(files["lossy"])
 
     ideal: list = []
     start = time.perf_counter()
@@ -85,7 +89,7 @@ def measure_session(name: str, llm, model_path: str, n_ctx: int, workdir: Path) 
     restore = {}
     for tier, path in files.items():
         fresh = _llama(model_path, n_ctx, tokens="hybrid" if tier == "hybrid" else "portable",
-                       kv="lossless" if tier == "snapshot" else "none")
+                       kv="lossless" if tier in ("snapshot", "lossy") else "none")
         with tqdm(total=len(tokens), desc=f"{name}: restore {tier}", unit="tok", leave=False) as bar:
             info = fresh.load_session(path, progress=lambda done, total: bar.update(done - bar.n))
         restore[tier] = info.seconds["total"]
@@ -95,7 +99,7 @@ def measure_session(name: str, llm, model_path: str, n_ctx: int, workdir: Path) 
     return {
         "session": name, "tokens": len(tokens), "ideal_bits": float(np.sum(ideal)),
         "ideal_bytes": float(np.sum(ideal)) / 8, "model_bytes": size["model"], "hybrid_bytes": size["hybrid"],
-        "portable_bytes": size["portable"], "snapshot_bytes": size["snapshot"],
+        "portable_bytes": size["portable"], "snapshot_bytes": size["snapshot"], "lossy_bytes": size["lossy"],
         "zstd19_ids_bytes": len(zstandard.ZstdCompressor(level=19).compress(tokens.astype("<i4").tobytes())),
         "raw_state_bytes": raw_bytes,
         "model_payload_bytes": len(read_container(files["model"]).payload(Kind.MODEL_TOKENS)),

@@ -145,6 +145,11 @@ def size_rows(result: dict) -> list[tuple[str, float, str]]:
     for c in result["cache_types"]:
         out.append((f"seqkv KV snapshot, lossless ({c['cache_type']})", c["file_bytes"] / c["tokens"],
                     f"bit-exact over {c['cache_type']}"))
+    if "lossy_bytes" in row:
+        from .bench_tokens import LOSSY_BITS
+
+        out.append((f"seqkv KV snapshot, lossy ({LOSSY_BITS:g} bits/value)", row["lossy_bytes"] / n,
+                    "no recompute; quality: seqkv quality"))
     out += [("seqkv tokens, portable", row["portable_bytes"] / n, "restore by prefill"),
             ("seqkv tokens, hybrid", row["hybrid_bytes"] / n, "restore by exact replay"),
             ("seqkv tokens, model-coded", row["model_bytes"] / n, "restore by one-token replay"),
