@@ -7,8 +7,9 @@
  * states interleave. The encoder runs the model forward and records every step (start, freq,
  * scale, state); kvc_encode_steps() then codes them backwards. The decoder does both at once.
  *
- * The loops are written once (loop_section) and specialised per element format with constant
- * arguments, so the compiler removes every format test from the inner loop. The decoder hands
+ * The loops are written once (loop_section) and specialised per element format, and for the
+ * encoder or the decoder, with constant arguments, so the compiler removes every format test
+ * from the inner loop. The decoder hands
  * full groups of f16 channels to the faster loop of kvc_quad.c.
  */
 #include <string.h>
@@ -278,10 +279,9 @@ INLINE void code_group(Coder *cd, Group *g, Rans64State *x, const int decode, co
 /* Encoder (steps != NULL) or decoder (st != NULL) over one section, for one element format.
  * Returns the number of recorded steps (encoder), or 0 / -1 (decoder: stream ran out). */
 INLINE int64_t loop_section(const KvcSection *s, KvcStep *steps, Rans64State *st, const uint8_t **pptr,
-                            const uint8_t *end, const int kind, const int elem, const int nb, const int raw_bits,
-                            const int extra_bits, const int exp_bits, const int mant_bits)
+                            const uint8_t *end, const int decode, const int kind, const int elem, const int nb,
+                            const int raw_bits, const int extra_bits, const int exp_bits, const int mant_bits)
 {
-    const int decode = st != NULL;
     ValueOfBin vt[kind == KVC_KIND_FLOAT ? 1 << nb : 1];
     if (kind == KVC_KIND_FLOAT)
         value_table(s->fmt, vt);
@@ -310,22 +310,23 @@ INLINE int64_t loop_section(const KvcSection *s, KvcStep *steps, Rans64State *st
     return cd.err ? -1 : 0;
 }
 
-static int64_t run_section(const KvcSection *s, KvcStep *steps, Rans64State *st, const uint8_t **pptr,
-                           const uint8_t *end)
+/* Specialised for encoding or decoding (decode is a constant), and per format. */
+INLINE int64_t run_section(const KvcSection *s, KvcStep *steps, Rans64State *st, const uint8_t **pptr,
+                           const uint8_t *end, const int decode)
 {
     switch (s->fmt->elem) {
     case KVC_ELEM_I8:
-        return loop_section(s, steps, st, pptr, end, KVC_KIND_INT, KVC_ELEM_I8, 8, 0, 0, 0, 0);
+        return loop_section(s, steps, st, pptr, end, decode, KVC_KIND_INT, KVC_ELEM_I8, 8, 0, 0, 0, 0);
     case KVC_ELEM_NIB:
-        return loop_section(s, steps, st, pptr, end, KVC_KIND_INT, KVC_ELEM_NIB, 4, 0, 0, 0, 0);
+        return loop_section(s, steps, st, pptr, end, decode, KVC_KIND_INT, KVC_ELEM_NIB, 4, 0, 0, 0, 0);
     case KVC_ELEM_W32:
-        return loop_section(s, steps, st, pptr, end, KVC_KIND_FLOAT, KVC_ELEM_W32, KVC_BF16_NB,
+        return loop_section(s, steps, st, pptr, end, decode, KVC_KIND_FLOAT, KVC_ELEM_W32, KVC_BF16_NB,
                             16 - KVC_BF16_NB, 16, 8, 7);
     default:
         if (s->fmt->mant_bits == 7)
-            return loop_section(s, steps, st, pptr, end, KVC_KIND_FLOAT, KVC_ELEM_W16, KVC_BF16_NB,
+            return loop_section(s, steps, st, pptr, end, decode, KVC_KIND_FLOAT, KVC_ELEM_W16, KVC_BF16_NB,
                                 16 - KVC_BF16_NB, 0, 8, 7);
-        return loop_section(s, steps, st, pptr, end, KVC_KIND_FLOAT, KVC_ELEM_W16, KVC_F16_NB,
+        return loop_section(s, steps, st, pptr, end, decode, KVC_KIND_FLOAT, KVC_ELEM_W16, KVC_F16_NB,
                             16 - KVC_F16_NB, 0, 5, 10);
     }
 }
@@ -334,14 +335,14 @@ static int64_t run_section(const KvcSection *s, KvcStep *steps, Rans64State *st,
  * when out of memory. */
 int64_t kvc_model_section(const KvcSection *s, KvcStep *steps)
 {
-    return run_section(s, steps, NULL, NULL, NULL);
+    return run_section(s, steps, NULL, NULL, NULL, 0);
 }
 
 /* Decode one section into the channels' memory; returns 0, -1 if the stream ran out, -2 when out
  * of memory. */
 int kvc_decode_section(const KvcSection *s, Rans64State *st, const uint8_t **pptr, const uint8_t *end)
 {
-    return (int)run_section(s, NULL, st, pptr, end);
+    return (int)run_section(s, NULL, st, pptr, end, 1);
 }
 
 /* rans64_enc_put() / rans64_enc_put_bits() (freq 1) without a branch on the renormalisation
@@ -359,21 +360,46 @@ static inline void put_step(Rans64State *r, uint8_t **p, uint32_t start, uint32_
     *r = bypass ? (x << scale) | start : ((x / freq) << scale) + (x % freq) + start;
 }
 
-/* Code recorded steps backwards into the bytes ending at *pptr; then flush the states. */
+INLINE void put_recorded(Rans64State *r, uint8_t **p, const KvcStep *step)
+{
+    uint32_t fss = step->fss, scale = (fss >> 24) & 31;
+    if (fss & STEP_BYPASS)
+        put_step(r, p, step->start, 1, scale, 1);
+    else
+        put_step(r, p, step->start, fss & 0xffffff, scale, 0);
+}
+
+/* Code recorded steps backwards into the bytes ending at *pptr; then flush the states. Runs of
+ * four steps with states 0, 1, 2, 3 (full groups) keep the states and the write position in
+ * registers (*pptr could alias the words stored); other steps go through the array. */
 void kvc_encode_steps(const KvcStep *steps, size_t n, uint8_t **pptr)
 {
     Rans64State st[KVC_N_STATES];
+    uint8_t *p = *pptr;
     for (int i = 0; i < KVC_N_STATES; i++)
         rans64_enc_init(&st[i]);
-    for (size_t i = n; i-- > 0;) {
-        uint32_t fss = steps[i].fss;
-        Rans64State *r = &st[(fss >> 29) & 3];
-        uint32_t scale = (fss >> 24) & 31;
-        if (fss & STEP_BYPASS)
-            put_step(r, pptr, steps[i].start, 1, scale, 1);
-        else
-            put_step(r, pptr, steps[i].start, fss & 0xffffff, scale, 0);
+    Rans64State x0 = st[0], x1 = st[1], x2 = st[2], x3 = st[3];
+    size_t i = n;
+    while (i > 0) {
+        for (; i >= 4; i -= 4) {
+            const KvcStep *q = &steps[i - 4];
+            uint32_t states = (q[0].fss >> 29 & 3) | (q[1].fss >> 27 & 12) | (q[2].fss >> 25 & 48) |
+                              (q[3].fss >> 23 & 192);
+            if (states != 0xe4) /* 3, 2, 1, 0 from the top */
+                break;
+            put_recorded(&x3, &p, &q[3]);
+            put_recorded(&x2, &p, &q[2]);
+            put_recorded(&x1, &p, &q[1]);
+            put_recorded(&x0, &p, &q[0]);
+        }
+        st[0] = x0, st[1] = x1, st[2] = x2, st[3] = x3;
+        for (int k = 0; k < 4 && i > 0; k++) { /* out of step: a few steps one at a time */
+            i--;
+            put_recorded(&st[(steps[i].fss >> 29) & 3], &p, &steps[i]);
+        }
+        x0 = st[0], x1 = st[1], x2 = st[2], x3 = st[3];
     }
-    for (int i = KVC_N_STATES; i-- > 0;)
-        rans64_enc_flush(&st[i], pptr);
+    for (int k = KVC_N_STATES; k-- > 0;)
+        rans64_enc_flush(&st[k], &p);
+    *pptr = p;
 }

@@ -29,9 +29,11 @@ void kvc_encode_steps(const KvcStep *steps, size_t n, uint8_t **pptr);
 int kvc_decode_section(const KvcSection *s, Rans64State *st, const uint8_t **pptr, const uint8_t *end);
 
 /* Encoder: choose lanes (pair_offset 0: none, > 0: pair c with c + offset, < 0: try a few),
- * then each channel's mu and sigma. s->lanes must hold n_channels entries. Returns the pair
- * offset used, or -1 when out of memory. */
-int kvc_estimate_section(KvcSection *s, int pair_offset);
+ * then each channel's mu and sigma. s->lanes must hold n_channels entries. scratch holds
+ * kvc_estimate_floats(s) floats, or is NULL (allocated here). Returns the pair offset used, or
+ * -1 when out of memory. */
+size_t kvc_estimate_floats(const KvcSection *s);
+int kvc_estimate_section(KvcSection *s, int pair_offset, float *scratch);
 
 /* The lanes for a pair offset (0: single channels). Returns the number of lanes. */
 int kvc_make_lanes(KvcLane *lanes, int n_channels, int pair_offset);

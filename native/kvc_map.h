@@ -36,19 +36,10 @@ static inline int kvc_float_bin(uint64_t mag, int msb, int nb, int exp_bits, int
     return (int)(m >> (mant_bits - mb)) & m_mask;
 }
 
-static inline KvcMap kvc_map_float(const KvcChannel *ch, int64_t c, int nb, int exp_bits, int mant_bits, int e0)
+/* The map of a "far" prediction c (kvc_map_float, once the near test failed). */
+static inline KvcMap kvc_map_far(const KvcChannel *ch, int64_t c, int nb, int exp_bits, int mant_bits, int e0)
 {
     KvcMap map;
-    int64_t y = c >> ch->k5; /* |y| < 2^40 keeps the product below 2^59; beyond, c is far anyway */
-    y = y > ((int64_t)1 << 40) ? (int64_t)1 << 40 : (y < -((int64_t)1 << 40) ? -((int64_t)1 << 40) : y);
-    int64_t zq = (y * ch->near_mul + (1 << 20)) >> 21;
-    if ((uint64_t)(zq + KVC_NEAR_Z) <= 2 * KVC_NEAR_Z) {
-        map.ctx = (int)zq * 4 + ch->near_base;
-        map.near = 1;
-        map.ref_ord = 0;
-        map.mirror = 0;
-        return map;
-    }
     int A = 1 << nb;
     int mb = nb - 1 - exp_bits;
     uint64_t mag = c < 0 ? (uint64_t)(-c) : (uint64_t)c;
@@ -61,6 +52,26 @@ static inline KvcMap kvc_map_float(const KvcChannel *ch, int64_t c, int nb, int 
     map.ref_ord = kvc_ord(h, A);
     map.mirror = c < 0;
     return map;
+}
+
+/* The context and symbol map of FLOAT prediction c: near when zq (c in steps of the near
+ * contexts, rounded) is within +-KVC_NEAR_Z, else far. */
+static inline KvcMap kvc_map_float(const KvcChannel *ch, int64_t c, int nb, int exp_bits, int mant_bits, int e0)
+{
+    KvcMap map;
+    /* zq = round((c >> k5) * near_mul / 2^21). When the product overflows, c is far: so it is
+     * whenever |c >> k5| > 2^40 (near_mul > 2^17), as with a clamp of c >> k5 to +-2^40. */
+    int64_t prod;
+    int overflow = __builtin_mul_overflow(c >> ch->k5, ch->near_mul, &prod);
+    int64_t zq = (int64_t)((uint64_t)prod + (1u << 20)) >> 21; /* a sum that wraps is far too */
+    if (!overflow && (uint64_t)(zq + KVC_NEAR_Z) <= 2 * KVC_NEAR_Z) {
+        map.ctx = (int)zq * 4 + ch->near_base;
+        map.near = 1;
+        map.ref_ord = 0;
+        map.mirror = 0;
+        return map;
+    }
+    return kvc_map_far(ch, c, nb, exp_bits, mant_bits, e0);
 }
 
 static inline KvcMap kvc_map_int(const KvcChannel *ch, int64_t c)

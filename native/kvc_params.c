@@ -48,15 +48,13 @@ int kvc_make_lanes(KvcLane *lanes, int n_channels, int pair_offset)
     return n;
 }
 
-/* Every element of the section as a float (fixed-point units), channel after channel. */
-static float *load_values(const KvcSection *s)
+/* Every element of the section as a float (fixed-point units), channel after channel, into
+ * vals (kvc_estimate_floats(s) of them). */
+static void load_values(const KvcSection *s, float *vals)
 {
     const KvcFormat *f = s->fmt;
     int64_t n = s->n_tokens;
-    float *vals = malloc(sizeof(float) * (size_t)(s->n_channels * n + 1));
     float base[KVC_MAX_A], scale[KVC_MAX_A];
-    if (!vals)
-        return NULL;
     int A = 1 << f->nb, raw_mask = (1 << f->raw_bits) - 1;
     for (int h = 0; h < A; h++) {
         if (f->kind == KVC_KIND_FLOAT) {
@@ -86,7 +84,6 @@ static float *load_values(const KvcSection *s)
             out[t] = base[h]; /* INT: no raw bits */
         }
     }
-    return vals;
 }
 
 int kvc_max_exponent(const KvcSection *s)
@@ -375,12 +372,18 @@ static int choose_offset(const KvcSection *s, const float *vals)
     return best;
 }
 
-int kvc_estimate_section(KvcSection *s, int pair_offset)
+size_t kvc_estimate_floats(const KvcSection *s)
+{
+    return (size_t)(s->n_channels * s->n_tokens + 1);
+}
+
+int kvc_estimate_section(KvcSection *s, int pair_offset, float *scratch)
 {
     int64_t n = s->n_tokens;
-    float *vals = load_values(s);
+    float *vals = scratch ? scratch : malloc(sizeof(float) * kvc_estimate_floats(s));
     if (!vals)
         return -1;
+    load_values(s, vals);
     if (pair_offset < 0)
         pair_offset = n >= 16 ? choose_offset(s, vals) : 0;
     if (pair_offset > 65535)
@@ -402,6 +405,7 @@ int kvc_estimate_section(KvcSection *s, int pair_offset)
     }
     for (int c = 0; c < s->n_channels; c++)
         kvc_channel_derive(&s->chans[c], s->fmt);
-    free(vals);
+    if (!scratch)
+        free(vals);
     return pair_offset;
 }

@@ -29,6 +29,8 @@ struct kvc_workspace {
     size_t steps_cap;
     uint8_t *buf;
     size_t buf_cap;
+    float *vals;          /* the estimator's copy of a section */
+    size_t vals_cap;
 };
 
 typedef struct {

@@ -32,7 +32,10 @@ typedef struct {
     KvcChannel ch;          /* a copy: one load per constant */
     KvcMap map;             /* static groups: the fixed map and tables */
     const uint8_t *tab;
+    uint32_t near_add;      /* near symbols: h = (sym & ~E) | ((sym + near_add) & E), E the exponent */
 } Chan;
+
+#define E_FIELD (((1u << EXP_BITS) - 1) << (NB - 1 - EXP_BITS))
 
 static inline void store_le16(uint8_t *p, uint32_t v)
 {
@@ -64,6 +67,14 @@ INLINE const uint8_t *tables(const Env *env, int ctx)
     return env->mem + (size_t)ctx * PER_CTX;
 }
 
+/* kvc_h_float(), with the near maps' exponent rotation precomputed. */
+INLINE int h_of(const Chan *c, const KvcMap *map, uint32_t sym)
+{
+    if (map->near)
+        return (int)((sym & ~E_FIELD) | ((sym + c->near_add) & E_FIELD));
+    return kvc_h_float(&c->ch, map, (int)sym, NB, EXP_BITS);
+}
+
 /* Decode one element of channel c with state *x; returns its fixed-point value (moving). */
 INLINE int64_t decode_one(const Chan *c, uint8_t *row, int64_t pred, Rans64State *x, const uint8_t **pp,
                           const Env *env, const int moving)
@@ -88,7 +99,7 @@ INLINE int64_t decode_one(const Chan *c, uint8_t *row, int64_t pred, Rans64State
     uint64_t need = r < RANS64_L;
     *x = (r << (need * 32)) | (rans64_load_le32(*pp) & (0 - need));
     *pp += need * 4;
-    int h = kvc_h_float(&c->ch, &map, (int)KVC_DEC_SYM(e[0]), NB, EXP_BITS);
+    int h = h_of(c, &map, KVC_DEC_SYM(e[0]));
     store_le16(row + c->off, ((uint32_t)h << RAW_BITS) | raw);
     return moving ? kvc_float_value(env->vt, h, raw) : 0;
 }
@@ -124,6 +135,7 @@ INLINE int64_t quad_loop(Coder *cd, Group *g, Rans64State *xs, int64_t t, const 
         c[i].ch = *g->m[i].ch;
         c[i].map = g->m[i].map;
         c[i].tab = moving ? NULL : (const uint8_t *)g->m[i].tab->enc;
+        c[i].near_add = ((uint32_t)-c[i].ch.exp_rot & ((1u << EXP_BITS) - 1)) << (NB - 1 - EXP_BITS);
         pred[i] = g->m[i].pred;
         x[i] = xs[i];
         lanes[i] = g->lanes[paired ? i / 2 : i];

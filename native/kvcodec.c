@@ -204,6 +204,7 @@ void kvc_workspace_free(kvc_workspace *ws)
             kvc_ctxset_free(&ws->sets[i]);
     free(ws->steps);
     free(ws->buf);
+    free(ws->vals);
     free(ws);
 }
 
@@ -278,7 +279,14 @@ int64_t kvc_encode(const uint8_t *src, int64_t src_len, int ggml_type, int token
     h.e0 = choose_e0(&plan, ggml_type);
     for (int i = 0; i < plan.n_sec; i++) {
         plan.fmt[i].e0 = plan.fmt[i].kind == KVC_KIND_FLOAT && i == 0 ? h.e0 : 0;
-        int offset = kvc_estimate_section(&plan.sec[i], i + 1 == plan.n_sec ? pair_offset : 0);
+        /* reused scratch: a fresh allocation per call costs page faults (glibc mmaps or trims) */
+        float *vals = NULL;
+        if (ws) {
+            void *mem = ws->vals;
+            vals = scratch(&mem, &ws->vals_cap, sizeof(float) * kvc_estimate_floats(&plan.sec[i]), 1);
+            ws->vals = mem;
+        }
+        int offset = kvc_estimate_section(&plan.sec[i], i + 1 == plan.n_sec ? pair_offset : 0, vals);
         if (offset < 0) {
             kvc_plan_free(&plan);
             return KVC_ERR_MEMORY;
