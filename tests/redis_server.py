@@ -21,7 +21,8 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 def redis_available() -> bool:
-    return os.access(REDIS_SERVER, os.X_OK)
+    """Outside CI the Redis tests skip without a redis-server binary; in CI (which installs it) they must run."""
+    return os.access(REDIS_SERVER, os.X_OK) or bool(os.environ.get("CI"))
 
 
 def _free_port() -> int:

@@ -120,8 +120,6 @@ def test_redis_backed_cache(tiny_model_path):
 def test_seqkv_llama_wires_the_cache(tiny_model_path, tmp_path):
     from seqkv_edge import Llama, SeqKV
 
-    if "store" not in SeqKV.__dataclass_fields__:
-        pytest.skip("SeqKV has no store field yet")
     config = SeqKV(n_threads=2, store=str(tmp_path / "wired"))
     llm = Llama(model_path=tiny_model_path, n_ctx=512, n_batch=64, verbose=False, kv_compressor=config)
     assert isinstance(llm.cache, SeqKVCache)

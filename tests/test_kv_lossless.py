@@ -28,8 +28,6 @@ from seqkv_edge.codecs.kv_lossless import (
 )
 from seqkv_edge.errors import CorruptDataError, UnsupportedStateError
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="native core not built")
-
 FIXTURES = Path(__file__).parent / "fixtures"
 MANIFEST = FIXTURES / "kv_lossless_v1_manifest.json"
 KVDATA = Path("/tmp/kvdata")
