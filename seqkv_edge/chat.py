@@ -514,15 +514,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="seqkv")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["chat", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (SeqKVError, FileNotFoundError, ValueError) as exc:
-        print(f"seqkv chat: {exc}", file=sys.stderr)
-        return 2
+    """``python -m seqkv_edge.chat`` is ``seqkv chat``."""
+    from .cli import main as cli_main
+
+    return cli_main(["chat", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

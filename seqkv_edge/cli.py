@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (SeqKVError, FileNotFoundError) as exc:
+    except (SeqKVError, FileNotFoundError, ValueError) as exc:
         print(f"seqkv {args.command}: {exc}", file=sys.stderr)
         return 2
 
