@@ -4,7 +4,8 @@ Usage:
     python benchmarks/codec_throughput.py [DUMP ...] [--reps N] [--layers N]
 
 A DUMP is a llama.cpp per-sequence state blob (llama_state_seq_get_data) with one KV stream.
-Default: the dumps in /tmp/kvdata (Qwen2.5-Coder-0.5B Q4_K_M, 2,000 tokens of the GPL-3 text).
+Default: four dumps made once from the default model (Qwen2.5-Coder-0.5B Q4_K_M, 2,000 tokens of the
+GPL-3 text; f16 without and with flash attention, q8_0, q4_0) in $SEQKV_HOME/kvdumps.
 Ratios count every byte of the coded streams (headers and side information included) against
 the raw tensor bytes; throughput is MB of raw tensor bytes per second, best of --reps runs per
 tensor, measured after a warm-up call (context tables cached in the thread's workspace).
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import struct
 import sys
 import time
 from pathlib import Path
@@ -24,53 +24,42 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from seqkv_edge import native  # noqa: E402
 from seqkv_edge.codecs.kv_lossless import KVLosslessCodec  # noqa: E402
+from seqkv_edge.models import seqkv_home  # noqa: E402
+from seqkv_edge.state import parse_seq_state  # noqa: E402
 
-DEFAULT_DUMPS = ["seq_nofa_f16.bin", "seq_fa_f16.bin", "seq_fa_q8_0.bin", "seq_fa_q4_0.bin"]
+DUMP_LAYOUTS = {  # file name: (ggml cache type, flash attention)
+    "seq_nofa_f16.bin": (1, False), "seq_fa_f16.bin": (1, True), "seq_fa_q8_0.bin": (8, True), "seq_fa_q4_0.bin": (2, True),
+}
 TYPE_NAMES = {0: "f32", 1: "f16", 2: "q4_0", 8: "q8_0", 30: "bf16"}
-BLOCK = {2: (18, 32), 8: (34, 32)}  # bytes and values per block
 
 
-def parse_seq_state(blob: bytes):
-    """(tensors, v_trans) of a one-stream sequence state: tensors are (name, data, type, token_major, n_channels)."""
-    off = 8  # magic, seq id
-    n_stream, n_cells = struct.unpack_from("<II", blob, off)
-    if n_stream != 1:
-        raise ValueError(f"expected one KV stream, got {n_stream}")
-    off += 8
-    for _ in range(n_cells):  # pos, n_seq_id, seq ids
-        n_seq = struct.unpack_from("<I", blob, off + 4)[0]
-        off += 8 + 4 * n_seq
-    v_trans, n_layer = struct.unpack_from("<II", blob, off)
-    off += 8
-    tensors = []
-    for layer in range(n_layer):
-        typ, row = struct.unpack_from("<iQ", blob, off)
-        off += 12
-        data = np.frombuffer(blob, np.uint8, row * n_cells, off).reshape(n_cells, row)
-        off += row * n_cells
-        tensors.append((f"K{layer}", data, typ, True, channels_of(typ, row)))
-    for layer in range(n_layer):
-        if v_trans:
-            typ, elem, n_embd = struct.unpack_from("<iII", blob, off)
-            off += 12
-            data = np.frombuffer(blob, np.uint8, n_embd * n_cells * elem, off).reshape(n_embd, n_cells * elem)
-            off += n_embd * n_cells * elem
-            tensors.append((f"V{layer}", data, typ, False, n_embd))
-        else:
-            typ, row = struct.unpack_from("<iQ", blob, off)
-            off += 12
-            data = np.frombuffer(blob, np.uint8, row * n_cells, off).reshape(n_cells, row)
-            off += row * n_cells
-            tensors.append((f"V{layer}", data, typ, True, channels_of(typ, row)))
-    if off != len(blob):
-        raise ValueError(f"parsed {off} of {len(blob)} bytes")
-    return tensors, bool(v_trans)
+def load_tensors(blob: bytes):
+    """(tensors, v_trans) of a sequence state: tensors are (name K<l>/V<l>, data, type, token_major, n_channels)."""
+    state = parse_seq_state(blob)
+    tensors = [(f"{t.kind.upper()}{t.layer}", t.data, t.ggml_type.id, t.token_major, t.n_channels)
+               for t in state.tensors()]
+    return tensors, any(not t.token_major for t in state.tensors())
 
 
-def channels_of(typ: int, row: int) -> int:
-    if typ in BLOCK:
-        return row // BLOCK[typ][0] * BLOCK[typ][1]
-    return row // (4 if typ == 0 else 2)
+def make_dumps(directory: Path, n_tokens: int = 2000) -> None:
+    """Write the default dumps: the default model's state after n_tokens of the GPL-3 text, per cache layout."""
+    import llama_cpp
+
+    from seqkv_edge.bench import prefill
+    from seqkv_edge.models import default_model_path
+    from seqkv_edge.state import read_seq_state
+    from seqkv_edge.textdata import read_text
+
+    directory.mkdir(parents=True, exist_ok=True)
+    text, _ = read_text()
+    for name, (cache_type, flash_attn) in DUMP_LAYOUTS.items():
+        if (directory / name).exists():
+            continue
+        llm = llama_cpp.Llama(default_model_path(), n_ctx=4096, n_threads=os.cpu_count(), verbose=False,
+                              type_k=cache_type, type_v=cache_type, flash_attn=flash_attn)
+        prefill(llm, llm.tokenize(text.encode())[:n_tokens], desc=name)
+        (directory / name).write_bytes(read_seq_state(llm.ctx))
+        del llm
 
 
 def best_time(fn, reps: int) -> float:
@@ -83,7 +72,7 @@ def best_time(fn, reps: int) -> float:
 
 
 def bench_dump(path: Path, reps: int, layers: int | None) -> None:
-    tensors, v_trans = parse_seq_state(path.read_bytes())
+    tensors, v_trans = load_tensors(path.read_bytes())
     if layers:
         n_layer = len(tensors) // 2
         keep = set(range(0, n_layer, max(1, n_layer // layers)))
@@ -129,14 +118,16 @@ def bench_dump(path: Path, reps: int, layers: int | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dumps", nargs="*", help="sequence state blobs (default: the dumps in /tmp/kvdata)")
+    parser.add_argument("dumps", nargs="*", help="sequence state blobs (default: made once from the default model "
+                        "in $SEQKV_HOME/kvdumps)")
     parser.add_argument("--reps", type=int, default=3, help="timing repetitions per tensor (best is kept)")
     parser.add_argument("--layers", type=int, default=None, help="use about this many layers (default: all)")
     args = parser.parse_args()
-    paths = [Path(p) for p in args.dumps] or [Path("/tmp/kvdata") / n for n in DEFAULT_DUMPS]
-    paths = [p for p in paths if p.exists()]
-    if not paths:
-        raise SystemExit("no dumps found: pass the path of a llama.cpp sequence state blob")
+    if args.dumps:
+        paths = [Path(p) for p in args.dumps]
+    else:
+        make_dumps(seqkv_home() / "kvdumps")
+        paths = [seqkv_home() / "kvdumps" / name for name in DUMP_LAYOUTS]
     native.require()
     for path in paths:
         bench_dump(path, args.reps, args.layers)
