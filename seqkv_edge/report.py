@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import sys
@@ -26,6 +27,8 @@ import zstandard
 from tqdm import tqdm
 
 from . import __version__
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LENGTHS = (250, 500, 1000)
 
@@ -52,7 +55,7 @@ def report_main(args) -> int:
     result = run_report(model_path, Path(args.report), lengths, text=getattr(args, "text", None),
                         n_ctx=getattr(args, "n_ctx", 4096) or 4096, n_threads=getattr(args, "threads", None),
                         cache_types=cache_types)
-    print(f"wrote {Path(args.report) / 'report.md'} in {result['seconds']:.0f}s")
+    log.info("wrote %s in %.0fs", Path(args.report) / "report.md", result["seconds"])
     return 0
 
 

@@ -1,4 +1,7 @@
-"""The ``seqkv`` command: ``demo``, ``inspect FILE``, ``bench``."""
+"""The ``seqkv`` command: ``demo``, ``inspect``, ``bench``, ``chat``, ``serve``, ``quality``, ``store``.
+
+Command front ends (argument parsing and terminal output) live in this package; the work they
+drive lives in the library modules beside it."""
 from __future__ import annotations
 
 import argparse
@@ -8,19 +11,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import SeqKVError
+from ..errors import SeqKVError
 
 
 def _model_path(args) -> str:
     if args.model:
         return args.model
-    from .models import default_model_path
+    from ..models import default_model_path
 
     return default_model_path()
 
 
 def cmd_inspect(args) -> int:
-    from .container import read_container
+    from ..container import read_container
 
     container = read_container(args.file)
     if container.header is not None:
@@ -57,7 +60,7 @@ def cmd_inspect(args) -> int:
 
 
 def _inspect_tokens_only(args, container) -> int:
-    from .token_session import decode_header
+    from ..token_session import decode_header
 
     header = decode_header(container.header, args.file)
     header["build"] = header["build"].hex()
@@ -75,20 +78,22 @@ def _inspect_tokens_only(args, container) -> int:
 
 
 def _kind_label(kind: int) -> str:
-    from .container import Kind
+    from ..container import Kind
 
     return Kind(kind).name if kind in Kind._value2member_map_ else f"kind-{kind}"
 
 
 def cmd_bench(args) -> int:
-    from .bench import environment
+    from ..bench import environment
 
     if args.report:
-        from .report import report_main
+        from ..report import report_main
 
-        return report_main(args)
+        status = report_main(args)
+        print(f"wrote {Path(args.report) / 'report.md'} (plots and report.json beside it)")
+        return status
     if args.dedup:
-        from .bench_dedup import format_report, run_dedup_bench
+        from ..bench_dedup import format_report, run_dedup_bench
 
         result = run_dedup_bench(args)
         print(format_report(result))
@@ -105,7 +110,7 @@ def cmd_bench(args) -> int:
     if "snapshot" in tiers:
         report["snapshot"], ok = _bench_snapshot(args, model_path)
     if "tokens" in tiers:
-        from . import bench_tokens
+        from .. import bench_tokens
 
         result = bench_tokens.run(model_path, args.tokens, args.answer_tokens, args.n_ctx)
         print(f"\ntoken tiers (texts: {', '.join(f'{k} ({v})' for k, v in bench_tokens.TEXTS.items())}; "
@@ -121,9 +126,9 @@ def cmd_bench(args) -> int:
 
 
 def _bench_snapshot(args, model_path: str):
-    from .bench import bench_cache_type, format_table
-    from .llama import Llama
-    from .textdata import read_text
+    from ..bench import bench_cache_type, format_table
+    from ..llama import Llama
+    from ..textdata import read_text
 
     text, text_name = read_text(args.text)
     vocab = Llama(model_path=model_path, vocab_only=True, verbose=False)
@@ -148,8 +153,8 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench_dedup import add_dedup_arguments
-    from .store_cli import add_store_parser
+    from ..bench_dedup import add_dedup_arguments
+    from .store import add_store_parser
 
     parser = argparse.ArgumentParser(prog="seqkv", description="Sequence-level KV cache compression for llama.cpp")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -181,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dedup", action="store_true", help="prefix store vs files/LlamaDiskCache, lookup latency, TTFT")
     add_dedup_arguments(bench)
     bench.set_defaults(func=cmd_bench)
-    from . import chat, report, serve
+    from .. import report, serve
+    from . import chat
 
     report.add_report_args(bench)
     chat.add_parser(sub)
@@ -195,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["quality"]:  # its own parser: forward every option untouched
-        from .quality import main as quality_main
+        from ..quality import main as quality_main
 
         return quality_main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import zstandard
 
-from .bench import prefill
-from .config import SeqKV
-from .textdata import read_text
+from ..bench import prefill
+from ..config import SeqKV
+from ..textdata import read_text
 
 SYSTEM = "You are a careful assistant who answers questions about software licenses."
 QUESTION = "\n\nIn two sentences: what must I do if I distribute a modified version of this program?"
@@ -37,7 +37,7 @@ def greedy(llm, tokens: list[int], n: int) -> list[int]:
 
 
 def run_demo(model_path: str, n_tokens: int, n_ctx: int, out: str | None) -> int:
-    from .llama import Llama
+    from ..llama import Llama
 
     def new_llama():
         return Llama(model_path=model_path, n_ctx=n_ctx, n_threads=os.cpu_count(), verbose=False, kv_compressor=SeqKV())
