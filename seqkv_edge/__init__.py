@@ -12,6 +12,7 @@ from .errors import (  # noqa: E402
     ModelMismatchError,
     ModelNotInstalledError,
     SeqKVError,
+    StoreFullError,
     StoreUnavailableError,
     UnsupportedStateError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "ModelMismatchError",
     "ModelNotInstalledError",
     "UnsupportedStateError",
+    "StoreFullError",
     "StoreUnavailableError",
     "__version__",
 ]

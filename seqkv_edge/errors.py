@@ -21,5 +21,9 @@ class StoreUnavailableError(SeqKVError):
     """A session store cannot be reached or is full."""
 
 
+class StoreFullError(StoreUnavailableError):
+    """A session store has no room for a session: its byte budget, or the server's memory, is used up."""
+
+
 class ModelNotInstalledError(SeqKVError):
     """The default model's packages are missing or do not assemble to the expected file."""

@@ -42,7 +42,7 @@ from . import __version__
 from .chunks import ChunkCodec, default_codec, split_payload
 from .codecs.tokens_portable import TokensPortableCodec
 from .timing import Clock
-from .errors import CorruptDataError, ModelMismatchError, SeqKVError, StoreUnavailableError
+from .errors import CorruptDataError, ModelMismatchError, SeqKVError, StoreFullError, StoreUnavailableError
 from .fingerprint import model_fingerprint
 from .state import parse_seq_state, read_seq_state, write_seq_state
 from .store import SessionStore, open_store
@@ -166,8 +166,8 @@ class Catalog:
 
     @staticmethod
     def of(store: SessionStore) -> "Catalog":
-        if hasattr(store, "_r") and hasattr(store, "_p"):
-            return _RedisCatalog(store._r, store._p)
+        if getattr(store, "key_prefix", None) is not None:
+            return _RedisCatalog(store.client, store.key_prefix)
         if getattr(store, "path", None) is not None:
             return _DirCatalog(Path(store.path) / "named")
         raise SeqKVError(f"named sessions need a SQLiteStore or RedisStore, got {type(store).__name__}")
@@ -305,9 +305,7 @@ def save_named(llm, store: SessionStore, name: str, *, codec: ChunkCodec | None 
     try:
         result = store.put_session(name, tokens, chunks.payload)
         info.reused_tokens = result.reused_tokens
-    except StoreUnavailableError as error:
-        if not str(error).startswith("store full"):
-            raise
+    except StoreFullError as error:
         log.warning("session %r: tokens saved, KV snapshot not stored: %s", name, error)
         info.kv_stored = False
     info.new_bytes = chunks.payload_bytes

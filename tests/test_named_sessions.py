@@ -121,6 +121,19 @@ def test_evicted_snapshots_fall_back_to_replay(tiny_model_path, store):
     assert load_named(make_llama(tiny_model_path), store, "a").replayed_tokens == 0
 
 
+def test_store_too_small_keeps_the_tokens_and_replays(tiny_model_path, tmp_path):
+    llm = make_llama(tiny_model_path)
+    tokens = llm.tokenize(PROMPT)
+    llm.eval(tokens)
+    with open_session_store(tmp_path / "tiny_store", budget_bytes=1024, n_threads=1) as small:
+        saved = save_named(llm, small, "chat")  # the snapshot cannot fit: StoreFullError inside
+        assert not saved.kv_stored and small.stats().payload_bytes == 0
+        fresh = make_llama(tiny_model_path)
+        loaded = load_named(fresh, small, "chat")
+    assert (loaded.restored_tokens, loaded.replayed_tokens) == (0, len(tokens))
+    assert greedy(fresh, tokens) == greedy(llm, tokens)
+
+
 def _plan_drop(store, node):
     """A write plan deleting one leaf node and the sessions ending there (what eviction does)."""
     from seqkv_edge.store.records import WritePlan

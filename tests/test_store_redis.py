@@ -19,7 +19,7 @@ from test_store_sqlite import (  # noqa: E402
     start_worker,
 )
 
-from seqkv_edge.errors import SeqKVError, StoreUnavailableError  # noqa: E402
+from seqkv_edge.errors import SeqKVError, StoreFullError, StoreUnavailableError  # noqa: E402
 from seqkv_edge.store import RedisStore  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
@@ -167,7 +167,7 @@ def test_full_server_refuses_saves_clearly_and_still_deletes(tmp_path):
     with RedisServer("--maxmemory", "3mb", "--maxmemory-policy", "noeviction", directory=tmp_path) as server:
         store = open_store(server.url)
         saved = []
-        with pytest.raises(StoreUnavailableError, match="full"):
+        with pytest.raises(StoreFullError, match="full"):
             for i in range(400):
                 put(store, f"s{i}", ints(rng, 5000))  # 20 KB chunks
                 saved.append(f"s{i}")
@@ -187,7 +187,7 @@ def test_own_budget_evicts_before_the_server_fills(server):
         evicted += put(store, f"s{i}", ints(rng, 2000, 1000 * i, 1000 * i + 999)).evicted_sessions
         assert store.stats().payload_bytes <= 40_000
     assert evicted == [f"s{i}" for i in range(15)]
-    with pytest.raises(StoreUnavailableError, match="store full"):
+    with pytest.raises(StoreFullError, match="store full"):
         put(store, "huge", ints(rng, 10_001))
     assert_consistent(store)
 

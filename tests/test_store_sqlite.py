@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqkv_edge.errors import CorruptDataError, SeqKVError, StoreUnavailableError
+from seqkv_edge.errors import CorruptDataError, SeqKVError, StoreFullError, StoreUnavailableError
 from seqkv_edge.store import SQLiteStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -301,7 +301,7 @@ def test_budget_evicts_on_put_or_refuses_a_session_that_cannot_fit(tmp_path):
         assert store.stats().payload_bytes <= 4 * 1000
     assert evicted == [f"s{i}" for i in range(7)]  # least recently used first at equal scores
     before = store.list_sessions()
-    with pytest.raises(StoreUnavailableError, match="store full"):
+    with pytest.raises(StoreFullError, match="store full"):
         put(store, "huge", ints(rng, 1001, 20_000, 30_000))
     assert store.list_sessions() == before
     store.check()

@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import CorruptDataError, SeqKVError, StoreUnavailableError
+from ..errors import CorruptDataError, SeqKVError, StoreFullError, StoreUnavailableError
 from .backend import StoreBackend
 from .eviction import eviction_scores, plan_eviction
 from .records import (
@@ -58,7 +58,7 @@ class SessionStore(StoreBackend):
             :data:`~seqkv_edge.store.records.SplitFn`). Without it, a put that needs a split
             raises :class:`SeqKVError`.
         budget_bytes: keep stored payload bytes under this; ``put_session`` evicts the nodes that
-            save the least recompute time per byte, or raises ``StoreUnavailableError`` when the
+            save the least recompute time per byte, or raises ``StoreFullError`` when the
             new session cannot fit.
         lookup_staleness_s: ``longest_prefix`` checks for other processes' writes at most this
             often (0: on every call). Every other operation always checks.
@@ -356,7 +356,7 @@ class SessionStore(StoreBackend):
         over = total - self.budget_bytes
         evicted = self._evict(plan, over, keep, name)
         if self._bytes + plan.bytes_delta > self.budget_bytes:
-            raise StoreUnavailableError(
+            raise StoreFullError(
                 f"store full: storing session {name!r} goes {over} bytes over the budget of "
                 f"{self.budget_bytes} and no more than {total - self._bytes - plan.bytes_delta} "
                 "can be evicted (the rest is pinned, has children or is the new session itself); "

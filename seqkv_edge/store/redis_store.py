@@ -32,7 +32,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ..errors import CorruptDataError, SeqKVError, StoreUnavailableError
+from ..errors import CorruptDataError, SeqKVError, StoreFullError, StoreUnavailableError
 from .base import SessionStore
 from .records import Conflict, NodeRow, SplitFn, WritePlan
 
@@ -256,12 +256,22 @@ class RedisStore(SessionStore):
                 "evict (budget_bytes)"
             )
 
+    @property
+    def client(self) -> "redis.Redis":
+        """The Redis client (records kept beside the store, such as named sessions, use it)."""
+        return self._r
+
+    @property
+    def key_prefix(self) -> str:
+        """The prefix of every key of this store (its namespace, as a Redis Cluster hash tag)."""
+        return self._p
+
     @contextmanager
     def _guard(self, what: str):
         try:
             yield
         except redis.exceptions.OutOfMemoryError as error:
-            raise StoreUnavailableError(
+            raise StoreFullError(
                 f"Redis store at {self.url} is full (maxmemory reached) while {what}; delete "
                 "sessions, set budget_bytes below the server's maxmemory, or raise maxmemory"
             ) from error
