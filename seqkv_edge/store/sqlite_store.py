@@ -31,7 +31,6 @@ import os
 import sqlite3
 import time
 import uuid
-import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import numpy as np
 
 from ..errors import CorruptDataError, SeqKVError, StoreUnavailableError
 from .base import SessionStore
+from .chunk_files import ChunkFiles, fsync_dir
 from .records import Conflict, NodeRow, SplitFn, WritePlan
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,7 @@ class SQLiteStore(SessionStore):
         self._pending_use: dict[int, tuple[int, float]] = {}  # node id -> (hits, last use)
         self._pending_since = time.time()
         try:
-            (self.path / "blobs").mkdir(parents=True, exist_ok=True)
-            (self.path / "tmp").mkdir(exist_ok=True)
+            self._files = ChunkFiles(self.path, durable, self._stage)
             self._db = sqlite3.connect(
                 self.path / "index.sqlite3", timeout=timeout_s, isolation_level=None,
                 check_same_thread=False,
@@ -281,9 +280,6 @@ class SQLiteStore(SessionStore):
 
     # ---- chunks -------------------------------------------------------------------------
 
-    def _blob_path(self, node_id: int, version: int) -> Path:
-        return self.path / "blobs" / f"{node_id & 0xFF:02x}" / f"{node_id:016x}.{version}"
-
     def _payloads(self, node_ids, touch_at):
         # Chunk files are never rewritten in place (a new version gets a new name), so a file
         # read after the index named it holds exactly that version; it can only have vanished
@@ -293,7 +289,7 @@ class SQLiteStore(SessionStore):
         chunks = []
         for node_id in node_ids:
             try:
-                chunks.append(self._read_blob(node_id, *rows[node_id]))
+                chunks.append(self._files.read(node_id, *rows[node_id]))
             except CorruptDataError:
                 with self._guard("reading chunks"):
                     current = self._versions([node_id])[node_id]  # KeyError: deleted meanwhile
@@ -339,36 +335,6 @@ class SQLiteStore(SessionStore):
             raise KeyError(f"trie nodes {missing} are not stored (evicted or deleted)")
         return rows
 
-    def _read_blob(self, node_id: int, version: int, nbytes: int, crc: int) -> bytes:
-        path = self._blob_path(node_id, version)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CorruptDataError(f"chunk file {path} of node {node_id} is missing") from None
-        except OSError as error:
-            raise StoreUnavailableError(f"cannot read chunk file {path}: {error}") from error
-        if len(data) != nbytes or zlib.crc32(data) != crc:
-            raise CorruptDataError(
-                f"chunk file {path} of node {node_id}: {len(data)} bytes, crc {zlib.crc32(data):08x};"
-                f" the index says {nbytes} bytes, crc {crc:08x}"
-            )
-        return data
-
-    def _write_blob(self, node_id: int, version: int, payload: bytes, dirs: set) -> Path:
-        final = self._blob_path(node_id, version)
-        final.parent.mkdir(exist_ok=True)
-        temp = self.path / "tmp" / f"{uuid.uuid4().hex}.part"
-        with open(temp, "wb") as handle:
-            handle.write(payload)
-            if self.durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        self._stage("blob_written")
-        os.replace(temp, final)
-        self._stage("blob_renamed")
-        dirs.add(final.parent)
-        return final
-
     def _verify_payloads(self, rows):
         problems = []
         versions = {}
@@ -377,7 +343,7 @@ class SQLiteStore(SessionStore):
                 versions[node_id] = ver
         for row in rows:
             try:
-                self._read_blob(row.id, versions.get(row.id, -1), row.nbytes, row.crc)
+                self._files.read(row.id, versions.get(row.id, -1), row.nbytes, row.crc)
             except (CorruptDataError, StoreUnavailableError) as error:
                 problems.append(str(error))
         return problems
@@ -402,7 +368,7 @@ class SQLiteStore(SessionStore):
                 self._db.execute("UPDATE meta SET gen = ?, bytes = ?", (new_gen, stored_bytes))
                 if self.durable:
                     for directory in dirs:
-                        _fsync_dir(directory)
+                        fsync_dir(directory)
                 self._stage("before_commit")
         except BaseException:
             for path in written:
@@ -416,7 +382,7 @@ class SQLiteStore(SessionStore):
 
     def _write_nodes(self, plan, gen, written, obsolete, dirs) -> None:
         for node_id, (row, payload) in plan.inserts.items():
-            written.append(self._write_blob(node_id, 0, payload, dirs))
+            written.append(self._files.write(node_id, 0, payload, dirs))
             try:
                 self._db.execute(
                     "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
@@ -432,9 +398,9 @@ class SQLiteStore(SessionStore):
                 raise Conflict()
             version = found[0]
             if payload is not None:
-                obsolete.append(self._blob_path(node_id, version))
+                obsolete.append(self._files.path(node_id, version))
                 version += 1
-                written.append(self._write_blob(node_id, version, payload, dirs))
+                written.append(self._files.write(node_id, version, payload, dirs))
             self._db.execute(
                 "UPDATE nodes SET parent = ?, tokens = ?, refs = ?, weight = ?, recompute_s = ?, "
                 "nbytes = ?, crc = ?, ver = ?, gen = ? WHERE id = ?",
@@ -445,7 +411,7 @@ class SQLiteStore(SessionStore):
             found = self._db.execute("SELECT ver FROM nodes WHERE id = ?", (node_id,)).fetchone()
             if found is None:
                 raise Conflict()
-            obsolete.append(self._blob_path(node_id, found[0]))
+            obsolete.append(self._files.path(node_id, found[0]))
             self._db.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
             self._db.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?)", (node_id, gen))
         use = dict(self._pending_use)
@@ -486,20 +452,9 @@ class SQLiteStore(SessionStore):
 
     def _remove_orphans(self) -> int:
         """Delete chunk files no index row names (left by writers killed before commit)."""
-        removed = 0
         with self._guard("removing orphan chunks"), self._write():
-            referenced = {
-                f"{node_id:016x}.{ver}" for node_id, ver in self._db.execute("SELECT id, ver FROM nodes")
-            }
-            for temp in (self.path / "tmp").iterdir():
-                temp.unlink(missing_ok=True)
-                removed += 1
-            for folder in (self.path / "blobs").iterdir():
-                for blob in folder.iterdir():
-                    if blob.name not in referenced:
-                        blob.unlink(missing_ok=True)
-                        removed += 1
-        return removed
+            referenced = self._db.execute("SELECT id, ver FROM nodes").fetchall()
+            return self._files.remove_unreferenced(referenced)
 
     def _housekeeping(self) -> None:
         now = time.time()
@@ -536,14 +491,6 @@ def _token_bytes(tokens: np.ndarray) -> bytes:
 def _chunks(items, size: int = _IN_CHUNK):
     items = [int(i) for i in items]
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _fsync_dir(path: Path) -> None:
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
 
 
 def _pid_alive(pid: int) -> bool:
