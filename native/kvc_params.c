@@ -22,6 +22,12 @@ static const int PAIR_CANDIDATES[] = {1, 16, 32, 64, 128};
  * (benchmarks/codec_throughput.py): ratio 1.2611 -> 1.2487, decode ~210 -> ~330 MB/s, encode
  * ~160 -> ~195 MB/s. (A group with no gain at all, threshold 0, is static in any case.) */
 #define STATIC_GAIN 0.5
+#define STATIC_MIN_TOKENS 128 /* shorter sections: the estimates are too noisy to trade ratio on them */
+
+static double static_gain(const KvcSection *s)
+{
+    return s->fmt->kind == KVC_KIND_FLOAT && s->n_tokens >= STATIC_MIN_TOKENS ? STATIC_GAIN : -INFINITY;
+}
 
 uint32_t kvc_fix_to_word(const KvcFormat *f, int64_t fix)
 {
@@ -399,8 +405,7 @@ static double offset_cost(const KvcSection *s, const float *vals, int offset, in
         }
         if (k == BATCH || (k && c + 1 == s->n_channels)) {
             double lane_cost[BATCH];
-            choose_lanes(ln, x, offset ? y : NULL, k, n, 0, s->fmt->kind == KVC_KIND_FLOAT ? STATIC_GAIN : -INFINITY,
-                         lane_cost);
+            choose_lanes(ln, x, offset ? y : NULL, k, n, 0, static_gain(s), lane_cost);
             for (int i = 0; i < k; i++)
                 cost += lane_cost[i];
             k = 0;
@@ -455,8 +460,7 @@ int kvc_estimate_section(KvcSection *s, int pair_offset, float *scratch)
             x[i] = vals + ln[i].ch[0] * n;
             y[i] = ln[i].ch[1] >= 0 ? vals + ln[i].ch[1] * n : NULL;
         }
-        choose_lanes(ln, x, y[0] ? y : NULL, k, n < WINDOW ? n : WINDOW, 1,
-                     s->fmt->kind == KVC_KIND_FLOAT ? STATIC_GAIN : -INFINITY, cost);
+        choose_lanes(ln, x, y[0] ? y : NULL, k, n < WINDOW ? n : WINDOW, 1, static_gain(s), cost);
         finish_lanes(s, ln, k, vals);
     }
     for (int c = 0; c < s->n_channels; c++)
