@@ -8,7 +8,9 @@ Default: four dumps made once from the default model (Qwen2.5-Coder-0.5B Q4_K_M,
 GPL-3 text; f16 without and with flash attention, q8_0, q4_0) in $SEQKV_HOME/kvdumps.
 Ratios count every byte of the coded streams (headers and side information included) against
 the raw tensor bytes; throughput is MB of raw tensor bytes per second, best of --reps runs per
-tensor, measured after a warm-up call (context tables cached in the thread's workspace).
+tensor, measured after a warm-up call (context tables cached in the thread's workspace). The runs
+of one tensor are spread over the whole measurement (all tensors, then all again, ...), so that a
+few seconds of interference from elsewhere on the machine cannot spoil every run of a tensor.
 """
 from __future__ import annotations
 
@@ -80,19 +82,28 @@ def bench_dump(path: Path, reps: int, layers: int | None) -> None:
     ws = native.KVWorkspace()
     raw = {"K": 0, "V": 0}
     coded = {"K": 0, "V": 0}
-    t_enc = t_dec = 0.0
-    blobs = []
+    blobs, outs = [], []
     for name, data, typ, token_major, n_channels in tensors:
         data = np.ascontiguousarray(data)
         blob = native.kv_encode(data, typ, token_major, n_channels, -1, ws)  # warm-up (tables)
         out = np.empty_like(data)
-        t_enc += best_time(lambda: native.kv_encode(data, typ, token_major, n_channels, -1, ws), reps)
-        t_dec += best_time(lambda: native.kv_decode(blob, typ, token_major, n_channels, out, ws), reps)
+        native.kv_decode(blob, typ, token_major, n_channels, out, ws)
         if not np.array_equal(out, data):
             raise SystemExit(f"{path.name} {name}: round trip is not bit-exact")
         raw[name[0]] += data.nbytes
         coded[name[0]] += len(blob)
         blobs.append(blob)
+        outs.append(out)
+    best_enc = [float("inf")] * len(tensors)
+    best_dec = [float("inf")] * len(tensors)
+    for _ in range(reps):
+        for i, (name, data, typ, token_major, n_channels) in enumerate(tensors):
+            data = np.ascontiguousarray(data)
+            best_enc[i] = min(best_enc[i], best_time(lambda: native.kv_encode(data, typ, token_major, n_channels,
+                                                                               -1, ws), 1))
+            best_dec[i] = min(best_dec[i], best_time(lambda: native.kv_decode(blobs[i], typ, token_major,
+                                                                               n_channels, outs[i], ws), 1))
+    t_enc, t_dec = sum(best_enc), sum(best_dec)
     total_raw, total_coded = sum(raw.values()), sum(coded.values())
     all_bytes = b"".join(np.ascontiguousarray(t[1]).tobytes() for t in tensors)
     zstd3 = len(zstandard.ZstdCompressor(level=3).compress(all_bytes))

@@ -18,10 +18,14 @@ static const int ALPHAS_Q8[N_ALPHA] = {0, 16, 32, 64, 128};
 static const int PAIR_CANDIDATES[] = {1, 16, 32, 64, 128};
 /* A group of KVC_GROUP float channels whose moving predictors save less than this (bits per value,
  * estimated) over constant ones gets constant ones: its contexts are then fixed and the decoder
- * runs its static loop, about twice as fast (kvc_quad.c). Measured on the default model's f16 KV
- * (benchmarks/codec_throughput.py): ratio 1.2611 -> 1.2487, decode ~210 -> ~330 MB/s, encode
- * ~160 -> ~195 MB/s. (A group with no gain at all, threshold 0, is static in any case.) */
-#define STATIC_GAIN 0.5
+ * runs its static loop, about twice as fast (kvc_quad.c). On the default model's f16 KV (2,000
+ * tokens; every V group and about half the K groups go static), one thread, by threshold:
+ *   threshold               none    0       0.5     0.75    1.0
+ *   ratio                   1.2567  1.2611  1.2487  1.2452  1.2409
+ *   decode MB/s, same data  ~210    ~210    ~325    ~345    ~360
+ *   decode MB/s, cold data  -       -       ~300    -       ~325   (benchmarks/codec_throughput.py)
+ * ("same data": one tensor decoded again and again; "cold": all tensors in turn.) */
+#define STATIC_GAIN 1.0
 #define STATIC_MIN_TOKENS 128 /* shorter sections: the estimates are too noisy to trade ratio on them */
 
 static double static_gain(const KvcSection *s)
