@@ -1,7 +1,8 @@
 """Rate-quality of lossy KV snapshots, side by side on the same KV and the same harness.
 
-Methods: our kv_lossy codec at several rates, format 2 with the model's KV profile (per-head KLT bases, finer
-recent window) and format 1 (``--v1``: per-channel, no profile); TurboQuant (peer package pyturboquant-cpu, per head vector,
+Methods: our kv_lossy codec at several rates, the current format with the model's KV profile (per-head KLT bases,
+finer recent window, static per-channel entropy models), format 2 (``--v2``: adaptive entropy models) and format 1
+(``--v1``: per-channel, no profile); TurboQuant (peer package pyturboquant-cpu, per head vector,
 16-bit norms counted); llama.cpp's own q8_0 / q4_0 cache types (a context of that type prefills the same
 tokens, flash attention on, like the reference); the lossless tier (f16 exact). Quality is measured by
 ``seqkv_edge.quality`` against the f16 cache restored losslessly (flash attention on both sides).
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from turboquant_peer import turboquant_state  # noqa: E402
 
-from seqkv_edge.codecs.kv_lossy import KVLossyCodec  # noqa: E402
+from seqkv_edge.codecs.kv_lossy import FORMAT_VERSION, KVLossyCodec  # noqa: E402
 from seqkv_edge.kv_profile import load_or_build_profile  # noqa: E402
 from seqkv_edge.quality import QualityBench  # noqa: E402
 
@@ -57,7 +58,9 @@ def run(args) -> list[dict]:
     print(f"{'method':24s} {'bits':>7s} {'KL mean':>9s} {'KL p99':>8s} {'top-1':>7s} {'d ppl':>8s} {'greedy':>7s}")
     add("lossless f16", 16.0, lambda: bench.evaluate(bench.blob))
     profile = load_or_build_profile(model)
-    variants = [("kv_lossy v2", 2, profile)] + ([("kv_lossy v1", 1, None)] if args.v1 else [])
+    variants = [(f"kv_lossy v{FORMAT_VERSION}", FORMAT_VERSION, profile)]
+    variants += [("kv_lossy v2", 2, profile)] if args.v2 else []
+    variants += [("kv_lossy v1", 1, None)] if args.v1 else []
     for name, version, prof in variants:
         for bits in args.ours:
             codec = KVLossyCodec(bits=bits, version=version)
@@ -93,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-eval", type=int, default=256)
     p.add_argument("--n-greedy", type=int, default=128)
     p.add_argument("--quick", action="store_true", help="fewer rates, no greedy run")
+    p.add_argument("--v2", action="store_true", help="also format 2 (adaptive entropy models), side by side")
     p.add_argument("--v1", action="store_true", help="also format 1 (no model profile), side by side")
     p.add_argument("--ours-only", action="store_true", help="only seqkv's rows (no TurboQuant, no llama.cpp types)")
     p.add_argument("--bits", help="comma-separated rates for seqkv's rows (default 1,1.5,2,3,4)")

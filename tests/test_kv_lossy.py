@@ -1,5 +1,6 @@
 """The lossy KV codec on the tiny model: error bounds per cache type and layout, rate control, safe restores,
-model-derived bases (format 2), and the frozen format versions 1 and 2 (tests/fixtures/kv_lossy_v*.npz)."""
+model-derived bases (format 2), static entropy models (format 3), and the frozen format versions 1 to 3
+(tests/fixtures/kv_lossy_v*.npz)."""
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ LAYOUTS = [  # (type_k, type_v, flash_attn)
 ]
 FIXTURE = Path(__file__).parent / "fixtures" / "kv_lossy_v1.npz"
 FIXTURE_V2 = Path(__file__).parent / "fixtures" / "kv_lossy_v2.npz"
+FIXTURE_V3 = Path(__file__).parent / "fixtures" / "kv_lossy_v3.npz"
 
 
 def make_llama(path, type_k=F16, type_v=F16, flash_attn=False):
@@ -94,11 +96,11 @@ def test_round_trip_within_error_bound_and_restores(tiny_model_path, type_k, typ
     assert np.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("bits", [1.0, 2.0, 4.0])
-def test_rate_control_hits_target_within_5_percent(tiny_model_path, bits):
+@pytest.mark.parametrize("bits,version", [(1.0, 3), (2.0, 3), (4.0, 3), (2.0, 2)])
+def test_rate_control_hits_target_within_5_percent(tiny_model_path, bits, version):
     llm = make_llama(tiny_model_path, F16, F16, True)
     blob, state = session(llm)
-    payloads = KVLossyCodec(bits=bits).encode_state(state, rope_params(llm))
+    payloads = KVLossyCodec(bits=bits, version=version).encode_state(state, rope_params(llm))
     n_values = sum(t.n_cells * t.n_channels for t in state.tensors())
     assert abs(8 * sum(map(len, payloads)) / n_values / bits - 1) <= 0.05
 
@@ -127,10 +129,10 @@ def test_rope_undo_redo_is_identity():
 
 def test_config_round_trip_and_validation():
     codec = KVLossyCodec(bits=2.0)
-    assert json.loads(json.dumps(codec.get_config())) == {"id": "kv_lossy", "bits": 2.0, "max_kl": None, "version": 2}
+    assert json.loads(json.dumps(codec.get_config())) == {"id": "kv_lossy", "bits": 2.0, "max_kl": None, "version": 3}
     assert get_codec(codec.get_config()) == codec
     assert get_codec(KVLossyCodec(max_kl=0.01).get_config()).max_kl == 0.01
-    for bad in ({}, {"bits": 2.0, "max_kl": 0.1}, {"bits": 0.0}, {"max_kl": -1.0}, {"bits": 2.0, "version": 3}):
+    for bad in ({}, {"bits": 2.0, "max_kl": 0.1}, {"bits": 0.0}, {"max_kl": -1.0}, {"bits": 2.0, "version": 4}):
         with pytest.raises(ValueError):
             KVLossyCodec(**bad)
 
@@ -228,25 +230,27 @@ def test_profile_costs_fewer_bits_for_the_same_error(profiled):
     assert sizes[1] < sizes[0]
 
 
-def test_version_1_is_still_written_on_request(tiny_model_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_versions_are_still_written_on_request(tiny_model_path, version):
     llm = make_llama(tiny_model_path)
     blob, state = session(llm)
     rope = rope_params(llm)
-    payloads, out, tensors = lossy_round_trip(state, blob, KVLossyCodec(bits=3.0, version=1), rope)
-    assert {p[0] for p in payloads} == {1}
+    payloads, out, tensors = lossy_round_trip(state, blob, KVLossyCodec(bits=3.0, version=version), rope)
+    assert {p[0] for p in payloads} == {version}
     assert all(np.isfinite(tensor_values(t)).all() for t in tensors)
 
 
-def test_format_version_2_fixture_still_decodes(tmp_path, monkeypatch):
-    """Written by format version 2 with a profile (stored in the fixture); decoded values must never change."""
+@pytest.mark.parametrize("version,fixture", [(2, FIXTURE_V2), (3, FIXTURE_V3)])
+def test_profiled_format_fixtures_still_decode(tmp_path, monkeypatch, version, fixture):
+    """Written by format versions 2 and 3 with a profile (stored in the fixture); decoded values must never change."""
     monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
-    fx = np.load(FIXTURE_V2)
+    fx = np.load(fixture)
     rope = json.loads(str(fx["rope"]))
     profile_path = tmp_path / "profile.npz"
     profile_path.write_bytes(fx["profile"].tobytes())
     profile = KVProfile.load(profile_path)
     payloads = [fx[f"payload_{i}"].tobytes() for i in range(int(fx["n_payloads"]))]
-    assert {p[0] for p in payloads} == {2} and all(p[1] & 6 == 6 for p in payloads)  # rotated, recent window
+    assert {p[0] for p in payloads} == {version} and all(p[1] & 6 == 6 for p in payloads)  # rotated, recent window
     out, tensors = skeleton_layout(fx["skeleton"].tobytes(), expected_size=len(fx["expected"]))
     KVLossyCodec(bits=2.0).decode_state(payloads, tensors, [fx["positions"]], rope, profile=profile)
     expected = parse_seq_state(fx["expected"].tobytes(), has_cell_ext=False).tensors()
@@ -285,3 +289,33 @@ def test_profile_is_built_from_the_model_once_and_cached(tiny_model_path, tmp_pa
     assert n_layers >= 1 and set(profile.analysis) == {f"{kind}{layer}" for kind in "kv" for layer in range(n_layers)}
     again = load_or_build_profile(tiny_model_path)  # from $SEQKV_HOME/kv_profiles, no prefill
     assert again.digest == profile.digest and (tmp_path / "kv_profiles" / f"{profile.digest.hex()}.npz").is_file()
+
+
+def test_native_format_3_coder_round_trips_indices_with_escapes():
+    """lossy3_encode quantizes and codes; lossy3_decode gives back index * step exactly, outliers (escapes) and
+    all-zero channels included; lossy3_cost predicts the coded size; damaged streams are refused."""
+    from seqkv_edge.codecs.kv_lossy import _native
+
+    ffi, lib = _native()
+    rng = np.random.default_rng(3)
+    n_rows, n_ch = 203, 24
+    x = (rng.standard_normal((n_rows, n_ch)) * np.geomspace(0.01, 40, n_ch)).astype(np.float32)
+    x[5, 3], x[7, 4], x[9, 23], x[:, 0] = 3000.0, -31999.0, 1e9, 0.0  # escapes, a clamp, a silent channel
+    inv = np.full(n_ch, 0.5, np.float32)
+    cap = lib.lossy3_encode_bound(n_rows, n_ch)
+    out = np.zeros(cap, np.uint8)
+    n = lib.lossy3_encode(ffi.from_buffer("float[]", x), n_rows, n_ch, ffi.from_buffer("float[]", inv),
+                          ffi.from_buffer("uint8_t[]", out), cap)
+    assert 0 < n < x.size  # far below 8 bits per value
+    step = np.full(n_ch, 2.0, np.float32)
+    y = np.empty_like(x)
+    coded = out[:n].copy()
+    assert lib.lossy3_decode(ffi.from_buffer("uint8_t[]", coded), n, n_rows, n_ch, ffi.from_buffer("float[]", step),
+                             ffi.from_buffer("float[]", y)) == 0
+    expected = np.clip(np.rint(x * 0.5), -32000, 32000) * 2.0
+    assert np.array_equal(y, expected)
+    predicted = lib.lossy3_cost(ffi.from_buffer("float[]", x), n_rows, n_ch, ffi.from_buffer("float[]", inv), 1)
+    assert abs(predicted / (8 * n) - 1) < 0.01
+    for bad in (coded[:-2], np.concatenate([coded[:-6], np.zeros(6, np.uint8)])):
+        assert lib.lossy3_decode(ffi.from_buffer("uint8_t[]", bad), len(bad), n_rows, n_ch,
+                                 ffi.from_buffer("float[]", step), ffi.from_buffer("float[]", y)) != 0

@@ -4,18 +4,23 @@ Per tensor (one layer's K or V), on float32 values ``[n_cells, n_channels]``:
 
 1. keys: RoPE undone (``seqkv_edge.rope``), so a channel's constant part is a constant again;
 2. *sink* cells (positions ``< n_sink``: the attention sink the model parks attention on) kept as f16;
-3. per-channel offsets (means) subtracted; format 2 with a model profile (``seqkv_edge.kv_profile``): each
+3. per-channel offsets (means) subtracted; formats 2 and 3 with a model profile (``seqkv_edge.kv_profile``): each
    head mapped onto model-derived components (values: their KLT; keys: whitened by the queries' metric, then
    KLT, so that squared error is squared error in attention scores);
 4. one uniform step per head: ``step = scale * weight * rms(head)`` with ``weight`` the K or V share of the
-   bit allocation; ``scale`` is the rate-control knob. Per-component adaptive entropy coding makes this
+   bit allocation; ``scale`` is the rate-control knob. Per-component entropy coding makes this
    reverse water-filling: a component whose spread is below the step costs almost nothing. Format 2: the
    last ``N_RECENT`` cells get ``RECENT_DIVISOR`` x finer steps (the next tokens attend to them most);
-5. indices coded by rANS with one adaptive model per channel / component (``native/lossy.c``).
+5. indices entropy-coded by rANS (``native/lossy3.c``; formats 1 and 2: ``native/lossy.c``): format 3 gives each channel / component a static model
+   (P(0), P(1 | not 0) and a geometric tail, 30 bits per channel and stream) fitted to its own indices, codes
+   channel by channel with four interleaved states, and predicts its size exactly from the index statistics
+   (the rate search codes once); formats 1 and 2 used adaptive models (about 4% more bits at 2 bits per value).
 
-Measured (default model, GPL-3, 1,000 context tokens, 256 teacher-forced, flash attention), mean KL / top-1:
-at 2 bits per value 0.031 / 92.2% (format 1) -> 0.011 / 95-96% (format 2 with the profile); at 3 bits
-0.0108 / 96.1% -> 0.005-0.006 / 98%.
+Measured (default model, GPL-3, 1,000 context tokens, 256 teacher-forced, flash attention), mean KL / top-1, in
+one run of ``benchmarks/lossy_rate_quality.py --ours-only --v2``: at 2 bits per value 0.0126 / 94.9% (format 3),
+0.0118 / 94.1% (format 2); at 3 bits 0.0052 / 97.3% (format 3) and 0.0056 / 96.5% (format 2); format 1 gave
+0.031 / 92.2% at 2 bits. Any change to the cache, even one f16 ulp in 0.01% of the values, costs this Q4_K_M model
+~0.004 nats of KL (its quantized activations amplify it): that floor is in every figure above.
 
 Decoding inverts this and writes each tensor in the *target* tensor's cache type (f16, bf16, f32, q8_0,
 q4_0; quantized types with llama.cpp's Hadamard rotation where it applies).
@@ -45,12 +50,17 @@ Payload format version 2: as version 1, with two optional parts right after the 
   domain, the indices are those of ``(x - offset) @ analysis[head]`` and decoding is
   ``offset + (q * step) @ synthesis[head]`` with the profile's matrices (``kv_profile.KVProfile``), found by
   digest.
+
+Payload format version 3: as version 2; each coded stream (the older cells', then the recent window's) is a
+``lossy3`` stream of ``native/lossy3.h`` (static per-channel models in a bit-packed header, then the rANS words),
+and the decoder writes ``index * step`` directly.
 """
 from __future__ import annotations
 
 import logging
 import math
 import struct
+import threading
 
 import numpy as np
 
@@ -62,8 +72,8 @@ from .base import Codec
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+VERSIONS = (1, 2, 3)
 _HEADER = struct.Struct("<BBHIIII")
 _HEADER2 = struct.Struct("<IeI")  # format 2: n_recent, recent_divisor, recent_coded_bytes
 _FLAG_ROPE, _FLAG_ROTATED, _FLAG_RECENT = 1, 2, 4
@@ -74,7 +84,6 @@ N_SINK = 1
 N_RECENT, RECENT_DIVISOR = 128, 4.0
 # steps relative to the head rms: V tolerates ~3x the K step for the same KL (measured, DESIGN §3 model)
 _WEIGHT = {"k": 1.0, "v": 3.0}
-_GAMMA = {"k": 0.0, "v": 0.0}  # per-channel step ~ (channel rms / head rms) ** gamma
 # max_kl -> scale: (scale, mean KL) measured with the quality harness on the default model (GPL-3, 1,000
 # context tokens, flash attention), interpolated log-log; slopes 1.5 / 2.7 outside the table
 _KL_TABLE = ((0.144, 0.0046), (0.300, 0.0107), (0.601, 0.0306), (0.883, 0.0838), (1.314, 0.256))
@@ -83,6 +92,7 @@ _KL_SLOPES = (1.5, 2.7)
 _KL_TABLE_PROFILE = ((0.142, 0.0042), (0.262, 0.0060), (0.524, 0.0110), (0.773, 0.0208), (1.192, 0.059))
 _KL_SLOPES_PROFILE = (0.6, 2.4)
 _SCALE_RANGE = (1e-4, 64.0)
+_SEARCH_ROW_EVERY = 8  # format 3 predicts the rate during the search from every 8th cell
 
 __all__ = ["KVLossyCodec", "KVProfile", "load_or_build_profile", "rope_params", "tensor_values", "store_values"]
 
@@ -143,7 +153,7 @@ def tensor_values(tensor, rope: dict | None = None) -> np.ndarray:
     raw = tensor.data
     if name in ("f16", "bf16", "f32"):
         if name == "f16":
-            x = raw.view(np.float16).astype(np.float32)
+            x = _f16_to_f32(raw)
         elif name == "bf16":
             x = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         else:
@@ -165,6 +175,22 @@ def tensor_values(tensor, rope: dict | None = None) -> np.ndarray:
     if rot:
         x = (x.reshape(n_cells, -1, rot) @ _hadamard(rot)).reshape(n_cells, n_ch)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _f16_to_f32(raw: np.ndarray) -> np.ndarray:
+    ffi, lib = _native()
+    src = np.ascontiguousarray(raw).view(np.uint16).reshape(-1)
+    out = np.empty(src.size, np.float32)
+    lib.half_f16_to_f32(ffi.from_buffer("uint16_t[]", src), src.size, ffi.from_buffer("float[]", out))
+    return out
+
+
+def _f32_to_f16(x: np.ndarray) -> np.ndarray:
+    ffi, lib = _native()
+    src = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(src.shape, np.float16)
+    lib.half_f32_to_f16(ffi.from_buffer("float[]", src), src.size, ffi.from_buffer("uint16_t[]", out))
+    return out
 
 
 def _quantize_q8_0(x: np.ndarray) -> np.ndarray:
@@ -194,7 +220,7 @@ def store_values(tensor, x: np.ndarray, rope: dict | None = None) -> None:
     """Write float32 ``[n_cells, n_channels]`` values into ``tensor.data`` in the tensor's own cache type."""
     name = tensor.ggml_type.name
     if name == "f16":
-        raw = x.astype(np.float16).view(np.uint8)
+        raw = _f32_to_f16(x).view(np.uint8)
     elif name == "bf16":
         bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
         rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16  # round to nearest even
@@ -218,8 +244,17 @@ def store_values(tensor, x: np.ndarray, rope: dict | None = None) -> None:
 
 def _per_head(x: np.ndarray, matrices: np.ndarray, n_heads: int) -> np.ndarray:
     """``x[:, head] @ matrices[head]`` for each head of ``x`` ``[n_cells, n_heads * head_dim]`` (BLAS matmul)."""
-    heads = x.reshape(len(x), n_heads, -1).transpose(1, 0, 2)
-    return np.ascontiguousarray(np.matmul(heads, matrices).transpose(1, 0, 2).reshape(x.shape), dtype=np.float32)
+    out = np.empty(x.shape, np.float32)
+    width = x.shape[1] // n_heads
+    for h in range(n_heads):
+        cols = slice(h * width, (h + 1) * width)
+        np.matmul(x[:, cols], matrices[h], out=out[:, cols])
+    return out
+
+
+def _recent_rows(version: int, n_body: int) -> int:
+    """Cells of the recent window (finer steps): only where older cells dominate."""
+    return N_RECENT if version >= 2 and n_body >= 4 * N_RECENT else 0
 
 
 class _Prepared:
@@ -238,53 +273,86 @@ class _Prepared:
         sink = positions < N_SINK
         self.sink_rows = np.flatnonzero(sink).astype(np.uint32)
         self.sink_values = x[sink].astype(np.float16)
-        body = x[~sink]
-        self.offset = body.mean(axis=0, dtype=np.float64).astype(np.float32) if len(body) else np.zeros(n_ch, np.float32)
-        self.body = np.ascontiguousarray(body - self.offset, dtype=np.float32)
+        body = x[~sink] if len(self.sink_rows) else x
+        self.offset = body.mean(axis=0).astype(np.float32) if len(body) else np.zeros(n_ch, np.float32)
+        body -= self.offset
         head_dim = n_ch // self.n_heads
         matrices = profile.matrices(self.kind, self.layer, self.n_heads, head_dim) if profile is not None else None
         self.digest = profile.digest if matrices is not None else None
         if matrices is not None and len(body):
-            self.body = _per_head(self.body, matrices[0], self.n_heads)
-        ms = (self.body.reshape(len(body), self.n_heads, -1) ** 2).mean(axis=(0, 2)) if len(body) else np.ones(self.n_heads)
+            body = _per_head(body, matrices[0], self.n_heads)
+        self.body = np.ascontiguousarray(body, dtype=np.float32)
+        squares = np.einsum("ij,ij->j", self.body, self.body) / max(len(body), 1)
+        ms = squares.reshape(self.n_heads, -1).mean(axis=1) if len(body) else np.ones(self.n_heads)
         self.head_rms = np.sqrt(np.maximum(ms, 1e-30)).astype(np.float32)
-        ch_rms = np.sqrt(np.maximum((self.body ** 2).mean(axis=0), 1e-30)) if len(body) else np.ones(n_ch)
-        rel = ch_rms / np.repeat(self.head_rms, n_ch // self.n_heads)
-        self.channel_shape = (rel ** _GAMMA[self.kind]).astype(np.float32)
         self.n_cells, self.n_channels = n_cells, n_ch
-        self.zero = np.zeros(n_ch, np.float32)
+        self.n_recent = _recent_rows(version, len(self.body))
+        self.side_bytes = (_HEADER.size + (_HEADER2.size if self.n_recent else 0) + (DIGEST_BYTES if self.digest else 0)
+                           + 6 * n_ch + self.sink_rows.nbytes + self.sink_values.nbytes)
 
-    def encode(self, scale: float, weights: dict | None = None) -> bytes:
+    def steps(self, scale: float, weights: dict | None = None) -> np.ndarray:
+        """The per-channel steps (as the decoder sees them: f16) at rate knob ``scale``."""
         weight = _WEIGHT[self.kind]
         if weights and self.kind in weights and self.layer < len(weights[self.kind]):
             weight *= float(weights[self.kind][self.layer])
         head_step = self.head_rms * np.float32(scale * weight)
-        step = np.repeat(head_step, self.n_channels // self.n_heads) * self.channel_shape
-        step = np.clip(step, 1e-7, 6e4).astype(np.float16)  # the decoder sees exactly these steps
+        return np.clip(np.repeat(head_step, self.n_channels // self.n_heads), 1e-7, 6e4).astype(np.float16)
+
+    def _parts(self, inv: np.ndarray):
+        """(rows, inverse steps) of the older cells and of the recent window."""
+        split = len(self.body) - self.n_recent
+        return ((self.body[:split], inv), (self.body[split:], inv * np.float32(RECENT_DIVISOR)))
+
+    def estimate_bits(self, scale: float, weights: dict | None = None, row_every: int = 1) -> float:
+        """Format 3: the payload size in bits at ``scale``, from the index statistics of every
+        ``row_every``-th cell (no entropy coding)."""
+        ffi, lib = _native()
+        inv = np.float32(1.0) / self.steps(scale, weights).astype(np.float32)
+        bits = 8.0 * self.side_bytes
+        for rows, row_inv in self._parts(inv):
+            if rows.size:
+                bits += lib.lossy3_cost(ffi.from_buffer("float[]", rows), rows.shape[0], self.n_channels,
+                                        ffi.from_buffer("float[]", row_inv), row_every)
+        return bits
+
+    def encode(self, scale: float, weights: dict | None = None) -> bytes:
+        step = self.steps(scale, weights)
         inv = np.float32(1.0) / step.astype(np.float32)
-        n_body = self.body.shape[0]
-        n_recent = N_RECENT if self.version >= 2 and n_body >= 4 * N_RECENT else 0  # only where older cells dominate
-        older = self._code_rows(self.body[:n_body - n_recent], inv)
-        recent = self._code_rows(self.body[n_body - n_recent:], inv * np.float32(RECENT_DIVISOR))
+        coder = self._code_rows3 if self.version >= 3 else self._code_rows
+        older, recent = (coder(rows, row_inv) for rows, row_inv in self._parts(inv))
         flags = ((_FLAG_ROPE if self.roped else 0) | (_FLAG_ROTATED if self.digest is not None else 0)
-                 | (_FLAG_RECENT if n_recent else 0))
+                 | (_FLAG_RECENT if self.n_recent else 0))
         header = _HEADER.pack(self.version, flags, self.n_heads, self.n_cells, self.n_channels,
                               len(self.sink_rows), len(older) + len(recent))
         digest = self.digest if self.digest is not None else b""
-        if n_recent:
-            header += _HEADER2.pack(n_recent, RECENT_DIVISOR, len(recent))
+        if self.n_recent:
+            header += _HEADER2.pack(self.n_recent, RECENT_DIVISOR, len(recent))
         return b"".join([header, digest, self.offset.tobytes(), step.tobytes(),
                          self.sink_rows.tobytes(), self.sink_values.tobytes(), older, recent])
 
+    def _code_rows3(self, rows: np.ndarray, inv: np.ndarray) -> bytes:
+        """Format 3: quantize ``rows`` with steps ``1 / inv`` and code them (native, static per-channel models)."""
+        if not rows.size:
+            return b""
+        ffi, lib = _native()
+        cap = lib.lossy3_encode_bound(rows.shape[0], self.n_channels)
+        coded = _scratch(cap)
+        n = lib.lossy3_encode(ffi.from_buffer("float[]", rows), rows.shape[0], self.n_channels,
+                              ffi.from_buffer("float[]", inv), ffi.from_buffer("uint8_t[]", coded), cap)
+        if n == 0:
+            raise SeqKVError(f"encoding {self.name}: the native lossy coder failed (out of memory?)")
+        return coded[:n].tobytes()
+
     def _code_rows(self, rows: np.ndarray, inv: np.ndarray) -> bytes:
-        """Quantize ``rows`` with steps ``1 / inv`` and entropy-code them (one adaptive model per column)."""
+        """Formats 1 and 2: quantize ``rows`` with steps ``1 / inv``, then code them (one adaptive model per column)."""
         if not rows.size:
             return b""
         ffi, lib = _native()
         rows = np.ascontiguousarray(rows)
         q = np.empty(rows.shape, np.int32)
+        zero = np.zeros(self.n_channels, np.float32)
         lib.lossy_quantize(ffi.from_buffer("float[]", rows), rows.shape[0], self.n_channels,
-                           ffi.from_buffer("float[]", self.zero), ffi.from_buffer("float[]", inv),
+                           ffi.from_buffer("float[]", zero), ffi.from_buffer("float[]", inv),
                            ffi.from_buffer("int32_t[]", q))
         cap = lib.lossy_encode_bound(q.size)
         coded = bytearray(cap)
@@ -295,8 +363,38 @@ class _Prepared:
         return bytes(memoryview(coded)[:n])
 
 
-def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, profile=None) -> None:
+_thread_scratch = threading.local()
+
+
+def _scratch(n_bytes: int) -> np.ndarray:
+    """The calling thread's reusable output buffer of at least ``n_bytes`` (fresh pages cost more than coding)."""
+    buf = getattr(_thread_scratch, "buf", None)
+    if buf is None or buf.size < n_bytes:
+        buf = _thread_scratch.buf = np.empty(max(n_bytes, 1 << 20), np.uint8)
+    return buf
+
+
+def _decode_rows(version: int, coded, n_rows: int, n_ch: int, step: np.ndarray, out: np.ndarray, name: str) -> None:
+    """Entropy-decode one stream of ``n_rows`` cells and write ``index * step`` into ``out`` (float32 rows)."""
     ffi, lib = _native()
+    if not n_rows * n_ch and not len(coded):
+        return
+    if version >= 3:
+        rc = lib.lossy3_decode(ffi.from_buffer("uint8_t[]", coded), len(coded), n_rows, n_ch,
+                               ffi.from_buffer("float[]", step), ffi.from_buffer("float[]", out))
+    else:
+        q = np.empty((n_rows, n_ch), np.int32)
+        rc = lib.lossy_decode(ffi.from_buffer("uint8_t[]", coded), len(coded), n_rows, n_ch,
+                              ffi.from_buffer("int32_t[]", q))
+        if rc == 0 and n_rows:
+            lib.lossy_dequantize(ffi.from_buffer("int32_t[]", q), n_rows, n_ch,
+                                 ffi.from_buffer("float[]", np.zeros(n_ch, np.float32)),
+                                 ffi.from_buffer("float[]", step), ffi.from_buffer("float[]", out))
+    if rc != 0:
+        raise CorruptDataError(f"decoding {name}: the entropy-coded indices are corrupt (code {rc})")
+
+
+def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, profile=None) -> None:
     buf = memoryview(payload).cast("B")
     if len(buf) < _HEADER.size:
         raise CorruptDataError(f"decoding {tensor.name}: lossy payload of {len(buf)} bytes is truncated")
@@ -332,24 +430,11 @@ def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, pr
     sink_rows = np.frombuffer(parts[2], np.uint32)
     if n_sink and sink_rows.max() >= n_cells:
         raise CorruptDataError(f"decoding {tensor.name}: sink row out of range")
-    n_body = n_cells - n_sink
-    q = np.empty((n_body, n_ch), np.int32)
-    n_older = n_coded - n_coded_recent
-    streams = ((slice(0, n_body - n_recent), parts[4][:n_older]), (slice(n_body - n_recent, n_body), parts[4][n_older:]))
-    for rows, coded in streams:
-        n_rows = rows.stop - rows.start
-        rc = lib.lossy_decode(ffi.from_buffer("uint8_t[]", coded), len(coded), n_rows, n_ch,
-                              ffi.from_buffer("int32_t[]", q[rows])) if n_rows * n_ch or len(coded) else 0
-        if rc != 0:
-            raise CorruptDataError(f"decoding {tensor.name}: the entropy-coded indices are corrupt (code {rc})")
+    n_body, n_older = n_cells - n_sink, n_coded - n_coded_recent
     body = np.empty((n_body, n_ch), np.float32)
-    zero = np.zeros(n_ch, np.float32)
-    recent_step = step / np.float32(divisor)
-    for rows, row_step in ((slice(0, n_body - n_recent), step), (slice(n_body - n_recent, n_body), recent_step)):
-        if rows.stop > rows.start:
-            lib.lossy_dequantize(ffi.from_buffer("int32_t[]", q[rows]), rows.stop - rows.start, n_ch,
-                                 ffi.from_buffer("float[]", zero), ffi.from_buffer("float[]", row_step),
-                                 ffi.from_buffer("float[]", body[rows]))
+    _decode_rows(version, parts[4][:n_older], n_body - n_recent, n_ch, step, body[:n_body - n_recent], tensor.name)
+    _decode_rows(version, parts[4][n_older:], n_recent, n_ch, step / np.float32(divisor), body[n_body - n_recent:],
+                 tensor.name)
     if n_digest:
         head_dim = n_ch // n_heads
         found = profile_for_digest(digest, profile)
@@ -359,11 +444,14 @@ def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, pr
                                      f"{n_heads} x {head_dim} basis for this tensor")
         body = _per_head(body, matrices[1], n_heads)
     body += offset
-    x = np.empty((n_cells, n_ch), np.float32)
-    sink = np.zeros(n_cells, bool)
-    sink[sink_rows] = True
-    x[sink_rows] = np.frombuffer(parts[3], np.float16).reshape(n_sink, n_ch)
-    x[~sink] = body
+    if n_sink:
+        x = np.empty((n_cells, n_ch), np.float32)
+        sink = np.zeros(n_cells, bool)
+        sink[sink_rows] = True
+        x[sink_rows] = np.frombuffer(parts[3], np.float16).reshape(n_sink, n_ch)
+        x[~sink] = body
+    else:
+        x = body
     if flags & _FLAG_ROPE:
         if not rope_supported(rope):
             raise ModelMismatchError(f"decoding {tensor.name}: keys were coded without RoPE; the restoring "
@@ -422,7 +510,7 @@ class KVLossyCodec(Codec):
     def encode_state(self, state, rope: dict | None, profile: KVProfile | None = None) -> list[bytes]:
         """One payload per tensor of ``state`` (a ``SeqState``), rate-controlled over the whole state.
 
-        With a ``profile`` (``kv_profile.load_or_build_profile(llm)``, format version 2 only) each head is
+        With a ``profile`` (``kv_profile.load_or_build_profile(llm)``, format version 2 or later) each head is
         coded in the model's components: about 3x less KL at 2 bits per value on the default model.
         """
         if profile is not None and self.version < 2:
@@ -443,27 +531,54 @@ class KVLossyCodec(Codec):
         return payloads
 
     def _search(self, prepared, n_values: int):
-        """Secant search on log(scale): rate falls ~1 bit per doubling of the step."""
-        def rate(log_s):
-            payloads = [p.encode(math.exp(log_s), self.weights) for p in prepared]
-            return 8 * sum(map(len, payloads)) / max(n_values, 1), payloads
+        """Secant search on log(scale) for the target rate (rate falls ~1 bit per doubling of the step).
 
+        Format 3 searches on the sizes its static models predict from the index statistics of every 8th cell,
+        checks the prediction once on all cells (the subsample's bias corrects the target), then codes once.
+        Formats 1 and 2 code the whole state at every step of the search."""
+        if self.version < 3:
+            def coded_rate(log_s):
+                payloads = [p.encode(math.exp(log_s), self.weights) for p in prepared]
+                return 8 * sum(map(len, payloads)) / max(n_values, 1), payloads
+
+            return self._secant(coded_rate, self.bits, tolerance=0.01)
+
+        memo = {}
+
+        def predicted(log_s, row_every=_SEARCH_ROW_EVERY):
+            if (log_s, row_every) not in memo:
+                bits = sum(p.estimate_bits(math.exp(log_s), self.weights, row_every) for p in prepared)
+                memo[log_s, row_every] = bits / max(n_values, 1)
+            return memo[log_s, row_every], None
+
+        scale, _ = self._secant(predicted, self.bits, tolerance=0.002)
+        rate, _ = predicted(math.log(scale), 1)  # what coding gives, within ~0.1%
+        if abs(rate / self.bits - 1) > 0.003:  # the subsample's bias (~1%) corrects the target
+            bias = rate / predicted(math.log(scale))[0]
+            scale, _ = self._secant(predicted, self.bits / bias, tolerance=0.001, start=scale)
+        return scale, [p.encode(scale, self.weights) for p in prepared]
+
+    @staticmethod
+    def _secant(rate, target: float, tolerance: float, start: float = 0.5):
+        """(scale, extra) with ``rate(log scale) = (bits per value, extra)`` closest to ``target``."""
         lo, hi = (math.log(s) for s in _SCALE_RANGE)
-        x0 = math.log(0.5)
-        b0, best = rate(x0)
-        x1 = min(hi, max(lo, x0 + (b0 - self.bits) * math.log(2)))
-        b1, p1 = rate(x1)
-        tried = [(abs(b0 / self.bits - 1), x0, best), (abs(b1 / self.bits - 1), x1, p1)]
-        for _ in range(10):
-            if min(tried, key=lambda r: r[0])[0] < 0.01 or b1 == b0:
+        x0 = math.log(start)
+        b0, extra0 = rate(x0)
+        if abs(b0 / target - 1) < tolerance:
+            return start, extra0
+        x1 = min(hi, max(lo, x0 + (b0 - target) * math.log(2)))
+        b1, extra1 = rate(x1)
+        tried = [(abs(b0 / target - 1), x0, extra0), (abs(b1 / target - 1), x1, extra1)]
+        for _ in range(12):
+            if min(tried, key=lambda r: r[0])[0] < tolerance or b1 == b0:
                 break
-            x2 = min(hi, max(lo, x1 + (self.bits - b1) * (x1 - x0) / (b1 - b0)))
+            x2 = min(hi, max(lo, x1 + (target - b1) * (x1 - x0) / (b1 - b0)))
             x0, b0 = x1, b1
             x1 = x2
-            b1, p1 = rate(x1)
-            tried.append((abs(b1 / self.bits - 1), x1, p1))
-        err, x, payloads = min(tried, key=lambda r: r[0])
-        return math.exp(x), payloads
+            b1, extra1 = rate(x1)
+            tried.append((abs(b1 / target - 1), x1, extra1))
+        _, x, extra = min(tried, key=lambda r: r[0])
+        return math.exp(x), extra
 
     def decode_state(self, payloads, tensors, positions, rope: dict | None, profile: KVProfile | None = None) -> None:
         """Fill ``tensors`` (writable ``KVTensor`` views, ``tensors()`` order) from ``payloads``.
