@@ -102,9 +102,9 @@ def cmd_bench(args) -> int:
         return 0
     model_path = _model_path(args)
     tiers = set(args.tiers.split(","))
-    unknown = tiers - {"snapshot", "tokens"}
+    unknown = tiers - {"snapshot", "tokens", "lossy"}
     if unknown:
-        raise SystemExit(f"seqkv bench: unknown tiers {sorted(unknown)}; choose from snapshot,tokens")
+        raise SystemExit(f"seqkv bench: unknown tiers {sorted(unknown)}; choose from snapshot,tokens,lossy")
     report, ok = {"model": model_path, "env": environment()}, True
     print(f"model: {model_path}\nenv: {report['env']}")
     if "snapshot" in tiers:
@@ -120,9 +120,21 @@ def cmd_bench(args) -> int:
         print(f"capturing hybrid codes while generating {gen['generated_tokens']} tokens: {gen['capturing_s']:.2f}s "
               f"vs {gen['plain_s']:.2f}s ({100 * gen['overhead']:+.1f}%)")
         report["tokens"] = result
+    if "lossy" in tiers:
+        report["lossy"] = _bench_lossy(args, model_path)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0 if ok else 1
+
+
+def _bench_lossy(args, model_path: str) -> list[dict]:
+    from ..bench_lossy import run_lossy_bench, write_curve
+
+    print("\nlossy KV snapshots: rate vs quality against the exact f16 cache (mean KL in nats per token)")
+    rows = run_lossy_bench(model_path, args.text, n_context=args.lossy_context, n_eval=args.lossy_eval,
+                           n_greedy=args.lossy_greedy, ours_bits=[float(b) for b in args.lossy_bits.split(",")])
+    print(f"curve (bits per value vs quality, every method): {write_curve(rows, args.curve_dir)} and .csv")
+    return rows
 
 
 def _bench_snapshot(args, model_path: str):
@@ -180,10 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n-ctx", type=int, default=4096)
     bench.add_argument("--threads", type=int, default=None)
     bench.add_argument("--cache-types", default="f16,q8_0,q4_0")
-    bench.add_argument("--tiers", default="snapshot", help="comma list of: snapshot, tokens")
+    bench.add_argument("--tiers", default="snapshot", help="comma list of: snapshot, tokens, lossy")
     bench.add_argument("--answer-tokens", type=int, default=120, help="tokens per generated chat answer")
     bench.add_argument("--json", help="also write the figures to this JSON file")
     bench.add_argument("--dedup", action="store_true", help="prefix store vs files/LlamaDiskCache, lookup latency, TTFT")
+    lossy = bench.add_argument_group("lossy tier (--tiers lossy)")
+    lossy.add_argument("--lossy-bits", default="1,1.5,2,3,4", help="rates of seqkv's lossy rows (bits per value)")
+    lossy.add_argument("--lossy-context", type=int, default=1000, help="context tokens of the session")
+    lossy.add_argument("--lossy-eval", type=int, default=256, help="teacher-forced tokens scored after it")
+    lossy.add_argument("--lossy-greedy", type=int, default=128, help="greedy tokens compared after it")
+    lossy.add_argument("--curve-dir", default=".", help="where lossy_rate_quality.json/.csv go (default: here)")
     add_dedup_arguments(bench)
     bench.set_defaults(func=cmd_bench)
     from .. import report, serve

@@ -4,9 +4,10 @@ Each K/V head vector (head_dim values of one cell, keys as cached: after RoPE) i
 ``quantize_mse(X, bits=b, seed=...)`` and reconstructed with ``dequantize_mse``. Stored bits are counted
 honestly: b per coordinate plus a 16-bit norm per quantized vector. Fractional rates split each head vector
 in two halves coded at b and b + 1 bits (each half keeps its own norm). The package's bit packing is
-replaced by a no-op (we count bits, we do not need the packed bytes; its 3-bit packer is slow).
+replaced by a no-op (we count bits, we do not need the packed bytes; its 3-bit packer is slow). The package
+comes with the ``bench`` extra (``pip install "seqkv_edge[bench]"``).
 
-    >>> blob, bits_per_value = turboquant_state(state, 3)      # doctest: +SKIP
+    >>> blob, bits_per_value = turboquant_state(state, 3, head_dims=(64, 64))      # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -14,11 +15,17 @@ import math
 
 import numpy as np
 
+from .errors import SeqKVError
+
 NORM_BITS = 16
 
 
 def _patch_packing():
-    import pyturboquant_cpu.quantizer as q
+    try:
+        import pyturboquant_cpu.quantizer as q
+    except ImportError as error:
+        raise SeqKVError("the TurboQuant comparison needs the peer package: pip install pyturboquant-cpu==0.1.0 "
+                         '(or pip install "seqkv_edge[bench]")') from error
 
     q.pack_indices_fast = lambda indices, bits: np.asarray(indices, dtype=np.uint8).copy()
     q.unpack_indices_fast = lambda packed, bits, count: np.asarray(packed[:count], dtype=np.uint32)
@@ -46,15 +53,17 @@ def turboquant_vectors(x: np.ndarray, head_dim: int, bits: float, seed: int = 0)
     return out.reshape(n_cells, n_ch), stored
 
 
-def turboquant_state(state, bits: float, head_dim: int = 64, seed: int = 0) -> tuple[bytes, float]:
-    """A copy of ``state``'s blob with every K/V tensor TurboQuant-ed; returns (blob, bits per value)."""
-    from seqkv_edge.codecs.kv_lossy import store_values, tensor_values
-    from seqkv_edge.state import skeleton_layout
+def turboquant_state(state, bits: float, head_dims: tuple[int, int] = (64, 64), seed: int = 0) -> tuple[bytes, float]:
+    """A copy of ``state``'s blob with every K/V tensor TurboQuant-ed per head vector (``head_dims``: the K and
+    V head sizes); returns (blob, bits per value)."""
+    from .codecs.kv_lossy import store_values, tensor_values
+    from .state import skeleton_layout
 
     blob, tensors = skeleton_layout(state.skeleton())
     total_bits, n_values = 0.0, 0
     for i, (src, dst) in enumerate(zip(state.tensors(), tensors)):
         x = tensor_values(src)
+        head_dim = head_dims[0] if src.kind == "k" else head_dims[1]
         y, stored = turboquant_vectors(x, head_dim, bits, seed + 7919 * i)
         store_values(dst, y)
         total_bits, n_values = total_bits + stored, n_values + x.size
