@@ -93,7 +93,8 @@ _KL_SLOPES = (1.5, 2.7)
 _KL_TABLE_PROFILE = ((0.142, 0.0042), (0.262, 0.0060), (0.524, 0.0110), (0.773, 0.0208), (1.192, 0.059))
 _KL_SLOPES_PROFILE = (0.6, 2.4)
 _SCALE_RANGE = (1e-4, 64.0)
-_SEARCH_ROW_EVERY = 8  # format 3 predicts the rate during the search from every 8th cell
+_SEARCH_ROW_EVERY = 8  # format 3 predicts the rate during the search from every 8th cell ...
+_CHECK_ROW_EVERY = 2  # ... and checks the result on every 2nd cell
 
 __all__ = ["KVLossyCodec", "KVProfile", "load_or_build_profile", "rope_params", "tensor_values", "store_values"]
 
@@ -410,7 +411,7 @@ class KVLossyCodec(Codec):
             return memo[log_s, row_every], None
 
         scale, _ = self._secant(predicted, self.bits, tolerance=0.002)
-        rate, _ = predicted(math.log(scale), 1)  # what coding gives, within ~0.1%
+        rate, _ = predicted(math.log(scale), _CHECK_ROW_EVERY)  # what coding gives, within ~0.2%
         if abs(rate / self.bits - 1) > 0.003:  # the subsample's bias (~1%) corrects the target
             bias = rate / predicted(math.log(scale))[0]
             scale, _ = self._secant(predicted, self.bits / bias, tolerance=0.001, start=scale)
