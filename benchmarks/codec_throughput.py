@@ -127,6 +127,14 @@ def bench_dump(path: Path, reps: int, layers: int | None) -> None:
           f"decode {total_raw / t_par_dec / 1e6:6.1f} MB/s")
 
 
+def dump_paths(given: list[str], names) -> list[Path]:
+    """The dumps named on the command line, or the default ones (made once in $SEQKV_HOME/kvdumps)."""
+    if given:
+        return [Path(p) for p in given]
+    make_dumps(seqkv_home() / "kvdumps")
+    return [seqkv_home() / "kvdumps" / name for name in names]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dumps", nargs="*", help="sequence state blobs (default: made once from the default model "
@@ -134,13 +142,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="timing repetitions per tensor (best is kept)")
     parser.add_argument("--layers", type=int, default=None, help="use about this many layers (default: all)")
     args = parser.parse_args()
-    if args.dumps:
-        paths = [Path(p) for p in args.dumps]
-    else:
-        make_dumps(seqkv_home() / "kvdumps")
-        paths = [seqkv_home() / "kvdumps" / name for name in DUMP_LAYOUTS]
     native.require()
-    for path in paths:
+    for path in dump_paths(args.dumps, DUMP_LAYOUTS):
         bench_dump(path, args.reps, args.layers)
 
 

@@ -26,11 +26,11 @@ from pathlib import Path  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codec_throughput import make_dumps  # noqa: E402
+from codec_throughput import dump_paths  # noqa: E402
 
 from seqkv_edge.codecs.kv_lossy import FORMAT_VERSION, KVLossyCodec  # noqa: E402
 from seqkv_edge.kv_profile import load_or_build_profile  # noqa: E402
-from seqkv_edge.models import default_model_path, seqkv_home  # noqa: E402
+from seqkv_edge.models import default_model_path  # noqa: E402
 from seqkv_edge.state import parse_seq_state, skeleton_layout  # noqa: E402
 
 F16_DUMPS = ("seq_fa_f16.bin", "seq_nofa_f16.bin")
@@ -86,11 +86,7 @@ def main() -> None:
     parser.add_argument("--max-kl", type=float, default=0.01, help="a quality target (one pass, no rate search)")
     parser.add_argument("--version", type=int, default=FORMAT_VERSION, help="lossy payload format to write")
     args = parser.parse_args()
-    if args.dumps:
-        paths = [Path(p) for p in args.dumps]
-    else:
-        make_dumps(seqkv_home() / "kvdumps")
-        paths = [seqkv_home() / "kvdumps" / name for name in F16_DUMPS]
+    paths = dump_paths(args.dumps, F16_DUMPS)
     rope, profile = model_setup(str(default_model_path()))
     if args.version < 2:
         profile = None
