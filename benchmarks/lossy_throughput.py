@@ -20,13 +20,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codec_throughput import dump_paths  # noqa: E402
+from codec_throughput import best_time, dump_paths  # noqa: E402
 
 from seqkv_edge.codecs.kv_lossy import FORMAT_VERSION, KVLossyCodec  # noqa: E402
 from seqkv_edge.kv_profile import load_or_build_profile  # noqa: E402
@@ -46,15 +45,6 @@ def model_setup(model_path: str):
     rope = rope_params(llm)
     del llm
     return rope, load_or_build_profile(model_path)
-
-
-def best_time(fn, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def bench_dump(path: Path, codecs, rope, profile, reps: int) -> None:
