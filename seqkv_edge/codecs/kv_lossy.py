@@ -93,7 +93,7 @@ _KL_SLOPES = (1.5, 2.7)
 _KL_TABLE_PROFILE = ((0.142, 0.0042), (0.262, 0.0060), (0.524, 0.0110), (0.773, 0.0208), (1.192, 0.059))
 _KL_SLOPES_PROFILE = (0.6, 2.4)
 _SCALE_RANGE = (1e-4, 64.0)
-_SEARCH_ROW_EVERY = 8  # format 3 predicts the rate during the search from every 8th cell ...
+_SEARCH_ROW_EVERY = 16  # format 3 predicts the rate during the search from every 16th cell ...
 _CHECK_ROW_EVERY = 2  # ... and checks the result on every 2nd cell
 
 __all__ = ["KVLossyCodec", "KVProfile", "load_or_build_profile", "rope_params", "tensor_values", "store_values"]
