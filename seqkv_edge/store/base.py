@@ -42,6 +42,7 @@ from .records import (
     StoreStats,
     WritePlan,
 )
+from .integrity import trie_problems
 from .trie import ROOT, RadixTrie
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ class SessionStore(StoreBackend):
         with self._lock, self._exclusive():
             orphans = self._remove_orphans()
             stored_bytes, rows, sessions = self._snapshot()
-            problems = _trie_problems(rows, sessions, stored_bytes)
+            problems = trie_problems(rows, sessions, stored_bytes)
             if deep:
                 problems += self._verify_payloads(rows)
             problems += self._backend_problems()
@@ -458,34 +459,6 @@ class SessionStore(StoreBackend):
             self._trie = RadixTrie(node_capacity=2 * len(rows) + 16)
             self._trie.apply(rows, deleted)
         self._uid, self._gen, self._bytes = uid, gen, stored_bytes
-
-
-def _trie_problems(rows: list[NodeRow], sessions: dict, stored_bytes: int) -> list[str]:
-    problems = []
-    trie = RadixTrie(node_capacity=2 * len(rows) + 16)
-    try:
-        trie.apply([r.structure() for r in rows])
-    except (CorruptDataError, KeyError) as error:
-        return [f"nodes do not form a trie: {error}"]
-    depth = {}
-    for row in rows:
-        try:
-            depth[row.id] = int(trie.path(row.id)[1][-1])
-        except CorruptDataError as error:
-            problems.append(str(error))
-    ending = collections.Counter(end for end, _ in sessions.values())
-    for row in rows:
-        if row.refs != ending.get(row.id, 0):
-            problems.append(f"node {row.id} counts {row.refs} sessions, {ending.get(row.id, 0)} end there")
-    for name, (end, n_tokens) in sessions.items():
-        if end not in depth:
-            problems.append(f"session {name!r} ends at missing node {end}")
-        elif depth[end] != n_tokens:
-            problems.append(f"session {name!r} has {n_tokens} tokens, its path {depth[end]}")
-    total = sum(row.nbytes for row in rows)
-    if total != stored_bytes:
-        problems.append(f"byte total says {stored_bytes}, nodes hold {total}")
-    return problems
 
 
 def _new_row(parent: int, tokens: np.ndarray, payload: bytes, now: float) -> NodeRow:
