@@ -23,7 +23,7 @@ static const int PAIR_CANDIDATES[] = {1, 16, 32, 64, 128};
  *   threshold               none    0       0.5     0.75    1.0
  *   ratio                   1.2567  1.2611  1.2487  1.2452  1.2409
  *   decode MB/s, same data  ~210    ~210    ~325    ~345    ~360
- *   decode MB/s, cold data  -       -       ~300    -       ~325   (benchmarks/codec_throughput.py)
+ *   decode MB/s, cold data  -       -       ~300    -       ~345   (benchmarks/codec_throughput.py)
  * ("same data": one tensor decoded again and again; "cold": all tensors in turn.) */
 #define STATIC_GAIN 1.0
 #define STATIC_MIN_TOKENS 128 /* shorter sections: the estimates are too noisy to trade ratio on them */
@@ -206,8 +206,6 @@ static void run_alphas(const float *const *x, const float *const *y, int k, int6
         }
 }
 
-/* Choose alpha (and the rotation of a pair) of k <= BATCH lanes on the first n tokens; cost[i]:
- * the cost of lane i. x, y: the lanes' first and second channels (y == NULL: single channels). */
 /* sum of (x - mean)^2 of k <= BATCH series: the residual energy of a constant predictor */
 static void static_energy(const float *const *x, int k, int64_t n, const double *mean, double *e)
 {
@@ -254,6 +252,9 @@ static void prefer_static(KvcLane *ln, const float *const *x, const float *const
     }
 }
 
+/* Choose alpha (and the rotation of a pair) of k <= BATCH lanes on the first n tokens; cost[i]:
+ * the cost of lane i. x, y: the lanes' first and second channels (y == NULL: single channels);
+ * min_gain: see prefer_static (-INFINITY: off). */
 static void choose_lanes(KvcLane *ln, const float *const *x, const float *const *y, int k, int64_t n,
                          int try_zero_angle, double min_gain, double *cost)
 {
