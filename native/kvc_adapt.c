@@ -12,7 +12,6 @@
 
 #include "kvc_internal.h"
 
-#define ADAPT_BUCKET_SHIFT (KVC_PROB_BITS - KVC_ADAPT_BUCKET_BITS)
 
 int kvc_adapt_init(KvcAdapt *a, int A, const KvcCtx *prior)
 {
@@ -42,17 +41,6 @@ void kvc_adapt_free(KvcAdapt *a)
     a->count = NULL;
 }
 
-static void fill_buckets(KvcCtx *t)
-{
-    int s = 0;
-    for (uint32_t b = 0; b < (1u << KVC_ADAPT_BUCKET_BITS); b++) {
-        uint32_t slot = b << ADAPT_BUCKET_SHIFT;
-        while (KVC_DEC_START(t->dec[s + 1]) <= slot)
-            s++;
-        t->bucket[b] = (uint16_t)s;
-    }
-}
-
 /* Counts -> frequencies 1 + count * (2^PROB_BITS - A) / total (floored), remainder to symbol 0
  * (the value equal to the prediction's floor). */
 void kvc_adapt_rebuild(KvcAdapt *a, int A)
@@ -80,7 +68,7 @@ void kvc_adapt_rebuild(KvcAdapt *a, int A)
         run += freq[s];
     }
     a->tab.dec[A] = run;
-    fill_buckets(&a->tab);
+    kvc_fill_buckets(&a->tab, KVC_ADAPT_BUCKET_BITS);
     a->period = a->seen < KVC_ADAPT_FIRST ? KVC_ADAPT_FIRST : (a->seen < KVC_ADAPT_MAX ? a->seen : KVC_ADAPT_MAX);
     a->countdown = a->period;
 }

@@ -197,6 +197,9 @@ int kvc_ctxset_init(KvcCtxSet *set, const KvcFormat *f, int n_ctx);
 void kvc_ctxset_free(KvcCtxSet *set);
 void kvc_ctx_build(KvcCtxSet *set, int ctx, const KvcFormat *f);
 
+/* The decoder's bucket table of a context: the rank holding slot b << (KVC_PROB_BITS - bucket_bits). */
+void kvc_fill_buckets(KvcCtx *t, int bucket_bits);
+
 int kvc_adapt_init(KvcAdapt *a, int A, const KvcCtx *prior);
 void kvc_adapt_rebuild(KvcAdapt *a, int A);
 void kvc_adapt_free(KvcAdapt *a);

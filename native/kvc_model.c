@@ -154,11 +154,11 @@ static void quantize(uint32_t *cum, const uint32_t *prob, const uint16_t *order,
     cum[A] = run;
 }
 
-static void fill_buckets(KvcCtx *t)
+void kvc_fill_buckets(KvcCtx *t, int bucket_bits)
 {
     int r = 0;
-    for (uint32_t b = 0; b < (1u << KVC_BUCKET_BITS); b++) {
-        uint32_t slot = b << KVC_BUCKET_SHIFT;
+    for (uint32_t b = 0; b < (1u << bucket_bits); b++) {
+        uint32_t slot = b << (KVC_PROB_BITS - bucket_bits);
         while (KVC_DEC_START(t->dec[r + 1]) <= slot)
             r++;
         t->bucket[b] = (uint16_t)r;
@@ -188,7 +188,7 @@ static void prepare(KvcCtxSet *set, KvcCtx *t, const KvcFormat *f, const KvcChan
         t->enc[order[r]] = cum[r] | (uint64_t)(cum[r + 1] - cum[r]) << 32;
     }
     t->dec[A] = KVC_PROB_ONE;
-    fill_buckets(t);
+    kvc_fill_buckets(t, KVC_BUCKET_BITS);
 }
 
 /* sigma_k, sigma_p for a far / INT scale bucket b (2 log2(sigma / bin width) + 6, rounded) */
