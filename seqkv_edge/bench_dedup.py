@@ -27,6 +27,7 @@ import importlib.util
 import io
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -273,20 +274,10 @@ def format_report(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model")
-    parser.add_argument("--n-ctx", type=int, default=4096)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json")
-    add_dedup_arguments(parser)
-    args = parser.parse_args(argv)
-    result = run_dedup_bench(args)
-    print(format_report(result))
-    if args.json:
-        import json
+    """``python -m seqkv_edge.bench_dedup`` is ``seqkv bench --dedup``."""
+    from .cli import main as cli_main
 
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
-    return 0
+    return cli_main(["bench", "--dedup", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
