@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seqkv_edge.quality import QualityBench, compare, main, run_quality
+from seqkv_edge.cli.quality import main
+from seqkv_edge.quality import QualityBench, compare, run_quality
 
 TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 4
 

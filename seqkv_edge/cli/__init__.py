@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_parser(sub)
     serve.add_parser(sub)
     quality = sub.add_parser("quality", add_help=False, help="KL / top-1 / perplexity of a lossy session vs exact")
-    quality.set_defaults(func=None)  # main() forwards to seqkv_edge.quality
+    quality.set_defaults(func=None)  # main() forwards to cli.quality
     add_store_parser(sub)
     return parser
 
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["quality"]:  # its own parser: forward every option untouched
-        from ..quality import main as quality_main
+        from .quality import main as quality_main
 
         return quality_main(argv[1:])
     args = build_parser().parse_args(argv)
