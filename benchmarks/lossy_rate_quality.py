@@ -45,7 +45,8 @@ def main(argv=None) -> int:
         model = default_model_path()
     versions = [v for v, on in ((2, args.v2), (1, args.v1)) if on]
     rows = run_lossy_bench(model, args.text, n_context=args.n_context, n_eval=args.n_eval, n_greedy=n_greedy,
-                           ours_bits=ours, turbo_bits=turbo, versions=versions, ours_only=args.ours_only)
+                           ours_bits=ours, turbo_bits=turbo, versions=versions, ours_only=args.ours_only,
+                           show=print)
     print(f"wrote {write_curve(rows, args.out)} and .csv")
     return 0
 

@@ -36,8 +36,9 @@ def format_row(r: dict) -> str:
 def run_lossy_bench(model_path: str, text_path: str | None = None, *, n_context: int = 1000, n_eval: int = 256,
                     n_greedy: int = 128, ours_bits: Iterable[float] = OURS_BITS,
                     turbo_bits: Iterable[float] = TURBO_BITS, versions: Iterable[int] = (),
-                    ours_only: bool = False, show=print) -> list[dict]:
-    """Score every method on one session; ``show`` gets the table line by line as rows come in. ``versions``:
+                    ours_only: bool = False, show=log.info) -> list[dict]:
+    """Score every method on one session; ``show`` gets the table line by line as rows come in (default: the
+    log; the commands pass ``print``). ``versions``:
     older lossy formats (1, 2) to run beside the current one. Returns one dict per method and rate."""
     from .codecs.kv_lossy import FORMAT_VERSION, KVLossyCodec, rope_params
     from .kv_profile import load_or_build_profile

@@ -132,7 +132,8 @@ def _bench_lossy(args, model_path: str) -> list[dict]:
 
     print("\nlossy KV snapshots: rate vs quality against the exact f16 cache (mean KL in nats per token)")
     rows = run_lossy_bench(model_path, args.text, n_context=args.lossy_context, n_eval=args.lossy_eval,
-                           n_greedy=args.lossy_greedy, ours_bits=[float(b) for b in args.lossy_bits.split(",")])
+                           n_greedy=args.lossy_greedy, ours_bits=[float(b) for b in args.lossy_bits.split(",")],
+                           show=print)
     print(f"curve (bits per value vs quality, every method): {write_curve(rows, args.curve_dir)} and .csv")
     return rows
 

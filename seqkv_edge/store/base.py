@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import CorruptDataError, SeqKVError, StoreFullError, StoreUnavailableError
 from .backend import StoreBackend
 from .eviction import eviction_scores, plan_eviction
+from .integrity import trie_problems
 from .records import (
     CheckReport,
     Conflict,
@@ -42,7 +43,6 @@ from .records import (
     StoreStats,
     WritePlan,
 )
-from .integrity import trie_problems
 from .trie import ROOT, RadixTrie
 
 log = logging.getLogger(__name__)
