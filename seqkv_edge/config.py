@@ -23,8 +23,10 @@ class SeqKV:
         max_kl: lossy target instead of ``bits``: mean next-token KL divergence in nats (approximate:
             calibrated on the default model).
         model_profile: lossy only: code K and V in per-head bases derived once per model (a 768-token
-            calibration prefill, cached in ``$SEQKV_HOME/kv_profiles``): about 3x lower KL at 2 bits. The
-            restoring machine needs the same profile (same model and llama.cpp build), so it is off by default.
+            calibration prefill, cached in ``$SEQKV_HOME/kv_profiles``): about 3x lower KL at 2 bits; with
+            it the encoder also uses the model's per-layer step weights where known (shipped for the default
+            model, ``seqkv calibrate`` for others). The restoring machine needs the same profile (same model
+            and llama.cpp build), so it is off by default.
         tokens: how tokens-only sessions code their tokens: ``"portable"`` (a context model, no LLM
             needed to decode; restore by batched prefill), ``"hybrid"`` (records the eval schedule and
             codes generated tokens with the logits captured while generating; restore replays the

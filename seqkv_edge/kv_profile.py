@@ -62,6 +62,7 @@ class KVProfile:
         self.variances = {key: np.asarray(v, dtype=np.float32) for key, v in variances.items()}
         self.meta = dict(meta or {})
         self.digest = _digest(self.analysis, self.synthesis)
+        self.step_weights: dict | None = None  # the encoder's per-layer step weights (kv_weights), not hashed
 
     def matrices(self, kind: str, layer: int, n_heads: int, head_dim: int):
         """``(analysis, synthesis)`` of one tensor, or None when the profile has none of that shape."""
@@ -280,18 +281,20 @@ def _prefill_with_queries(llm, tokens, n_threads: int) -> tuple[bytes, dict]:
 def load_or_build_profile(llm_or_path, text_path=None) -> KVProfile:
     """The cached profile of a model (``Llama`` or GGUF path), built and cached on first use (a few seconds)."""
     from .fingerprint import model_fingerprint
+    from .kv_weights import load_weights
 
     model_path = str(getattr(llm_or_path, "model_path", llm_or_path))
     fingerprint = model_fingerprint(model_path)
     index = profile_dir() / f"{fingerprint}.digest"
-    if index.is_file():
-        path = profile_dir() / f"{index.read_text().strip()}.npz"
-        if path.is_file():
-            return KVProfile.load(path)
-    logger.info("building the KV profile of %s (one calibration prefill)", model_path)
-    profile = build_profile(model_path, text_path)
-    profile.save(profile_dir() / f"{profile.digest.hex()}.npz")
-    index.write_text(profile.digest.hex())
+    path = profile_dir() / f"{index.read_text().strip()}.npz" if index.is_file() else None
+    if path is not None and path.is_file():
+        profile = KVProfile.load(path)
+    else:
+        logger.info("building the KV profile of %s (one calibration prefill)", model_path)
+        profile = build_profile(model_path, text_path)
+        profile.save(profile_dir() / f"{profile.digest.hex()}.npz")
+        index.write_text(profile.digest.hex())
+    profile.step_weights = load_weights(fingerprint)
     return profile
 
 

@@ -77,3 +77,15 @@ def test_model_tokens_round_trip(real_model_path, tmp_path):
     fresh = make(real_model_path, kv="none", tokens="model")
     assert fresh.load_session(tmp_path / "m.seqkv").restored_by == "one-token replay"
     assert list(fresh.input_ids[: fresh.n_tokens]) == tokens
+
+
+def test_default_model_ships_its_lossy_step_weights(real_model_path, tmp_path, monkeypatch):
+    """Found by the model's fingerprint without any calibration here; finer steps where it measured sensitive."""
+    from seqkv_edge.fingerprint import model_fingerprint
+    from seqkv_edge.kv_weights import load_weights
+
+    monkeypatch.setenv("SEQKV_HOME", str(tmp_path))  # nothing calibrated: the shipped file
+    weights = load_weights(model_fingerprint(real_model_path))
+    assert weights is not None and len(weights["k"]) == len(weights["v"]) == 24
+    assert np.isclose(np.log(weights["k"] + weights["v"]).mean(), 0, atol=1e-3)
+    assert min(weights["v"]) < 0.5 < 2.0 < max(weights["k"])  # the spread the probes found, not uniform steps

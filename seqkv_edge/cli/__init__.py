@@ -1,4 +1,4 @@
-"""The ``seqkv`` command: ``demo``, ``inspect``, ``bench``, ``chat``, ``serve``, ``quality``, ``store``.
+"""The ``seqkv`` command: ``demo``, ``inspect``, ``bench``, ``chat``, ``serve``, ``quality``, ``calibrate``, ``store``.
 
 Command front ends (argument parsing and terminal output) live in this package; the work they
 drive lives in the library modules beside it."""
@@ -206,9 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_dedup_arguments(bench)
     bench.set_defaults(func=cmd_bench)
     from .. import report, serve
-    from . import chat
+    from . import calibrate, chat
 
     report.add_report_args(bench)
+    calibrate.add_parser(sub)
     chat.add_parser(sub)
     serve.add_parser(sub)
     quality = sub.add_parser("quality", add_help=False, help="KL / top-1 / perplexity of a lossy session vs exact")

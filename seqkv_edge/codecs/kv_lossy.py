@@ -8,7 +8,8 @@ Per tensor (one layer's K or V), on float32 values ``[n_cells, n_channels]``:
    head mapped onto model-derived components (values: their KLT; keys: whitened by the queries' metric, then
    KLT, so that squared error is squared error in attention scores);
 4. one uniform step per head: ``step = scale * weight * rms(head)`` with ``weight`` the K or V share of the
-   bit allocation; ``scale`` is the rate-control knob. Per-component entropy coding makes this
+   bit allocation times the layer's step weight (``seqkv_edge.kv_weights``: measured per-layer sensitivity,
+   attached to the model profile, or ``weights=`` given); ``scale`` is the rate-control knob. Per-component entropy coding makes this
    reverse water-filling: a component whose spread is below the step costs almost nothing. Format 2: the
    last ``N_RECENT`` cells get ``RECENT_DIVISOR`` x finer steps (the next tokens attend to them most);
 5. indices entropy-coded by rANS (``native/lossy3.c``; formats 1 and 2: ``native/lossy.c``): format 3 gives each channel / component a static model
@@ -151,10 +152,13 @@ class _Prepared:
 
     def steps(self, scale: float, weights: dict | None = None) -> np.ndarray:
         """The per-channel steps (as the decoder sees them: f16) at rate knob ``scale``."""
-        weight = _WEIGHT[self.kind]
+        weight = np.float32(scale * _WEIGHT[self.kind])
         if weights and self.kind in weights and self.layer < len(weights[self.kind]):
-            weight *= float(weights[self.kind][self.layer])
-        head_step = self.head_rms * np.float32(scale * weight)
+            layer_weight = np.asarray(weights[self.kind][self.layer], np.float32)  # one, or one per head
+            if layer_weight.size not in (1, self.n_heads):
+                raise ValueError(f"step weights of {self.name}: {layer_weight.size} given for {self.n_heads} heads")
+            weight = weight * layer_weight.reshape(-1)
+        head_step = self.head_rms * weight
         return np.clip(np.repeat(head_step, self.n_channels // self.n_heads), 1e-7, 6e4).astype(np.float16)
 
     def _parts(self, inv: np.ndarray):
@@ -319,6 +323,16 @@ def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, pr
     store_values(tensor, x, rope)
 
 
+def valid_weights(weights) -> bool:
+    """Step weights are ``{"k": [...], "v": [...]}`` (either may be missing), one entry per layer: a positive
+    number, or a list of one positive number per head."""
+    try:
+        return isinstance(weights, dict) and set(weights) <= {"k", "v"} and all(
+            np.all(np.asarray(w, dtype=np.float64) > 0) and np.ndim(w) <= 1 for ws in weights.values() for w in ws)
+    except (TypeError, ValueError):
+        return False
+
+
 def scale_for_kl(max_kl: float, profiled: bool = False) -> float:
     """The step scale whose measured mean KL on the calibration set is ``max_kl`` (log-log interpolation);
     ``profiled``: the table of format 2 with a model profile."""
@@ -354,10 +368,11 @@ class KVLossyCodec(Codec):
             raise ValueError(f"KVLossyCodec(max_kl={max_kl}): must be > 0 nats per token")
         if version not in VERSIONS:
             raise ValueError(f"KVLossyCodec(version={version}): this seqkv_edge writes versions {VERSIONS}")
-        if weights is not None and not all(k in ("k", "v") and all(w > 0 for w in ws) for k, ws in weights.items()):
-            raise ValueError("KVLossyCodec(weights=...): {'k': [per-layer step multipliers > 0], 'v': [...]}")
+        if weights is not None and not valid_weights(weights):
+            raise ValueError("KVLossyCodec(weights=...): {'k': [per-layer step multipliers > 0, or per-head lists "
+                             "of them], 'v': [...]}")
         self.bits, self.max_kl, self.version = bits, max_kl, version
-        self.weights = None if weights is None else {k: [float(w) for w in ws] for k, ws in weights.items()}
+        self.weights = None if weights is None else {k: list(ws) for k, ws in weights.items()}
         self.last_scale: float | None = None
 
     def get_config(self) -> dict:
@@ -370,7 +385,9 @@ class KVLossyCodec(Codec):
         """One payload per tensor of ``state`` (a ``SeqState``), rate-controlled over the whole state.
 
         With a ``profile`` (``kv_profile.load_or_build_profile(llm)``, format version 2 or later) each head is
-        coded in the model's components: about 3x less KL at 2 bits per value on the default model.
+        coded in the model's components: about 3x less KL at 2 bits per value on the default model; the
+        profile's ``step_weights`` (``seqkv_edge.kv_weights``) then set per-layer steps unless the codec was
+        given ``weights`` (``weights={}``: uniform steps).
         """
         if profile is not None and self.version < 2:
             raise ValueError("KVLossyCodec(version=1) cannot use a KV profile: profiles need format version 2")
@@ -379,17 +396,18 @@ class KVLossyCodec(Codec):
             for st in sec.streams:
                 prepared += [_Prepared(t, st.positions, rope, profile, self.version) for t in st.k + st.v]
         n_values = sum(p.n_cells * p.n_channels for p in prepared)
+        weights = self.weights if self.weights is not None else getattr(profile, "step_weights", None)
         if self.max_kl is not None:
             scale = scale_for_kl(self.max_kl, profiled=any(p.digest is not None for p in prepared))
-            payloads = [p.encode(scale, self.weights) for p in prepared]
+            payloads = [p.encode(scale, weights) for p in prepared]
         else:
-            scale, payloads = self._search(prepared, n_values)
+            scale, payloads = self._search(prepared, n_values, weights)
         self.last_scale = scale
         logger.debug("kv_lossy: scale %.4g, %.3f bits per value", scale,
                      8 * sum(map(len, payloads)) / max(n_values, 1))
         return payloads
 
-    def _search(self, prepared, n_values: int):
+    def _search(self, prepared, n_values: int, weights: dict | None):
         """Secant search on log(scale) for the target rate (rate falls ~1 bit per doubling of the step).
 
         Format 3 searches on the sizes its static models predict from the index statistics of every 8th cell,
@@ -397,7 +415,7 @@ class KVLossyCodec(Codec):
         Formats 1 and 2 code the whole state at every step of the search."""
         if self.version < 3:
             def coded_rate(log_s):
-                payloads = [p.encode(math.exp(log_s), self.weights) for p in prepared]
+                payloads = [p.encode(math.exp(log_s), weights) for p in prepared]
                 return 8 * sum(map(len, payloads)) / max(n_values, 1), payloads
 
             return self._secant(coded_rate, self.bits, tolerance=0.01)
@@ -406,7 +424,7 @@ class KVLossyCodec(Codec):
 
         def predicted(log_s, row_every=_SEARCH_ROW_EVERY):
             if (log_s, row_every) not in memo:
-                bits = sum(p.estimate_bits(math.exp(log_s), self.weights, row_every) for p in prepared)
+                bits = sum(p.estimate_bits(math.exp(log_s), weights, row_every) for p in prepared)
                 memo[log_s, row_every] = bits / max(n_values, 1)
             return memo[log_s, row_every], None
 
@@ -415,7 +433,7 @@ class KVLossyCodec(Codec):
         if abs(rate / self.bits - 1) > 0.003:  # the subsample's bias (~1%) corrects the target
             bias = rate / predicted(math.log(scale))[0]
             scale, _ = self._secant(predicted, self.bits / bias, tolerance=0.001, start=scale)
-        return scale, [p.encode(scale, self.weights) for p in prepared]
+        return scale, [p.encode(scale, weights) for p in prepared]
 
     @staticmethod
     def _secant(rate, target: float, tolerance: float, start: float = 0.5):

@@ -1,0 +1,116 @@
+"""Per-layer step weights of the lossy tier (seqkv_edge.kv_weights): allocation, storage beside the KV profile,
+their effect on the coded steps, and ``seqkv calibrate`` end to end on the tiny model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from seqkv_edge import kv_weights
+from seqkv_edge.codecs.kv_lossy import KVLossyCodec
+from seqkv_edge.errors import CorruptDataError
+from seqkv_edge.fingerprint import model_fingerprint
+from seqkv_edge.kv_profile import load_or_build_profile
+from seqkv_edge.rope import rope_params
+from seqkv_edge.state import parse_seq_state, read_seq_state
+
+GRID = 2.0 ** kv_weights.GRID_OCTAVES
+
+
+def steps_of(payload: bytes) -> np.ndarray:
+    """The f16 steps of a format 2/3 payload (header, recent-window header, digest, offsets, then steps)."""
+    from seqkv_edge.codecs.kv_lossy import _HEADER, _HEADER2
+
+    flags, n_ch = payload[1], _HEADER.unpack_from(payload)[4]
+    at = _HEADER.size + (_HEADER2.size if flags & 4 else 0) + (8 if flags & 2 else 0) + 4 * n_ch
+    return np.frombuffer(payload, np.float16, n_ch, at).astype(np.float32)
+
+
+def synthetic(sensitivities) -> kv_weights.Sensitivity:
+    """Tensors k0, v0, k1, v1, ... whose MSE grows as step^2 and whose rate falls 1 bit per doubling."""
+    a = np.asarray(sensitivities, float)
+    n = len(a)
+    return kv_weights.Sensitivity(
+        names=[f"t{i}" for i in range(n)], kinds=["k", "v"] * (n // 2), layers=[i // 2 for i in range(n)],
+        sensitivity=a, distortion=a[:, None] * GRID[None, :] ** 2 / 12, rate=np.tile(2.0 - np.log2(GRID), (n, 1)),
+        texts=["synthetic"], probe_kl=a[None, :])
+
+
+def test_allocation_gives_sensitive_tensors_finer_steps_at_the_same_rate():
+    sens = synthetic([16.0, 1.0, 1.0, 1 / 16])
+    full = kv_weights.allocate(sens, shrink=1.0)
+    w = np.array([full["k"][0], full["v"][0], full["k"][1], full["v"][1]])
+    assert np.isclose(np.log(w).mean(), 0, atol=1e-9)  # geometric mean 1: the rate is unchanged
+    # equal slopes: a * step^2 equal, so 16x the sensitivity gets a 4x finer step (to the grid's quarter octave)
+    assert np.allclose(np.log2(w), [-2, 0, 0, 2], atol=0.25)
+    half = kv_weights.allocate(sens, shrink=0.5)
+    assert np.allclose(np.log2([half["k"][0], half["v"][1]]), [-1, 1], atol=0.13)
+    flat = kv_weights.allocate(sens, shrink=0.0)
+    assert set(flat["k"] + flat["v"]) == {1.0}
+
+
+def test_weights_are_saved_beside_the_profile_and_attached_to_it(tiny_model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
+    fp = model_fingerprint(tiny_model_path)
+    assert kv_weights.load_weights(fp) is None
+    text = tmp_path / "calibration.txt"
+    text.write_text("Calibration text for the model's KV profile: keys, values and the queries that read them. " * 6)
+    assert load_or_build_profile(tiny_model_path, text_path=text).step_weights is None
+    weights = {"k": [0.5, 2.0], "v": [1.0, 1.0]}
+    path = kv_weights.save_weights(fp, weights, {"texts": ["x"]})
+    assert path == tmp_path / "kv_profiles" / f"{fp}.weights.json"
+    assert kv_weights.load_weights(fp) == weights
+    assert load_or_build_profile(tiny_model_path).step_weights == weights
+    path.write_text(json.dumps({"version": 1, "model_fingerprint": "0" * 32, "weights": weights}))
+    with pytest.raises(CorruptDataError, match="seqkv calibrate"):  # another model's weights
+        kv_weights.load_weights(fp)
+    path.write_text("{not json")
+    with pytest.raises(CorruptDataError):
+        kv_weights.load_weights(fp)
+
+
+def test_profile_weights_steer_the_steps_and_explicit_weights_win(tiny_model_path, tmp_path, monkeypatch):
+    from llama_cpp import Llama
+
+    monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
+    llm = Llama(model_path=tiny_model_path, n_ctx=512, n_batch=128, verbose=False, n_threads=2)
+    llm.eval(llm.tokenize(b"Steps follow the weights of each layer's keys and values. " * 2))
+    state = parse_seq_state(bytes(read_seq_state(llm.ctx)), model=llm)
+    rope = rope_params(llm)
+    text = tmp_path / "calibration.txt"
+    text.write_text("Calibration text for the model's KV profile: keys, values and the queries that read them. " * 6)
+    profile = load_or_build_profile(tiny_model_path, text_path=text)
+    n_layer = len(state.sections[0].streams[0].k)
+    weights = {"k": [4.0] + [1.0] * (n_layer - 1), "v": [1.0] * n_layer}
+
+    plain = KVLossyCodec(max_kl=0.01).encode_state(state, rope, profile=profile)
+    profile.step_weights = weights
+    weighted = KVLossyCodec(max_kl=0.01).encode_state(state, rope, profile=profile)
+    explicit = KVLossyCodec(max_kl=0.01, weights={}).encode_state(state, rope, profile=profile)
+    k0 = [t.name for t in state.tensors()].index("kv0.s0.l0.k")
+    assert len(weighted[k0]) < len(plain[k0])  # 4x coarser steps, fewer bytes
+    assert np.allclose(steps_of(weighted[k0]), 4 * steps_of(plain[k0]), rtol=2e-3)
+    assert all(a == b for i, (a, b) in enumerate(zip(weighted, plain)) if i != k0)
+    assert explicit == plain
+
+
+def test_seqkv_calibrate_probes_every_tensor_and_writes_weights(tiny_model_path, tmp_path, monkeypatch, capsys):
+    from seqkv_edge.cli import main
+
+    monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
+    text = tmp_path / "probe.txt"
+    text.write_text("It was the best of times, it was the worst of times, it was the age of wisdom. " * 4)
+    assert main(["calibrate", "--model", tiny_model_path, "--texts", str(text), "--n-context", "96",
+                 "--n-eval", "48"]) == 0
+    out = capsys.readouterr().out
+    weights = kv_weights.load_weights(model_fingerprint(tiny_model_path))
+    n_layer = len(weights["k"])
+    assert n_layer >= 1 and len(weights["v"]) == n_layer and all(w > 0 for ws in weights.values() for w in ws)
+    assert np.isclose(np.log(weights["k"] + weights["v"]).mean(), 0, atol=1e-3)
+    doc = json.loads((tmp_path / "kv_profiles" / f"{model_fingerprint(tiny_model_path)}.weights.json").read_text())
+    sens = doc["sensitivity"]
+    assert set(sens) == {f"{k}{i}" for k in "kv" for i in range(n_layer)} and all(a > 0 for a in sens.values())
+    most, least = max(sens, key=sens.get), min(sens, key=sens.get)
+    assert weights[most[0]][int(most[1:])] <= weights[least[0]][int(least[1:])]
+    assert "step weights written to" in out and out.count("\nk") >= n_layer
