@@ -1,31 +1,35 @@
-"""Per-layer step weights for the lossy KV tier, from the model's measured sensitivity (``seqkv calibrate``).
+"""Per-head step weights for the lossy KV tier, from the model's measured sensitivity (``seqkv calibrate``).
 
-Not every layer's K or V hurts the model equally when coarsened: on the default model one layer's values
-cost up to 50x more KL than another's for the same error. The weights move bits to where errors hurt:
+Not every head of every layer's K or V hurts the model equally when coarsened: on the default model the two
+value heads of one layer differ up to 8x in KL for the same step, and layers up to 50x. The weights move bits
+to where errors hurt:
 
-1. *probe*: code one tensor (one layer's K or V) at ``PROBE_STEP`` times its 2-bit step, keep every other
-   tensor exact, restore, and measure the mean KL of the next-token distributions (``seqkv_edge.quality``);
-   48 probes per calibration text;
-2. *fit*: ``KL = floor + a * MSE(step)`` per tensor, ``MSE`` the quantization error in the coded domain
+1. *probe*: code one head of one tensor (a layer's K or V) at ``PROBE_STEP`` times its 2-bit step, keep
+   everything else exact, restore, and measure the mean KL of the next-token distributions
+   (``seqkv_edge.quality``); 96 probes per calibration text on the default model;
+2. *fit*: ``KL = floor + a * MSE(step)`` per head, ``MSE`` the quantization error in the coded domain
    (query-whitened keys, KLT values), computed exactly at every step of a grid; ``floor`` is the KL that
    any change to the cache costs this model (its quantized activations amplify one-ulp changes);
-3. *allocate*: per tensor the step on the grid minimising ``a * MSE + λ * bits`` (bits predicted by the
+3. *allocate*: per head the step on the grid minimising ``a * MSE + λ * bits`` (bits predicted by the
    lossy coder's index statistics), λ set so the total rate equals the unweighted one; the log of each
-   weight is then shrunk by ``SHRINK`` towards 0, since single probes are noisy (the sensitivities fitted on
-   two texts correlate only 0.58 in log).
+   weight is then shrunk by ``SHRINK`` towards 0, since single probes are noisy (per-layer sensitivities
+   fitted on two texts correlate only 0.58 in log).
 
 The weights only steer the encoder (each payload stores its steps), so sessions coded with or without them
 decode the same way. The default model's weights ship with the package (``data/kv_weights/``);
-``seqkv calibrate`` measures any other model in a few minutes and writes them beside its KV profile
-(``$SEQKV_HOME/kv_profiles/<fingerprint>.weights.json``), which ``load_or_build_profile`` then attaches.
+``seqkv calibrate`` measures any other model (about 5 minutes per text here) and writes them beside its KV
+profile (``$SEQKV_HOME/kv_profiles/<fingerprint>.weights.json``), which ``load_or_build_profile`` attaches.
 
 Measured on the default model at 2 bits per value, profile on, six texts none of which were probed
-(GPL-3, MPL-2.0, Apache-2.0, fortunes literature, people, wisdom; 1,000 context + 256 teacher-forced tokens):
-see ``benchmarks/lossy_weights.py``.
+(GPL-3, MPL-2.0, Apache-2.0, fortunes literature, people, wisdom; 1,000 context + 256 teacher-forced tokens;
+``python benchmarks/lossy_weights.py``): uniform steps 0.0113 mean KL, 94.0% top-1 agreement; per-layer
+weights 0.0079, 95.4%; per-head weights (shipped) 0.0073, 95.0% (every text lower than uniform, the worst
+0.0096; top-1 single figures jitter by about ±1.5 points). Unshrunk per-layer weights (``SHRINK`` 1) gave only
+0.0110: the fit overstates its extremes.
 
     >>> sens = measure_sensitivity(model_path)       # doctest: +SKIP
-    >>> allocate(sens)["k"][:3]                       # per-layer step multipliers of the keys  # doctest: +SKIP
-    [2.04, 1.87, 0.94]
+    >>> allocate(sens)["v"][3]                        # step multipliers of layer 3's value heads  # doctest: +SKIP
+    [0.48, 0.95]
 """
 from __future__ import annotations
 
@@ -58,33 +62,69 @@ __all__ = ["Sensitivity", "allocate", "load_weights", "measure_sensitivity", "sa
 
 @dataclass
 class Sensitivity:
-    """Per tensor (``names``, ``kinds``, ``layers`` in state order): fitted ``sensitivity`` a (KL per unit MSE,
-    averaged over texts), and on ``GRID_OCTAVES`` the predicted excess KL ``distortion`` and ``rate`` (bits per
-    value), both ``[n_tensors, len(GRID_OCTAVES)]``."""
+    """Per probed head (``kinds``, ``layers``, ``heads``, in state order): fitted ``sensitivity`` a (KL per unit
+    MSE, averaged over texts), and on ``GRID_OCTAVES`` the predicted excess KL ``distortion`` and ``rate`` (bits
+    per value), both ``[n_heads_total, len(GRID_OCTAVES)]``."""
 
-    names: list
     kinds: list
     layers: list
+    heads: list
     sensitivity: np.ndarray
     distortion: np.ndarray
     rate: np.ndarray
     texts: list
-    probe_kl: np.ndarray  # [n_texts, n_tensors]
+    probe_kl: np.ndarray  # [n_texts, n_heads_total]
+
+    names = property(lambda self: [f"{k}{layer}.h{h}" for k, layer, h in zip(self.kinds, self.layers, self.heads)])
 
 
-def _quantization_mse(prepared, scale: float) -> float:
-    """Mean squared error (coded domain) of quantizing ``prepared``'s cells at ``scale``."""
-    inv = np.float32(1.0) / prepared.steps(scale).astype(np.float32)
-    err = 0.0
+def _head_columns(prepared, head: int) -> slice:
+    width = prepared.n_channels // prepared.n_heads
+    return slice(head * width, (head + 1) * width)
+
+
+def _head_mse(prepared, scale: float, head: int) -> float:
+    """Mean squared error (coded domain) of quantizing one head's components at ``scale``."""
+    cols = _head_columns(prepared, head)
+    inv = (np.float32(1.0) / prepared.steps(scale).astype(np.float32))
+    err, n = 0.0, 0
     for rows, row_inv in prepared._parts(inv):
         if rows.size:
-            err += float(np.square(rows - np.rint(rows * row_inv) / row_inv).sum(dtype=np.float64))
-    return err / (prepared.n_cells * prepared.n_channels)
+            x, i = rows[:, cols], row_inv[cols]
+            err += float(np.square(x - np.rint(x * i) / i).sum(dtype=np.float64))
+            n += x.size
+    return err / max(n, 1)
+
+
+def _head_rate(prepared, scale: float, head: int) -> float:
+    """Bits per value of one head's indices at ``scale`` (the format 3 coder's prediction, every 2nd cell)."""
+    from .codecs.kv_values import _native
+
+    ffi, lib = _native()
+    cols = _head_columns(prepared, head)
+    inv = (np.float32(1.0) / prepared.steps(scale).astype(np.float32))
+    bits, n = 0.0, 0
+    for rows, row_inv in prepared._parts(inv):
+        if rows.size:
+            x, i = np.ascontiguousarray(rows[:, cols]), np.ascontiguousarray(row_inv[cols])
+            bits += lib.lossy3_cost(ffi.from_buffer("float[]", x), x.shape[0], x.shape[1],
+                                    ffi.from_buffer("float[]", i), 2)
+            n += x.size
+    return bits / max(n, 1)
+
+
+def _copy_head(dst, src, head: int, head_dim: int) -> None:
+    """Copy one head's values between two views of the same tensor (``state.KVTensor``), in either layout."""
+    if dst.transposed:
+        dst.data[head * head_dim:(head + 1) * head_dim] = src.data[head * head_dim:(head + 1) * head_dim]
+    else:
+        width = head_dim // dst.block_size * dst.element_bytes
+        dst.data[:, head * width:(head + 1) * width] = src.data[:, head * width:(head + 1) * width]
 
 
 def _probe_text(model_path, text_path, profile, bits: float, probe_step: float, n_context: int, n_eval: int,
                 bar=None):
-    """(probe KL per tensor, MSE grid, rate grid, tensor list) on one text."""
+    """(probe KL, MSE grid + probe MSE, rate grid, (kind, layer, head) units) of every head on one text."""
     from .codecs.kv_lossy import KVLossyCodec, _decode_tensor, _Prepared, rope_params
     from .quality import QualityBench
     from .state import parse_seq_state
@@ -97,27 +137,30 @@ def _probe_text(model_path, text_path, profile, bits: float, probe_step: float, 
     if len(bench.state.sections) != 1 or len(bench.state.sections[0].streams) != 1:
         raise ValueError("seqkv calibrate: only single-section, single-stream states (no iSWA) are supported")
     stream = bench.state.sections[0].streams[0]
-    tensors = bench.state.tensors()
-    grid = [scale * 2.0 ** g for g in GRID_OCTAVES]
-    kls, mse, rate = [], [], []
-    for tensor in tensors:
+    grid = [scale * 2.0 ** g for g in GRID_OCTAVES] + [scale * probe_step]
+    kls, mse, rate, units = [], [], [], []
+    for index, tensor in enumerate(bench.state.tensors()):
         prepared = _Prepared(tensor, stream.positions, rope, profile)
-        blob = bytearray(bench.blob)
-        view = parse_seq_state(blob, model=bench.ev.llm).tensors()[len(kls)]
-        _decode_tensor(prepared.encode(scale * probe_step), view, stream.positions, rope, profile)
-        kls.append(bench.evaluate(bytes(blob))["kl_mean"])
-        n_values = prepared.n_cells * prepared.n_channels
-        mse.append([_quantization_mse(prepared, s) for s in grid] + [_quantization_mse(prepared, scale * probe_step)])
-        rate.append([prepared.estimate_bits(s, None, 2) / n_values for s in grid])
-        if bar is not None:
-            bar.update(1)
+        coarse = bytearray(bench.blob)
+        coarse_view = parse_seq_state(coarse, model=bench.ev.llm).tensors()[index]
+        _decode_tensor(prepared.encode(scale * probe_step), coarse_view, stream.positions, rope, profile)
+        for head in range(prepared.n_heads):
+            blob = bytearray(bench.blob)
+            _copy_head(parse_seq_state(blob, model=bench.ev.llm).tensors()[index], coarse_view, head,
+                       prepared.n_channels // prepared.n_heads)
+            kls.append(bench.evaluate(bytes(blob))["kl_mean"])
+            mse.append([_head_mse(prepared, s, head) for s in grid])
+            rate.append([_head_rate(prepared, s, head) for s in grid[:-1]])
+            units.append((tensor.kind, tensor.layer, head))
+            if bar is not None:
+                bar.update(1)
     del bench
-    return np.array(kls), np.array(mse), np.array(rate), tensors
+    return np.array(kls), np.array(mse), np.array(rate), units
 
 
 def measure_sensitivity(model_path, text_paths=PROBE_TEXTS, *, bits: float = 2.0, probe_step: float = PROBE_STEP,
                         n_context: int = 1000, n_eval: int = 256, progress: bool = True) -> Sensitivity:
-    """Probe every K and V tensor of the model on each text (see the module doc); minutes per text."""
+    """Probe every K and V head of the model on each text (see the module doc); minutes per text."""
     from tqdm import tqdm
 
     from .kv_profile import load_or_build_profile
@@ -128,13 +171,13 @@ def measure_sensitivity(model_path, text_paths=PROBE_TEXTS, *, bits: float = 2.0
                                 "Debian's base-files and fortunes packages: apt-get install fortunes)")
     profile = load_or_build_profile(model_path)
     profile.step_weights = None  # probe around uniform steps
-    bar = tqdm(total=len(profile.analysis) * len(text_paths), desc="probing KV tensors", unit="probe",
-               disable=not progress)
+    n_heads = sum(len(b) for b in profile.analysis.values())
+    bar = tqdm(total=n_heads * len(text_paths), desc="probing KV heads", unit="probe", disable=not progress)
     probe_kl, distortion, rate, fits = [], [], [], []
     with bar:
         for text in text_paths:
-            kl, mse, text_rate, tensors = _probe_text(model_path, text, profile, bits, probe_step, n_context,
-                                                      n_eval, bar)
+            kl, mse, text_rate, units = _probe_text(model_path, text, profile, bits, probe_step, n_context,
+                                                    n_eval, bar)
             floor = FLOOR_SHARE * float(np.quantile(kl, FLOOR_QUANTILE))
             a = np.maximum(kl - floor, 1e-9) / np.maximum(mse[:, -1], 1e-30)
             logger.info("%s: KL floor %.5f, probe KL %.5f..%.5f", text, floor, kl.min(), kl.max())
@@ -142,14 +185,14 @@ def measure_sensitivity(model_path, text_paths=PROBE_TEXTS, *, bits: float = 2.0
             fits.append(a)
             distortion.append(a[:, None] * mse[:, :-1])
             rate.append(text_rate)
-    return Sensitivity(names=[t.name for t in tensors], kinds=[t.kind for t in tensors],
-                       layers=[t.layer for t in tensors], sensitivity=np.mean(fits, axis=0),
+    kinds, layers, heads = (list(col) for col in zip(*units))
+    return Sensitivity(kinds=kinds, layers=layers, heads=heads, sensitivity=np.mean(fits, axis=0),
                        distortion=np.mean(distortion, axis=0), rate=np.mean(rate, axis=0), texts=list(text_paths),
                        probe_kl=np.array(probe_kl))
 
 
 def allocate(sens: Sensitivity, shrink: float = SHRINK) -> dict:
-    """Step multipliers ``{"k": [per layer], "v": [per layer]}`` (geometric mean 1) minimising the predicted
+    """Step multipliers ``{"k": [per layer: [per head]], "v": [...]}`` (geometric mean 1) minimising the predicted
     KL at the rate of uniform steps; ``shrink`` scales their logs (1: the optimum as fitted, 0: uniform)."""
     rows = np.arange(len(sens.names))
     centre = int(np.argmin(np.abs(GRID_OCTAVES)))
@@ -166,10 +209,10 @@ def allocate(sens: Sensitivity, shrink: float = SHRINK) -> dict:
     choice, _ = pick(hi)
     log_w = GRID_OCTAVES[choice] * shrink
     log_w -= log_w.mean()
-    n_layer = max(sens.layers) + 1
-    weights = {"k": [1.0] * n_layer, "v": [1.0] * n_layer}
-    for kind, layer, lw in zip(sens.kinds, sens.layers, log_w):
-        weights[kind][layer] = round(float(2.0 ** lw), 4)
+    n_layer, n_head = max(sens.layers) + 1, max(sens.heads) + 1
+    weights = {"k": [[1.0] * n_head for _ in range(n_layer)], "v": [[1.0] * n_head for _ in range(n_layer)]}
+    for kind, layer, head, lw in zip(sens.kinds, sens.layers, sens.heads, log_w):
+        weights[kind][layer][head] = round(float(2.0 ** lw), 4)
     return weights
 
 

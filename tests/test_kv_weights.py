@@ -28,26 +28,29 @@ def steps_of(payload: bytes) -> np.ndarray:
 
 
 def synthetic(sensitivities) -> kv_weights.Sensitivity:
-    """Tensors k0, v0, k1, v1, ... whose MSE grows as step^2 and whose rate falls 1 bit per doubling."""
+    """Heads of k0, v0, k1, v1, ... (two per tensor) whose MSE grows as step^2 and whose rate falls 1 bit per
+    doubling."""
     a = np.asarray(sensitivities, float)
     n = len(a)
     return kv_weights.Sensitivity(
-        names=[f"t{i}" for i in range(n)], kinds=["k", "v"] * (n // 2), layers=[i // 2 for i in range(n)],
+        kinds=[("k", "v")[i // 2 % 2] for i in range(n)], layers=[i // 4 for i in range(n)],
+        heads=[i % 2 for i in range(n)],
         sensitivity=a, distortion=a[:, None] * GRID[None, :] ** 2 / 12, rate=np.tile(2.0 - np.log2(GRID), (n, 1)),
         texts=["synthetic"], probe_kl=a[None, :])
 
 
-def test_allocation_gives_sensitive_tensors_finer_steps_at_the_same_rate():
-    sens = synthetic([16.0, 1.0, 1.0, 1 / 16])
+def test_allocation_gives_sensitive_heads_finer_steps_at_the_same_rate():
+    sens = synthetic([16.0, 1.0, 1.0, 1 / 16])  # k0 heads 0, 1; v0 heads 0, 1
+    assert sens.names == ["k0.h0", "k0.h1", "v0.h0", "v0.h1"]
     full = kv_weights.allocate(sens, shrink=1.0)
-    w = np.array([full["k"][0], full["v"][0], full["k"][1], full["v"][1]])
-    assert np.isclose(np.log(w).mean(), 0, atol=1e-9)  # geometric mean 1: the rate is unchanged
+    w = np.array(full["k"][0] + full["v"][0])
+    assert np.isclose(np.log(w).mean(), 0, atol=1e-3)  # geometric mean 1: the rate is unchanged
     # equal slopes: a * step^2 equal, so 16x the sensitivity gets a 4x finer step (to the grid's quarter octave)
     assert np.allclose(np.log2(w), [-2, 0, 0, 2], atol=0.25)
     half = kv_weights.allocate(sens, shrink=0.5)
-    assert np.allclose(np.log2([half["k"][0], half["v"][1]]), [-1, 1], atol=0.13)
+    assert np.allclose(np.log2([half["k"][0][0], half["v"][0][1]]), [-1, 1], atol=0.13)
     flat = kv_weights.allocate(sens, shrink=0.0)
-    assert set(flat["k"] + flat["v"]) == {1.0}
+    assert {w for ws in flat["k"] + flat["v"] for w in ws} == {1.0}
 
 
 def test_weights_are_saved_beside_the_profile_and_attached_to_it(tiny_model_path, tmp_path, monkeypatch):
@@ -57,7 +60,7 @@ def test_weights_are_saved_beside_the_profile_and_attached_to_it(tiny_model_path
     text = tmp_path / "calibration.txt"
     text.write_text("Calibration text for the model's KV profile: keys, values and the queries that read them. " * 6)
     assert load_or_build_profile(tiny_model_path, text_path=text).step_weights is None
-    weights = {"k": [0.5, 2.0], "v": [1.0, 1.0]}
+    weights = {"k": [0.5, [2.0, 1.0]], "v": [1.0, 1.0]}  # a layer's heads may differ
     path = kv_weights.save_weights(fp, weights, {"texts": ["x"]})
     assert path == tmp_path / "kv_profiles" / f"{fp}.weights.json"
     assert kv_weights.load_weights(fp) == weights
@@ -106,11 +109,18 @@ def test_seqkv_calibrate_probes_every_tensor_and_writes_weights(tiny_model_path,
     out = capsys.readouterr().out
     weights = kv_weights.load_weights(model_fingerprint(tiny_model_path))
     n_layer = len(weights["k"])
-    assert n_layer >= 1 and len(weights["v"]) == n_layer and all(w > 0 for ws in weights.values() for w in ws)
-    assert np.isclose(np.log(weights["k"] + weights["v"]).mean(), 0, atol=1e-3)
+    flat = [w for ws in weights["k"] + weights["v"] for w in ws]
+    assert n_layer >= 1 and len(weights["v"]) == n_layer and all(w > 0 for w in flat)
+    assert np.isclose(np.log(flat).mean(), 0, atol=1e-3)
     doc = json.loads((tmp_path / "kv_profiles" / f"{model_fingerprint(tiny_model_path)}.weights.json").read_text())
     sens = doc["sensitivity"]
-    assert set(sens) == {f"{k}{i}" for k in "kv" for i in range(n_layer)} and all(a > 0 for a in sens.values())
-    most, least = max(sens, key=sens.get), min(sens, key=sens.get)
-    assert weights[most[0]][int(most[1:])] <= weights[least[0]][int(least[1:])]
-    assert "step weights written to" in out and out.count("\nk") >= n_layer
+    n_head = len(weights["k"][0])
+    assert set(sens) == {f"{k}{i}.h{h}" for k in "kv" for i in range(n_layer) for h in range(n_head)}
+    assert all(a > 0 for a in sens.values())
+
+    def weight(name):
+        layer, head = name[1:].split(".h")
+        return weights[name[0]][int(layer)][int(head)]
+
+    assert weight(max(sens, key=sens.get)) <= weight(min(sens, key=sens.get))
+    assert "step weights written to" in out and out.count("\nk") >= n_layer * n_head

@@ -87,5 +87,6 @@ def test_default_model_ships_its_lossy_step_weights(real_model_path, tmp_path, m
     monkeypatch.setenv("SEQKV_HOME", str(tmp_path))  # nothing calibrated: the shipped file
     weights = load_weights(model_fingerprint(real_model_path))
     assert weights is not None and len(weights["k"]) == len(weights["v"]) == 24
-    assert np.isclose(np.log(weights["k"] + weights["v"]).mean(), 0, atol=1e-3)
-    assert min(weights["v"]) < 0.5 < 2.0 < max(weights["k"])  # the spread the probes found, not uniform steps
+    flat = np.array([w for ws in weights["k"] + weights["v"] for w in ws])
+    assert flat.size == 2 * 24 * 2 and np.isclose(np.log(flat).mean(), 0, atol=1e-3)  # 2 KV heads per layer
+    assert flat.min() < 0.5 < 2.0 < flat.max()  # the spread the probes found, not uniform steps

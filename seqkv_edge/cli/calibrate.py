@@ -1,11 +1,11 @@
-"""``seqkv calibrate``: measure a model's per-layer KV sensitivity and write the lossy tier's step weights."""
+"""``seqkv calibrate``: measure a model's per-head KV sensitivity and write the lossy tier's step weights."""
 from __future__ import annotations
 
 import numpy as np
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("calibrate", help="measure per-layer KV sensitivity; write the lossy tier's step weights")
+    p = sub.add_parser("calibrate", help="measure per-head KV sensitivity; write the lossy tier's step weights")
     p.add_argument("--model", help="GGUF path (default: the default model)")
     p.add_argument("--texts", help="comma list of calibration texts (default: kv_weights.PROBE_TEXTS)")
     p.add_argument("--probe-step", type=float, default=None, help="probe step, times the 2-bit step (default 8)")
@@ -28,17 +28,16 @@ def cmd_calibrate(args) -> int:
     sens = kv_weights.measure_sensitivity(model, texts, probe_step=probe, n_context=args.n_context,
                                           n_eval=args.n_eval)
     weights = kv_weights.allocate(sens, shrink=shrink)
-    print(f"probe KL per tensor (one tensor coded at {probe:g}x its 2-bit step, all else exact), "
+    print(f"probe KL per head (one head coded at {probe:g}x its 2-bit step, all else exact), "
           f"sensitivity a (KL per unit MSE), step weight")
-    print("tensor    " + "  ".join(f"{_short_name(t):>10s}" for t in texts) + "           a   weight")
-    for i, (kind, layer) in enumerate(zip(sens.kinds, sens.layers)):
+    print("head      " + "  ".join(f"{_short_name(t):>10s}" for t in texts) + "           a   weight")
+    for i, (name, kind, layer, head) in enumerate(zip(sens.names, sens.kinds, sens.layers, sens.heads)):
         kls = "  ".join(f"{kl:10.5f}" for kl in sens.probe_kl[:, i])
-        print(f"{kind}{layer:<8d} {kls}  {sens.sensitivity[i]:10.3g}  {weights[kind][layer]:7.3f}")
+        print(f"{name:9s} {kls}  {sens.sensitivity[i]:10.3g}  {weights[kind][layer][head]:7.3f}")
     centre = int(np.argmin(np.abs(kv_weights.GRID_OCTAVES)))
     print(f"predicted excess KL at the uniform 2-bit steps: {sens.distortion[:, centre].sum():.4f}")
     meta = {"texts": texts, "probe_step": probe, "shrink": shrink, "n_context": args.n_context,
-            "n_eval": args.n_eval, "sensitivity": {f"{k}{l}": float(a) for k, l, a in
-                                                   zip(sens.kinds, sens.layers, sens.sensitivity)}}
+            "n_eval": args.n_eval, "sensitivity": dict(zip(sens.names, map(float, sens.sensitivity)))}
     path = kv_weights.save_weights(model_fingerprint(model), weights, meta, args.out)
     print(f"step weights written to {path}")
     return 0
