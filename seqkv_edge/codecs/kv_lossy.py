@@ -90,9 +90,11 @@ _WEIGHT = {"k": 1.0, "v": 3.0}
 # context tokens, flash attention), interpolated log-log; slopes 1.5 / 2.7 outside the table
 _KL_TABLE = ((0.144, 0.0046), (0.300, 0.0107), (0.601, 0.0306), (0.883, 0.0838), (1.314, 0.256))
 _KL_SLOPES = (1.5, 2.7)
-# format 2 with the model's profile (query-metric keys, recent window), same harness; KL is noisy to ~15%
-_KL_TABLE_PROFILE = ((0.142, 0.0042), (0.262, 0.0060), (0.524, 0.0110), (0.773, 0.0208), (1.192, 0.059))
-_KL_SLOPES_PROFILE = (0.6, 2.4)
+# format 3 with the model's profile and its per-head step weights (kv_weights), same harness, mean of GPL-3,
+# MPL-2.0 and fortunes/people; below ~0.003 nats the model's own floor dominates (any change costs that much)
+_KL_TABLE_PROFILE = ((0.12, 0.0029), (0.2, 0.0034), (0.3, 0.0051), (0.45, 0.0071), (0.65, 0.0142), (0.9, 0.0266),
+                     (1.3, 0.0453))
+_KL_SLOPES_PROFILE = (0.6, 1.5)
 _SCALE_RANGE = (1e-4, 64.0)
 _SEARCH_ROW_EVERY = 16  # format 3 predicts the rate during the search from every 16th cell ...
 _CHECK_ROW_EVERY = 2  # ... and checks the result on every 2nd cell
