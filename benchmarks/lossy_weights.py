@@ -1,4 +1,4 @@
-"""Lossy KV tier with and without the model's per-layer step weights (``seqkv_edge.kv_weights``), on several texts.
+"""Lossy KV tier with and without the model's per-head step weights (``seqkv_edge.kv_weights``), on several texts.
 
     python benchmarks/lossy_weights.py [--model M] [--bits 2] [--texts T1,T2,...] [--weights FILE]
 

@@ -24,7 +24,7 @@ class SeqKV:
             calibrated on the default model).
         model_profile: lossy only: code K and V in per-head bases derived once per model (a 768-token
             calibration prefill, cached in ``$SEQKV_HOME/kv_profiles``): about 3x lower KL at 2 bits; with
-            it the encoder also uses the model's per-layer step weights where known (shipped for the default
+            it the encoder also uses the model's per-head step weights where known (shipped for the default
             model, ``seqkv calibrate`` for others). The restoring machine needs the same profile (same model
             and llama.cpp build), so it is off by default.
         tokens: how tokens-only sessions code their tokens: ``"portable"`` (a context model, no LLM

@@ -62,7 +62,7 @@ class KVProfile:
         self.variances = {key: np.asarray(v, dtype=np.float32) for key, v in variances.items()}
         self.meta = dict(meta or {})
         self.digest = _digest(self.analysis, self.synthesis)
-        self.step_weights: dict | None = None  # the encoder's per-layer step weights (kv_weights), not hashed
+        self.step_weights: dict | None = None  # the encoder's per-head step weights (kv_weights), not hashed
 
     def matrices(self, kind: str, layer: int, n_heads: int, head_dim: int):
         """``(analysis, synthesis)`` of one tensor, or None when the profile has none of that shape."""

@@ -1,4 +1,5 @@
-"""The ``seqkv`` command: ``demo``, ``inspect``, ``bench``, ``chat``, ``serve``, ``quality``, ``calibrate``, ``store``.
+"""The ``seqkv`` command: ``demo``, ``inspect``, ``bench``, ``chat``, ``serve``, ``quality``, ``calibrate``,
+``store``.
 
 Command front ends (argument parsing and terminal output) live in this package; the work they
 drive lives in the library modules beside it."""
