@@ -295,6 +295,9 @@ def load_or_build_profile(llm_or_path, text_path=None) -> KVProfile:
         profile.save(profile_dir() / f"{profile.digest.hex()}.npz")
         index.write_text(profile.digest.hex())
     profile.step_weights = load_weights(fingerprint)
+    if profile.step_weights is None:
+        logger.info("no lossy step weights for model %s: uniform steps (seqkv calibrate --model %s measures them)",
+                    fingerprint, model_path)
     return profile
 
 
