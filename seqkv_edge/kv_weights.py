@@ -158,6 +158,24 @@ def _probe_text(model_path, text_path, profile, bits: float, probe_step: float, 
     return np.array(kls), np.array(mse), np.array(rate), units
 
 
+def _check_texts(model_path, text_paths, n_tokens: int) -> None:
+    """Refuse missing or short texts before minutes of probing, not after."""
+    from llama_cpp import Llama
+
+    from .textdata import read_text
+
+    missing = [str(t) for t in text_paths if not Path(t).is_file()]
+    if missing:
+        raise FileNotFoundError(f"calibration texts not found: {', '.join(missing)} (the default ones come with "
+                                "Debian's base-files and fortunes packages: apt-get install fortunes)")
+    vocab = Llama(model_path=str(model_path), vocab_only=True, verbose=False)
+    for path in text_paths:
+        n = len(vocab.tokenize(read_text(path)[0].encode("utf-8")))
+        if n < n_tokens:
+            raise ValueError(f"calibration text {path} has {n} tokens; a probe needs {n_tokens} "
+                             "(n_context + n_eval)")
+
+
 def measure_sensitivity(model_path, text_paths=PROBE_TEXTS, *, bits: float = 2.0, probe_step: float = PROBE_STEP,
                         n_context: int = 1000, n_eval: int = 256, progress: bool = True) -> Sensitivity:
     """Probe every K and V head of the model on each text (see the module doc); minutes per text."""
@@ -165,10 +183,7 @@ def measure_sensitivity(model_path, text_paths=PROBE_TEXTS, *, bits: float = 2.0
 
     from .kv_profile import load_or_build_profile
 
-    missing = [str(t) for t in text_paths if not Path(t).is_file()]
-    if missing:
-        raise FileNotFoundError(f"calibration texts not found: {', '.join(missing)} (the default ones come with "
-                                "Debian's base-files and fortunes packages: apt-get install fortunes)")
+    _check_texts(model_path, text_paths, n_context + n_eval)
     profile = load_or_build_profile(model_path)
     profile.step_weights = None  # probe around uniform steps
     n_heads = sum(len(b) for b in profile.analysis.values())

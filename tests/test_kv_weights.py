@@ -124,3 +124,14 @@ def test_seqkv_calibrate_probes_every_tensor_and_writes_weights(tiny_model_path,
 
     assert weight(max(sens, key=sens.get)) <= weight(min(sens, key=sens.get))
     assert "step weights written to" in out and out.count("\nk") >= n_layer * n_head
+
+
+def test_seqkv_calibrate_refuses_missing_or_short_texts_before_probing(tiny_model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
+    short = tmp_path / "short.txt"
+    short.write_text("Too short to probe.")
+    with pytest.raises(FileNotFoundError, match="nowhere.txt"):
+        kv_weights.measure_sensitivity(tiny_model_path, [str(tmp_path / "nowhere.txt")], progress=False)
+    with pytest.raises(ValueError, match="short.txt has"):
+        kv_weights.measure_sensitivity(tiny_model_path, [str(short)], n_context=96, n_eval=48, progress=False)
+    assert not (tmp_path / "kv_profiles").exists()  # refused before the profile was built
