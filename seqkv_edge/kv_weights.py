@@ -83,34 +83,23 @@ def _head_columns(prepared, head: int) -> slice:
     return slice(head * width, (head + 1) * width)
 
 
-def _head_mse(prepared, scale: float, head: int) -> float:
-    """Mean squared error (coded domain) of quantizing one head's components at ``scale``."""
-    cols = _head_columns(prepared, head)
-    inv = (np.float32(1.0) / prepared.steps(scale).astype(np.float32))
-    err, n = 0.0, 0
-    for rows, row_inv in prepared._parts(inv):
-        if rows.size:
-            x, i = rows[:, cols], row_inv[cols]
-            err += float(np.square(x - np.rint(x * i) / i).sum(dtype=np.float64))
-            n += x.size
-    return err / max(n, 1)
-
-
-def _head_rate(prepared, scale: float, head: int) -> float:
-    """Bits per value of one head's indices at ``scale`` (the format 3 coder's prediction, every 2nd cell)."""
+def _head_cost(prepared, scale: float, head: int) -> tuple[float, float]:
+    """(mean squared error in the coded domain, bits per value) of one head's components quantized at ``scale``;
+    the bits are the format 3 coder's prediction from every 2nd cell's indices."""
     from .codecs.kv_values import _native
 
     ffi, lib = _native()
     cols = _head_columns(prepared, head)
-    inv = (np.float32(1.0) / prepared.steps(scale).astype(np.float32))
-    bits, n = 0.0, 0
+    inv = np.float32(1.0) / prepared.steps(scale).astype(np.float32)
+    err, bits, n = 0.0, 0.0, 0
     for rows, row_inv in prepared._parts(inv):
         if rows.size:
             x, i = np.ascontiguousarray(rows[:, cols]), np.ascontiguousarray(row_inv[cols])
+            err += float(np.square(x - np.rint(x * i) / i).sum(dtype=np.float64))
             bits += lib.lossy3_cost(ffi.from_buffer("float[]", x), x.shape[0], x.shape[1],
                                     ffi.from_buffer("float[]", i), 2)
             n += x.size
-    return bits / max(n, 1)
+    return err / max(n, 1), bits / max(n, 1)
 
 
 def _copy_head(dst, src, head: int, head_dim: int) -> None:
@@ -149,8 +138,9 @@ def _probe_text(model_path, text_path, profile, bits: float, probe_step: float, 
             _copy_head(parse_seq_state(blob, model=bench.ev.llm).tensors()[index], coarse_view, head,
                        prepared.n_channels // prepared.n_heads)
             kls.append(bench.evaluate(bytes(blob))["kl_mean"])
-            mse.append([_head_mse(prepared, s, head) for s in grid])
-            rate.append([_head_rate(prepared, s, head) for s in grid[:-1]])
+            head_mse, head_rate = zip(*(_head_cost(prepared, s, head) for s in grid))
+            mse.append(head_mse)
+            rate.append(head_rate[:-1])
             units.append((tensor.kind, tensor.layer, head))
             if bar is not None:
                 bar.update(1)
