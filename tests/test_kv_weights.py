@@ -96,6 +96,15 @@ def test_profile_weights_steer_the_steps_and_explicit_weights_win(tiny_model_pat
     assert np.allclose(steps_of(weighted[k0]), 4 * steps_of(plain[k0]), rtol=2e-3)
     assert all(a == b for i, (a, b) in enumerate(zip(weighted, plain)) if i != k0)
     assert explicit == plain
+    n_heads = profile.analysis["k0"].shape[0]
+    per_head = {"k": [[1.0] * (n_heads - 1) + [2.0]]}  # only layer 0's last key head coarser
+    head_steps = steps_of(KVLossyCodec(max_kl=0.01, weights=per_head).encode_state(state, rope, profile=profile)[k0])
+    ratio = (head_steps / steps_of(plain[k0])).reshape(n_heads, -1)
+    assert np.allclose(ratio[:-1], 1.0) and np.allclose(ratio[-1], 2.0, rtol=2e-3)
+    with pytest.raises(ValueError, match="heads"):
+        KVLossyCodec(max_kl=0.01, weights={"k": [[1.0] * (n_heads + 1)]}).encode_state(state, rope, profile=profile)
+    with pytest.raises(ValueError):
+        KVLossyCodec(bits=2.0, weights={"k": [0.0]})
 
 
 def test_seqkv_calibrate_probes_every_tensor_and_writes_weights(tiny_model_path, tmp_path, monkeypatch, capsys):
