@@ -24,15 +24,15 @@ the profile up by digest and refuses (``ModelMismatchError``) when it does not h
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import CorruptDataError, ModelMismatchError
+from .fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +75,9 @@ class KVProfile:
         arrays.update({f"synthesis_{k}": b for k, b in self.synthesis.items()})
         arrays.update({f"var_{k}": v for k, v in self.variances.items()})
         meta = dict(self.meta, profile_version=PROFILE_VERSION, digest=self.digest.hex())
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=json.dumps(meta, sort_keys=True), **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.savez(buf, meta=json.dumps(meta, sort_keys=True), **arrays)
+        atomic_write(path, buf.getvalue())
 
     @classmethod
     def load(cls, path) -> KVProfile:

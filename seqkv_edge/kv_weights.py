@@ -36,8 +36,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +43,7 @@ import numpy as np
 
 from .codecs.kv_lossy import valid_weights
 from .errors import CorruptDataError
+from .fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -234,13 +233,8 @@ def _shipped_path(fingerprint: str) -> Path:
 def save_weights(fingerprint: str, weights: dict, meta: dict | None = None, path=None) -> Path:
     """Write the weights of a model (atomically) where ``load_weights`` finds them first."""
     path = Path(path) if path else weights_path(fingerprint)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = dict(meta or {}, version=WEIGHTS_VERSION, model_fingerprint=fingerprint, weights=weights)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(doc, indent=1).encode())
     return path
 
 

@@ -43,6 +43,7 @@ from .chunks import ChunkCodec, default_codec, split_payload
 from .codecs.tokens_portable import TokensPortableCodec
 from .timing import Clock
 from .errors import CorruptDataError, ModelMismatchError, SeqKVError, StoreFullError, StoreUnavailableError
+from .fileio import atomic_write
 from .fingerprint import model_fingerprint
 from .state import parse_seq_state, read_seq_state, write_seq_state
 from .store import SessionStore, open_store
@@ -197,7 +198,7 @@ class _DirCatalog(Catalog):
 
     def _put(self, name: str, data: bytes) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self._file(name), data)
+        atomic_write(self._file(name), data)
 
     def _get(self, name: str) -> bytes | None:
         try:
@@ -266,17 +267,6 @@ class _RedisCatalog(Catalog):
         self._call("recording the store identity", self.r.set, self.identity_key, data, None, None, True)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ---- save and load -----------------------------------------------------------------------
