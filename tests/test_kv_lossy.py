@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from seqkv_edge.codecs import get_codec
-from seqkv_edge.codecs.kv_lossy import _HEADER, _HEADER2, KVLossyCodec, tensor_values
+from seqkv_edge.codecs.kv_lossy import KVLossyCodec, tensor_values
 from seqkv_edge.errors import CorruptDataError, ModelMismatchError
 from seqkv_edge.kv_profile import KVProfile, metric_bases, profile_from_state, query_metric
 from seqkv_edge.rope import apply_rope, rope_params, undo_rope
 from seqkv_edge.state import parse_seq_state, read_seq_state, skeleton_layout, write_seq_state
+
+from lossy_payload import fields_at, steps_of
 
 F32, F16, Q4_0, Q8_0, BF16 = 0, 1, 2, 8, 30
 TEXT = b"The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. " * 2
@@ -46,21 +48,6 @@ def lossy_round_trip(state, blob, codec, rope, profile=None):
     codec.decode_state(payloads, tensors, [st.positions for sec in state.sections for st in sec.streams], rope,
                        profile=profile)
     return payloads, out, tensors
-
-
-def fields_at(payload) -> dict:
-    """Offsets of the optional format-2 fields (recent window, profile digest) and of the step array."""
-    flags, n_ch = payload[1], _HEADER.unpack_from(payload)[4]
-    at = {"window": _HEADER.size}
-    at["digest"] = at["window"] + (_HEADER2.size if flags & 4 else 0)
-    at["offset"] = at["digest"] + (8 if flags & 2 else 0)
-    at["step"] = at["offset"] + 4 * n_ch
-    return at
-
-
-def steps_of(payload) -> np.ndarray:
-    n_ch = _HEADER.unpack_from(payload)[4]
-    return np.frombuffer(payload, np.float16, n_ch, fields_at(payload)["step"]).astype(np.float32)
 
 
 def type_step(tensor, x):

@@ -15,16 +15,9 @@ from seqkv_edge.kv_profile import load_or_build_profile
 from seqkv_edge.rope import rope_params
 from seqkv_edge.state import parse_seq_state, read_seq_state
 
+from lossy_payload import steps_of
+
 GRID = 2.0 ** kv_weights.GRID_OCTAVES
-
-
-def steps_of(payload: bytes) -> np.ndarray:
-    """The f16 steps of a format 2/3 payload (header, recent-window header, digest, offsets, then steps)."""
-    from seqkv_edge.codecs.kv_lossy import _HEADER, _HEADER2
-
-    flags, n_ch = payload[1], _HEADER.unpack_from(payload)[4]
-    at = _HEADER.size + (_HEADER2.size if flags & 4 else 0) + (8 if flags & 2 else 0) + 4 * n_ch
-    return np.frombuffer(payload, np.float16, n_ch, at).astype(np.float32)
 
 
 def synthetic(sensitivities) -> kv_weights.Sensitivity:

@@ -1,6 +1,8 @@
 """``seqkv calibrate``: measure a model's per-head KV sensitivity and write the lossy tier's step weights."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -30,7 +32,7 @@ def cmd_calibrate(args) -> int:
     weights = kv_weights.allocate(sens, shrink=shrink)
     print(f"probe KL per head (one head coded at {probe:g}x its 2-bit step, all else exact), "
           f"sensitivity a (KL per unit MSE), step weight")
-    print("head      " + "  ".join(f"{_short_name(t):>10s}" for t in texts) + "           a   weight")
+    print("head      " + "  ".join(f"{Path(t).name[:10]:>10s}" for t in texts) + "           a   weight")
     for i, (name, kind, layer, head) in enumerate(zip(sens.names, sens.kinds, sens.layers, sens.heads)):
         kls = "  ".join(f"{kl:10.5f}" for kl in sens.probe_kl[:, i])
         print(f"{name:9s} {kls}  {sens.sensitivity[i]:10.3g}  {weights[kind][layer][head]:7.3f}")
@@ -41,7 +43,3 @@ def cmd_calibrate(args) -> int:
     path = kv_weights.save_weights(model_fingerprint(model), weights, meta, args.out)
     print(f"step weights written to {path}")
     return 0
-
-
-def _short_name(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1][:10]
