@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     lossy.add_argument("--curve-dir", default=".", help="where lossy_rate_quality.json/.csv go (default: here)")
     add_dedup_arguments(bench)
     bench.set_defaults(func=cmd_bench)
-    from .. import report, serve
-    from . import calibrate, chat
+    from .. import report
+    from . import calibrate, chat, serve
 
     report.add_report_args(bench)
     calibrate.add_parser(sub)
