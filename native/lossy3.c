@@ -353,3 +353,14 @@ int lossy3_decode(const uint8_t *in, size_t n_in, uint32_t n_rows, uint32_t n_ch
     return 0;
 }
 
+
+void lossy3_reconstruct(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step,
+                        const float *step, float *out)
+{
+    for (uint32_t t = 0; t < n_rows; t++) {
+        const float *row = x + (size_t)t * n_channels;
+        float *dst = out + (size_t)t * n_channels;
+        for (uint32_t c = 0; c < n_channels; c++)
+            dst[c] = (float)l3_quantize(row[c], inv_step[c]) * step[c];
+    }
+}

@@ -17,6 +17,7 @@
  * then LOSSY3_STATES interleaved 32-bit rANS states (u32 each) and 16-bit words (little-endian). Symbol t
  * of a channel uses state t % LOSSY3_STATES; channels with k == 1 (all zeros) code nothing.
  * lossy3_cost tells the size such a stream would have (in bits) from the rows t % row_every == 0.
+ * lossy3_reconstruct writes the values lossy3_decode would give back for x (closed-loop prediction).
  */
 #define LOSSY3_SCALE 12
 #define LOSSY3_KMAX 48
@@ -28,5 +29,7 @@ size_t lossy3_encode(const float *x, uint32_t n_rows, uint32_t n_channels, const
 int lossy3_decode(const uint8_t *in, size_t n_in, uint32_t n_rows, uint32_t n_channels, const float *step,
                   float *x);
 double lossy3_cost(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step, uint32_t row_every);
+void lossy3_reconstruct(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step,
+                        const float *step, float *out);
 
 #endif /* SEQKV_LOSSY3_H */

@@ -13,6 +13,10 @@ then taken in that domain (analysis ``W P``, synthesis its inverse). Measured on
 per value: mean KL 0.019 (plain KLT) -> 0.011. Values use the plain KLT (an ``W_o``-weighted metric gave
 nothing).
 
+Profile version 2 adds the inter-layer predictors of format 4 (``seqkv_edge.kv_predict``), fitted on a
+few more calibration texts; they are hashed into the digest (version 1 digests are unchanged, so old payloads
+still find their profile).
+
 Storing a basis in every session would cost more than it saves, so the basis is derived from the *model*:
 one short calibration prefill, eigenvectors of each head's covariance, cached in
 ``$SEQKV_HOME/kv_profiles`` under the model fingerprint. Payloads carry the profile's digest; a decoder looks
@@ -33,10 +37,10 @@ import numpy as np
 
 from .errors import CorruptDataError, ModelMismatchError
 from .fileio import atomic_write
+from .kv_predict import FEATURES, PREDICTOR_TEXTS, PREDICTOR_TOKENS, fit_predictors
 
 logger = logging.getLogger(__name__)
 
-PROFILE_VERSION = 1
 DIGEST_BYTES = 8
 CALIBRATION_TOKENS = 768
 # calibration text: a licence other than the GPL-3 the benchmarks measure on (Debian base-files)
@@ -44,24 +48,27 @@ CALIBRATION_TEXTS = ("/usr/share/common-licenses/Apache-2.0", "/usr/share/common
 METRIC_FLOOR = 0.1  # query-metric eigenvalues floored at this share of their mean (directions no query sees)
 METRIC_MAX_DISTANCE, METRIC_N_DISTANCES = 1024, 129  # relative positions Δ averaged over, uniform in [-1024, 0]
 
-__all__ = ["KVProfile", "build_profile", "load_or_build_profile", "profile_dir", "profile_for_digest",
-           "profile_from_state"]
+__all__ = ["KVProfile", "build_profile", "coded_bodies", "load_or_build_profile", "profile_dir", "profile_for_digest",
+           "profile_from_state", "with_predictors"]
 
 
 class KVProfile:
     """Per-tensor analysis / synthesis matrices ``[n_heads, head_dim, head_dim]`` keyed ``"k0"``, ``"v0"``, ...
     (components ``y = x @ analysis[h]``, values ``x = y @ synthesis[h]``; for a KLT the columns of ``analysis``
     are the eigenvectors, largest variance first, and ``synthesis`` is its transpose) and the component
-    variances measured on the calibration text. ``digest`` (8 bytes) hashes the matrices."""
+    variances measured on the calibration text; version 2: ``predictors`` (``kv_predict``: ``"k1"`` ->
+    ``[n_features, n_channels]``). ``digest`` (8 bytes) hashes the matrices."""
 
-    def __init__(self, analysis: dict, variances: dict, meta: dict | None = None, synthesis: dict | None = None):
+    def __init__(self, analysis: dict, variances: dict, meta: dict | None = None, synthesis: dict | None = None,
+                 predictors: dict | None = None):
         self.analysis = {key: np.ascontiguousarray(b, dtype=np.float32) for key, b in analysis.items()}
         if synthesis is None:
             synthesis = {key: b.transpose(0, 2, 1) for key, b in self.analysis.items()}
         self.synthesis = {key: np.ascontiguousarray(b, dtype=np.float32) for key, b in synthesis.items()}
         self.variances = {key: np.asarray(v, dtype=np.float32) for key, v in variances.items()}
+        self.predictors = {key: np.ascontiguousarray(w, dtype=np.float32) for key, w in (predictors or {}).items()}
         self.meta = dict(meta or {})
-        self.digest = _digest(self.analysis, self.synthesis)
+        self.digest = _digest(self.analysis, self.synthesis, self.predictors)
         self.step_weights: dict | None = None  # the encoder's per-head step weights (kv_weights), not hashed
 
     def matrices(self, kind: str, layer: int, n_heads: int, head_dim: int):
@@ -70,11 +77,17 @@ class KVProfile:
         shape = (n_heads, head_dim, head_dim)
         return (a, s) if a is not None and s is not None and a.shape == shape == s.shape else None
 
+    def predictor(self, kind: str, layer: int, n_features: int, n_channels: int) -> np.ndarray | None:
+        """The inter-layer predictor of one tensor, or None when the profile has none of that shape."""
+        w = self.predictors.get(f"{kind}{layer}")
+        return w if w is not None and w.shape == (n_features, n_channels) else None
+
     def save(self, path) -> None:
         arrays = {f"analysis_{k}": b for k, b in self.analysis.items()}
         arrays.update({f"synthesis_{k}": b for k, b in self.synthesis.items()})
         arrays.update({f"var_{k}": v for k, v in self.variances.items()})
-        meta = dict(self.meta, profile_version=PROFILE_VERSION, digest=self.digest.hex())
+        arrays.update({f"pred_{k}": w for k, w in self.predictors.items()})
+        meta = dict(self.meta, profile_version=2 if self.predictors else 1, digest=self.digest.hex())
         buf = io.BytesIO()
         np.savez(buf, meta=json.dumps(meta, sort_keys=True), **arrays)
         atomic_write(path, buf.getvalue())
@@ -86,18 +99,23 @@ class KVProfile:
             analysis = {n[9:]: z[n] for n in z.files if n.startswith("analysis_")}
             synthesis = {n[10:]: z[n] for n in z.files if n.startswith("synthesis_")}
             variances = {n[4:]: z[n] for n in z.files if n.startswith("var_")}
-        profile = cls(analysis, variances, meta, synthesis)
+            predictors = {n[5:]: z[n] for n in z.files if n.startswith("pred_")}
+        profile = cls(analysis, variances, meta, synthesis, predictors)
         if profile.digest.hex() != meta.get("digest"):
             raise CorruptDataError(f"loading the KV profile {path}: its bases hash to {profile.digest.hex()}, "
                                    f"its header says {meta.get('digest')}; delete the file to rebuild it")
         return profile
 
 
-def _digest(analysis: dict, synthesis: dict) -> bytes:
+def _digest(analysis: dict, synthesis: dict, predictors: dict) -> bytes:
     h = hashlib.sha256(b"seqkv kv_profile v1")
     for key in sorted(analysis):
         for b in (analysis[key], synthesis.get(key, np.zeros(0, np.float32))):
             h.update(key.encode() + repr(b.shape).encode() + b.astype("<f4").tobytes())
+    if predictors:  # version 2; a version 1 profile keeps its digest
+        h.update(b"predictors")
+        for key in sorted(predictors):
+            h.update(key.encode() + repr(predictors[key].shape).encode() + predictors[key].astype("<f4").tobytes())
     return h.digest()[:DIGEST_BYTES]
 
 
@@ -193,9 +211,12 @@ def profile_from_state(state, rope: dict, meta: dict | None = None, skip_cells: 
     return KVProfile(bases, variances, meta, synthesis)
 
 
-def build_profile(model_path, text_path=None, n_tokens: int = CALIBRATION_TOKENS, n_threads: int = 2) -> KVProfile:
+def build_profile(model_path, text_path=None, n_tokens: int = CALIBRATION_TOKENS, n_threads: int = 2,
+                  predictor_texts=None) -> KVProfile:
     """Prefill ``n_tokens`` of a calibration text in a private context of the model (queries captured by
-    llama.cpp's eval callback) and derive the bases."""
+    llama.cpp's eval callback) and derive the bases; then prefill each of ``predictor_texts`` (default
+    ``kv_predict.PREDICTOR_TEXTS``, those that exist; the calibration text itself if none does) and fit the
+    inter-layer predictors."""
     from llama_cpp import Llama
 
     from .fingerprint import model_fingerprint
@@ -214,9 +235,34 @@ def build_profile(model_path, text_path=None, n_tokens: int = CALIBRATION_TOKENS
             "metric_floor": METRIC_FLOOR, "metric_max_distance": METRIC_MAX_DISTANCE}
     if not queries:
         logger.warning("KV profile of %s: queries could not be captured; keys use the plain KLT", model_path)
-    profile = profile_from_state(state, rope_params(llm), meta, queries=queries)
+    rope = rope_params(llm)
+    bases = profile_from_state(state, rope, meta, queries=queries)
+    texts = [Path(p) for p in (PREDICTOR_TEXTS if predictor_texts is None else predictor_texts) if Path(p).is_file()]
+    samples = []
+    for path in texts:
+        text_tokens = llm.tokenize(path.read_text(encoding="utf-8", errors="replace").encode())[:PREDICTOR_TOKENS]
+        samples.append(coded_bodies(parse_seq_state(_prefill_with_queries(llm, text_tokens, n_threads)[0], model=llm),
+                                    rope, bases))
+    if not samples:
+        samples.append(coded_bodies(state, rope, bases))
+    bases.meta["predictor_texts"] = [p.name for p in texts] or [meta["text"]]
     del llm
-    return profile
+    return with_predictors(bases, samples)
+
+
+def with_predictors(profile: KVProfile, samples: list[dict]) -> KVProfile:
+    """``profile`` with inter-layer predictors fitted on ``samples`` (:func:`coded_bodies` of calibration states)."""
+    meta = dict(profile.meta, predictor_features=FEATURES)
+    return KVProfile(profile.analysis, profile.variances, meta, profile.synthesis, fit_predictors(samples))
+
+
+def coded_bodies(state, rope: dict, profile: KVProfile) -> dict:
+    """``(kind, layer)`` -> the rows the lossy codec codes (sinks left out, offsets removed, in ``profile``'s
+    components) of the first stream of ``state``."""
+    from .codecs.kv_lossy import _Prepared
+
+    stream = state.sections[0].streams[0]
+    return {(t.kind, t.layer): _Prepared(t, stream.positions, rope, profile).body for t in stream.k + stream.v}
 
 
 def _prefill_with_queries(llm, tokens, n_threads: int) -> tuple[bytes, dict]:
@@ -275,7 +321,8 @@ def _prefill_with_queries(llm, tokens, n_threads: int) -> tuple[bytes, dict]:
 
 
 def load_or_build_profile(llm_or_path, text_path=None) -> KVProfile:
-    """The cached profile of a model (``Llama`` or GGUF path), built and cached on first use (a few seconds)."""
+    """The cached profile of a model (``Llama`` or GGUF path), built and cached on first use (seconds); a
+    cached version 1 profile (no predictors) is rebuilt, its file kept for the payloads that name it."""
     from .fingerprint import model_fingerprint
     from .kv_weights import load_weights
 
@@ -283,10 +330,9 @@ def load_or_build_profile(llm_or_path, text_path=None) -> KVProfile:
     fingerprint = model_fingerprint(model_path)
     index = profile_dir() / f"{fingerprint}.digest"
     path = profile_dir() / f"{index.read_text().strip()}.npz" if index.is_file() else None
-    if path is not None and path.is_file():
-        profile = KVProfile.load(path)
-    else:
-        logger.info("building the KV profile of %s (one calibration prefill)", model_path)
+    profile = KVProfile.load(path) if path is not None and path.is_file() else None
+    if profile is None or not profile.predictors:  # none yet, or version 1 (no predictors; its file stays)
+        logger.info("building the KV profile of %s (a few calibration prefills)", model_path)
         profile = build_profile(model_path, text_path)
         profile.save(profile_dir() / f"{profile.digest.hex()}.npz")
         index.write_text(profile.digest.hex())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from seqkv_edge.cli import main
+from seqkv_edge.codecs.kv_lossy import FORMAT_VERSION
 from seqkv_edge.turboquant_peer import NORM_BITS, turboquant_vectors
 
 TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 4
@@ -24,7 +25,7 @@ def test_bench_lossy_tier_scores_every_method_and_writes_the_curve(tiny_model_pa
     assert "KL mean" in out and "TurboQuant peer 2" in out and "llama.cpp q8_0" in out
     rows = {row["method"]: row for row in json.loads((tmp_path / "lossy_rate_quality.json").read_text())}
     assert rows["lossless f16"]["kl_mean"] == 0.0 and rows["lossless f16"]["top1_agreement"] == 1.0
-    coarse, fine = rows["seqkv kv_lossy v3 1"], rows["seqkv kv_lossy v3 3"]
+    coarse, fine = rows[f"seqkv kv_lossy v{FORMAT_VERSION} 1"], rows[f"seqkv kv_lossy v{FORMAT_VERSION} 3"]
     assert abs(coarse["bits_per_value"] - 1) <= 0.05 and abs(fine["bits_per_value"] - 3) <= 0.15
     assert coarse["kl_mean"] > fine["kl_mean"] > 0.0
     for bits in (1, 1.5, 2, 2.5, 3, 4):

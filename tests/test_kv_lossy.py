@@ -12,7 +12,8 @@ import pytest
 from seqkv_edge.codecs import get_codec
 from seqkv_edge.codecs.kv_lossy import KVLossyCodec, tensor_values
 from seqkv_edge.errors import CorruptDataError, ModelMismatchError
-from seqkv_edge.kv_profile import KVProfile, metric_bases, profile_from_state, query_metric
+from seqkv_edge.kv_profile import (KVProfile, coded_bodies, metric_bases, profile_from_state, query_metric,
+                                   with_predictors)
 from seqkv_edge.rope import apply_rope, rope_params, undo_rope
 from seqkv_edge.state import parse_seq_state, read_seq_state, skeleton_layout, write_seq_state
 
@@ -27,6 +28,7 @@ LAYOUTS = [  # (type_k, type_v, flash_attn)
 FIXTURE = Path(__file__).parent / "fixtures" / "kv_lossy_v1.npz"
 FIXTURE_V2 = Path(__file__).parent / "fixtures" / "kv_lossy_v2.npz"
 FIXTURE_V3 = Path(__file__).parent / "fixtures" / "kv_lossy_v3.npz"
+FIXTURE_V4 = Path(__file__).parent / "fixtures" / "kv_lossy_v4.npz"
 
 
 def make_llama(path, type_k=F16, type_v=F16, flash_attn=False):
@@ -116,10 +118,10 @@ def test_rope_undo_redo_is_identity():
 
 def test_config_round_trip_and_validation():
     codec = KVLossyCodec(bits=2.0)
-    assert json.loads(json.dumps(codec.get_config())) == {"id": "kv_lossy", "bits": 2.0, "max_kl": None, "version": 3}
+    assert json.loads(json.dumps(codec.get_config())) == {"id": "kv_lossy", "bits": 2.0, "max_kl": None, "version": 4}
     assert get_codec(codec.get_config()) == codec
     assert get_codec(KVLossyCodec(max_kl=0.01).get_config()).max_kl == 0.01
-    for bad in ({}, {"bits": 2.0, "max_kl": 0.1}, {"bits": 0.0}, {"max_kl": -1.0}, {"bits": 2.0, "version": 4}):
+    for bad in ({}, {"bits": 2.0, "max_kl": 0.1}, {"bits": 0.0}, {"max_kl": -1.0}, {"bits": 2.0, "version": 5}):
         with pytest.raises(ValueError):
             KVLossyCodec(**bad)
 
@@ -162,14 +164,18 @@ def test_format_version_1_fixture_still_decodes():
         assert np.allclose(a, b, rtol=2e-3, atol=1e-4), got.name  # 1 ulp of f16 across platforms
 
 
-@pytest.fixture
-def profiled(tiny_model_path, tmp_path, monkeypatch):
-    """A tiny-model session and a profile derived from it, cached under a private $SEQKV_HOME."""
+@pytest.fixture(params=["bases", "predictors"])
+def profiled(request, tiny_model_path, tmp_path, monkeypatch):
+    """A tiny-model session and a profile derived from it (bases only, or with inter-layer predictors fitted
+    on the same session), cached under a private $SEQKV_HOME."""
     monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
     llm = make_llama(tiny_model_path)
     blob, state = session(llm)
     rope = rope_params(llm)
-    return llm, blob, state, rope, profile_from_state(state, rope)
+    profile = profile_from_state(state, rope)
+    if request.param == "predictors":
+        profile = with_predictors(profile, [coded_bodies(state, rope, profile)])
+    return llm, blob, state, rope, profile
 
 
 def test_profile_round_trip_within_rotated_error_bound(profiled):
@@ -211,6 +217,31 @@ def test_profile_is_found_by_digest_and_a_mismatch_refuses(profiled, tmp_path):
         KVLossyCodec(bits=2.0, version=1).encode_state(state, rope, profile=profile)
 
 
+def test_format_4_predicts_every_tensor_but_the_first_and_needs_its_predictors(profiled):
+    llm, blob, state, rope, profile = profiled
+    if not profile.predictors:
+        pytest.skip("bases-only profile: nothing to predict")
+    names = [t.name for t in state.tensors()]
+    payloads = KVLossyCodec(bits=2.0).encode_state(state, rope, profile=profile)
+    predicted = {name for name, p in zip(names, payloads) if p[1] & 8}
+    assert predicted == set(names) - {"kv0.s0.l0.k"}
+    older = KVLossyCodec(bits=2.0, version=3).encode_state(state, rope, profile=profile)
+    assert not any(p[1] & 8 for p in older)  # format 3 on request: no prediction
+    positions = [state.sections[0].streams[0].positions]
+    bases_only = KVProfile(profile.analysis, profile.variances, synthesis=profile.synthesis)
+    _, tensors = skeleton_layout(state.skeleton(), expected_size=len(blob))
+    with pytest.raises(ModelMismatchError):  # the digest names the predictors too
+        KVLossyCodec(bits=2.0).decode_state(payloads, tensors, positions, rope, profile=bases_only)
+    bad = [bytes([3]) + p[1:] if p[1] & 8 else p for p in payloads]  # format 3 has no predicted payloads
+    with pytest.raises(CorruptDataError):
+        KVLossyCodec(bits=2.0).decode_state(bad, tensors, positions, rope, profile=profile)
+    k0 = names.index("kv0.s0.l0.k")
+    unrotated = KVLossyCodec(bits=2.0).encode_state(state, rope)[k0]  # layer 0's K without the profile's bases
+    with pytest.raises(CorruptDataError, match="predicted from"):
+        KVLossyCodec(bits=2.0).decode_state(payloads[:k0] + [unrotated] + payloads[k0 + 1:], tensors, positions,
+                                            rope, profile=profile)
+
+
 def test_profile_costs_fewer_bits_for_the_same_error(profiled):
     llm, blob, state, rope, profile = profiled
     sizes = [sum(map(len, KVLossyCodec(max_kl=0.01).encode_state(state, rope, profile=p))) for p in (None, profile)]
@@ -227,9 +258,9 @@ def test_older_versions_are_still_written_on_request(tiny_model_path, version):
     assert all(np.isfinite(tensor_values(t)).all() for t in tensors)
 
 
-@pytest.mark.parametrize("version,fixture", [(2, FIXTURE_V2), (3, FIXTURE_V3)])
+@pytest.mark.parametrize("version,fixture", [(2, FIXTURE_V2), (3, FIXTURE_V3), (4, FIXTURE_V4)])
 def test_profiled_format_fixtures_still_decode(tmp_path, monkeypatch, version, fixture):
-    """Written by format versions 2 and 3 with a profile (stored in the fixture); decoded values must never change."""
+    """Written by format versions 2 to 4 with a profile (stored in the fixture); decoded values must never change."""
     monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
     fx = np.load(fixture)
     rope = json.loads(str(fx["rope"]))
@@ -238,6 +269,7 @@ def test_profiled_format_fixtures_still_decode(tmp_path, monkeypatch, version, f
     profile = KVProfile.load(profile_path)
     payloads = [fx[f"payload_{i}"].tobytes() for i in range(int(fx["n_payloads"]))]
     assert {p[0] for p in payloads} == {version} and all(p[1] & 6 == 6 for p in payloads)  # rotated, recent window
+    assert sum(p[1] & 8 != 0 for p in payloads) == (len(payloads) - 1 if version >= 4 else 0)  # all but layer 0's K
     out, tensors = skeleton_layout(fx["skeleton"].tobytes(), expected_size=len(fx["expected"]))
     KVLossyCodec(bits=2.0).decode_state(payloads, tensors, [fx["positions"]], rope, profile=profile)
     expected = parse_seq_state(fx["expected"].tobytes(), has_cell_ext=False).tensors()

@@ -87,7 +87,8 @@ def test_profile_weights_steer_the_steps_and_explicit_weights_win(tiny_model_pat
     k0 = [t.name for t in state.tensors()].index("kv0.s0.l0.k")
     assert len(weighted[k0]) < len(plain[k0])  # 4x coarser steps, fewer bytes
     assert np.allclose(steps_of(weighted[k0]), 4 * steps_of(plain[k0]), rtol=2e-3)
-    assert all(a == b for i, (a, b) in enumerate(zip(weighted, plain)) if i != k0)
+    # the other tensors keep their steps (format 4 predicts them from k0, so their bytes may move)
+    assert all(np.array_equal(steps_of(a), steps_of(b)) for i, (a, b) in enumerate(zip(weighted, plain)) if i != k0)
     assert explicit == plain
     n_heads = profile.analysis["k0"].shape[0]
     per_head = {"k": [[1.0] * (n_heads - 1) + [2.0]]}  # only layer 0's last key head coarser

@@ -68,6 +68,7 @@ import threading
 import numpy as np
 
 from ..errors import CorruptDataError, ModelMismatchError, SeqKVError
+from ..kv_predict import ClosedLoop, feature_keys, predict
 from ..kv_profile import DIGEST_BYTES, KVProfile, load_or_build_profile, profile_for_digest
 from ..rope import apply_rope, rope_params, rope_supported, undo_rope
 from . import register_codec
@@ -76,11 +77,11 @@ from .kv_values import _native, rope_head_dim, store_values, tensor_values
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3
-VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+VERSIONS = (1, 2, 3, 4)
 _HEADER = struct.Struct("<BBHIIII")
 _HEADER2 = struct.Struct("<IeI")  # format 2: n_recent, recent_divisor, recent_coded_bytes
-_FLAG_ROPE, _FLAG_ROTATED, _FLAG_RECENT = 1, 2, 4
+_FLAG_ROPE, _FLAG_ROTATED, _FLAG_RECENT, _FLAG_PREDICTED = 1, 2, 4, 8
 N_SINK = 1
 # format 2: the last N_RECENT cells (the ones the next tokens attend to most) get steps RECENT_DIVISOR x finer,
 # in states of at least 4 * N_RECENT cells
@@ -98,8 +99,8 @@ _KL_TABLE_PROFILE = ((0.12, 0.0029), (0.2, 0.0034), (0.3, 0.0051), (0.45, 0.0071
                      (1.3, 0.0453))
 _KL_SLOPES_PROFILE = (0.6, 1.5)
 _SCALE_RANGE = (1e-4, 64.0)
-_SEARCH_ROW_EVERY = 16  # format 3 predicts the rate during the search from every 16th cell ...
-_CHECK_ROW_EVERY = 2  # ... and checks the result on every 2nd cell
+_SEARCH_ROW_EVERY = 16  # formats 3 and 4 predict the rate during the search from every 16th cell ...
+_CHECK_ROW_EVERY = 2  # ... and check the result on every 2nd cell
 
 __all__ = ["KVLossyCodec", "KVProfile", "load_or_build_profile", "rope_params", "tensor_values", "store_values"]
 
@@ -165,30 +166,57 @@ class _Prepared:
         head_step = self.head_rms * weight
         return np.clip(np.repeat(head_step, self.n_channels // self.n_heads), 1e-7, 6e4).astype(np.float16)
 
-    def _parts(self, inv: np.ndarray):
-        """(rows, inverse steps) of the older cells and of the recent window."""
-        split = len(self.body) - self.n_recent
-        return ((self.body[:split], inv), (self.body[split:], inv * np.float32(RECENT_DIVISOR)))
+    def _parts(self, inv: np.ndarray, body: np.ndarray | None = None):
+        """(rows, inverse steps) of the older cells and of the recent window of ``body`` (default: the tensor's)."""
+        body = self.body if body is None else body
+        split = len(body) - self.n_recent
+        return ((body[:split], inv), (body[split:], inv * np.float32(RECENT_DIVISOR)))
 
-    def estimate_bits(self, scale: float, weights: dict | None = None, row_every: int = 1) -> float:
-        """Format 3: the payload size in bits at ``scale``, from the index statistics of every
-        ``row_every``-th cell (no entropy coding)."""
+    def sample_rows(self, row_every: int) -> np.ndarray:
+        """The rows ``estimate_bits(row_every=...)`` reads: every ``row_every``-th of each part."""
+        split = len(self.body) - self.n_recent
+        return np.concatenate([np.arange(0, split, row_every), np.arange(split, len(self.body), row_every)])
+
+    def reconstruct(self, rows: np.ndarray, scale: float, weights: dict | None, index: np.ndarray | None = None):
+        """What the decoder gets back for ``rows`` (body rows ``index``, default all) coded at ``scale``."""
+        ffi, lib = _native()
+        step = self.steps(scale, weights).astype(np.float32)
+        inv = np.float32(1.0) / step
+        recent = np.arange(len(rows)) >= len(self.body) - self.n_recent if index is None else \
+            index >= len(self.body) - self.n_recent
+        out = np.empty(rows.shape, np.float32)
+        for part, div in ((~recent, np.float32(1.0)), (recent, np.float32(RECENT_DIVISOR))):
+            src = np.ascontiguousarray(rows[part], dtype=np.float32)
+            if src.size:
+                dst = np.empty(src.shape, np.float32)
+                lib.lossy3_reconstruct(ffi.from_buffer("float[]", src), src.shape[0], self.n_channels,
+                                       ffi.from_buffer("float[]", inv * div), ffi.from_buffer("float[]", step / div),
+                                       ffi.from_buffer("float[]", dst))
+                out[part] = dst
+        return out
+
+    def estimate_bits(self, scale: float, weights: dict | None = None, row_every: int = 1,
+                      body: np.ndarray | None = None) -> float:
+        """Format 3 and later: the payload size in bits at ``scale`` of ``body`` (default: the tensor's; format 4:
+        its prediction residuals), from the index statistics of every ``row_every``-th cell (no entropy coding)."""
         ffi, lib = _native()
         inv = np.float32(1.0) / self.steps(scale, weights).astype(np.float32)
         bits = 8.0 * self.side_bytes
-        for rows, row_inv in self._parts(inv):
+        for rows, row_inv in self._parts(inv, body):
             if rows.size:
                 bits += lib.lossy3_cost(ffi.from_buffer("float[]", rows), rows.shape[0], self.n_channels,
                                         ffi.from_buffer("float[]", row_inv), row_every)
         return bits
 
-    def encode(self, scale: float, weights: dict | None = None) -> bytes:
+    def encode(self, scale: float, weights: dict | None = None, residual: np.ndarray | None = None) -> bytes:
+        """The payload at ``scale``; format 4: ``residual`` (the closed-loop prediction residual) coded instead
+        of the body, flagged as predicted."""
         step = self.steps(scale, weights)
         inv = np.float32(1.0) / step.astype(np.float32)
         coder = self._code_rows3 if self.version >= 3 else self._code_rows
-        older, recent = (coder(rows, row_inv) for rows, row_inv in self._parts(inv))
+        older, recent = (coder(np.ascontiguousarray(rows), row_inv) for rows, row_inv in self._parts(inv, residual))
         flags = ((_FLAG_ROPE if self.roped else 0) | (_FLAG_ROTATED if self.digest is not None else 0)
-                 | (_FLAG_RECENT if self.n_recent else 0))
+                 | (_FLAG_RECENT if self.n_recent else 0) | (_FLAG_PREDICTED if residual is not None else 0))
         header = _HEADER.pack(self.version, flags, self.n_heads, self.n_cells, self.n_channels,
                               len(self.sink_rows), len(older) + len(recent))
         digest = self.digest if self.digest is not None else b""
@@ -261,12 +289,16 @@ def _decode_rows(version: int, coded, n_rows: int, n_ch: int, step: np.ndarray, 
         raise CorruptDataError(f"decoding {name}: the entropy-coded indices are corrupt (code {rc})")
 
 
-def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, profile=None) -> None:
+def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, profile=None,
+                   decoded: dict | None = None) -> None:
+    """Decode one payload into ``tensor``; ``decoded`` (``(kind, layer)`` -> coded-domain rows of the stream's
+    tensors decoded so far) gives format 4's predictions their features and receives this tensor's rows."""
     buf = memoryview(payload).cast("B")
     if len(buf) < _HEADER.size:
         raise CorruptDataError(f"decoding {tensor.name}: lossy payload of {len(buf)} bytes is truncated")
     version, flags, n_heads, n_cells, n_ch, n_sink, n_coded = _HEADER.unpack_from(buf)
-    if version not in VERSIONS or (version == 1 and flags & (_FLAG_ROTATED | _FLAG_RECENT)):
+    if version not in VERSIONS or (version == 1 and flags & (_FLAG_ROTATED | _FLAG_RECENT)) or (
+            flags & _FLAG_PREDICTED and (version < 4 or not flags & _FLAG_ROTATED)):
         raise CorruptDataError(f"decoding {tensor.name}: lossy KV format version {version}; this version reads "
                                f"{', '.join(map(str, VERSIONS))} (written by a newer seqkv_edge?)")
     off = _HEADER.size
@@ -309,6 +341,10 @@ def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, pr
         if matrices is None:
             raise ModelMismatchError(f"decoding {tensor.name}: KV profile {found.digest.hex()} has no "
                                      f"{n_heads} x {head_dim} basis for this tensor")
+        if flags & _FLAG_PREDICTED:
+            _add_prediction(body, tensor, found, decoded or {})
+        if decoded is not None:
+            decoded[tensor.kind, tensor.layer] = body
         body = _per_head(body, matrices[1], n_heads)
     body += offset
     if n_sink:
@@ -325,6 +361,19 @@ def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, pr
                                      "model's rope parameters are needed (rope_params(llm))")
         x = apply_rope(x, positions, rope)
     store_values(tensor, x, rope)
+
+
+def _add_prediction(body: np.ndarray, tensor, profile: KVProfile, decoded: dict) -> None:
+    """Format 4: add the inter-layer prediction (``kv_predict``) from the tensors decoded before."""
+    keys = feature_keys(tensor.kind, tensor.layer)
+    if not keys or any(key not in decoded or len(decoded[key]) != len(body) for key in keys):
+        raise CorruptDataError(f"decoding {tensor.name}: predicted from {keys}, which the state does not hold "
+                               "decoded before it")
+    w = profile.predictor(tensor.kind, tensor.layer, sum(decoded[key].shape[1] for key in keys), body.shape[1])
+    if w is None:
+        raise ModelMismatchError(f"decoding {tensor.name}: KV profile {profile.digest.hex()} has no predictor of "
+                                 f"this shape")
+    body += predict(decoded, tensor.kind, tensor.layer, w)
 
 
 def valid_weights(weights) -> bool:
@@ -395,40 +444,51 @@ class KVLossyCodec(Codec):
         """
         if profile is not None and self.version < 2:
             raise ValueError("KVLossyCodec(version=1) cannot use a KV profile: profiles need format version 2")
-        prepared = []
+        prepared, loops = [], []
         for sec in state.sections:
             for st in sec.streams:
-                prepared += [_Prepared(t, st.positions, rope, profile, self.version) for t in st.k + st.v]
+                stream = [_Prepared(t, st.positions, rope, profile, self.version) for t in st.k + st.v]
+                prepared += stream
+                if self.version >= 4 and profile is not None and profile.predictors:
+                    loops.append(ClosedLoop(stream, profile))
+        loops = [loop for loop in loops if loop.matrix]
         n_values = sum(p.n_cells * p.n_channels for p in prepared)
         weights = self.weights if self.weights is not None else getattr(profile, "step_weights", None)
+
+        def residuals(scale, row_every=1):
+            return {p: r for loop in loops for p, r in loop.residuals(scale, weights, row_every).items()}
+
         if self.max_kl is not None:
             scale = scale_for_kl(self.max_kl, profiled=any(p.digest is not None for p in prepared))
-            payloads = [p.encode(scale, weights) for p in prepared]
         else:
-            scale, payloads = self._search(prepared, n_values, weights)
+            scale = self._search(prepared, n_values, weights, residuals)
+        coded = residuals(scale)
+        payloads = [p.encode(scale, weights, coded.get(p)) for p in prepared]
         self.last_scale = scale
         logger.debug("kv_lossy: scale %.4g, %.3f bits per value", scale,
                      8 * sum(map(len, payloads)) / max(n_values, 1))
         return payloads
 
-    def _search(self, prepared, n_values: int, weights: dict | None):
+    def _search(self, prepared, n_values: int, weights: dict | None, residuals) -> float:
         """Secant search on log(scale) for the target rate (rate falls ~1 bit per doubling of the step).
 
-        Format 3 searches on the sizes its static models predict from the index statistics of every 8th cell,
-        checks the prediction once on all cells (the subsample's bias corrects the target), then codes once.
+        Format 3 and later search on the sizes the static models predict from the index statistics of every
+        16th cell (format 4: of those cells' closed-loop residuals, ``residuals(scale, row_every)``), check the
+        prediction once on every 2nd cell (the subsample's bias corrects the target); the caller codes once.
         Formats 1 and 2 code the whole state at every step of the search."""
         if self.version < 3:
             def coded_rate(log_s):
                 payloads = [p.encode(math.exp(log_s), weights) for p in prepared]
-                return 8 * sum(map(len, payloads)) / max(n_values, 1), payloads
+                return 8 * sum(map(len, payloads)) / max(n_values, 1), None
 
-            return self._secant(coded_rate, self.bits, tolerance=0.01)
+            return self._secant(coded_rate, self.bits, tolerance=0.01)[0]
 
         memo = {}
 
         def predicted(log_s, row_every=_SEARCH_ROW_EVERY):
             if (log_s, row_every) not in memo:
-                bits = sum(p.estimate_bits(math.exp(log_s), weights, row_every) for p in prepared)
+                coded = residuals(math.exp(log_s), row_every)
+                bits = sum(p.estimate_bits(math.exp(log_s), weights, row_every, coded.get(p)) for p in prepared)
                 memo[log_s, row_every] = bits / max(n_values, 1)
             return memo[log_s, row_every], None
 
@@ -437,7 +497,7 @@ class KVLossyCodec(Codec):
         if abs(rate / self.bits - 1) > 0.003:  # the subsample's bias (~1%) corrects the target
             bias = rate / predicted(math.log(scale))[0]
             scale, _ = self._secant(predicted, self.bits / bias, tolerance=0.001, start=scale)
-        return scale, [p.encode(scale, weights) for p in prepared]
+        return scale
 
     @staticmethod
     def _secant(rate, target: float, tolerance: float, start: float = 0.5):
@@ -472,16 +532,23 @@ class KVLossyCodec(Codec):
         if len(payloads) != len(tensors):
             raise CorruptDataError(f"decoding a lossy KV state: {len(payloads)} payloads for {len(tensors)} tensors")
         per_stream = positions if isinstance(positions, (list, tuple)) else None
-        stream_index, keys = {}, []
+        stream_index = {}
         for t in tensors:
-            keys.append((t.section, t.stream))
             stream_index.setdefault((t.section, t.stream), len(stream_index))
-        for payload, tensor, key in zip(payloads, tensors, keys):
-            pos = per_stream[stream_index[key]] if per_stream is not None else positions
+        decoded = [{} for _ in stream_index]  # per stream: format 4's features
+        # each stream's tensors layer by layer, K first: format 4 predicts from the tensors decoded before
+        order = sorted(range(len(tensors)), key=lambda i: (stream_index[tensors[i].section, tensors[i].stream],
+                                                           tensors[i].layer, tensors[i].kind != "k"))
+        for i in order:
+            tensor = tensors[i]
+            stream = stream_index[tensor.section, tensor.stream]
+            pos = per_stream[stream] if per_stream is not None else positions
             pos = np.asarray(pos, dtype=np.int32)
             if len(pos) != tensor.n_cells:
                 raise ModelMismatchError(f"decoding {tensor.name}: {len(pos)} cell positions for {tensor.n_cells} cells")
-            _decode_tensor(payload, tensor, pos, rope, profile)
+            _decode_tensor(payloads[i], tensor, pos, rope, profile, decoded[stream])
+            for key in [key for key in decoded[stream] if key[1] < tensor.layer - 1]:
+                del decoded[stream][key]
 
     def encode(self, buf):  # the generic byte-codec entry points do not apply to a whole state
         raise TypeError("KVLossyCodec codes whole states: use encode_state(state, rope)")
