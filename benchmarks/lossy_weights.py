@@ -1,11 +1,12 @@
 """Lossy KV tier with and without the model's per-head step weights (``seqkv_edge.kv_weights``), on several texts.
 
-    python benchmarks/lossy_weights.py [--model M] [--bits 2] [--texts T1,T2,...] [--weights FILE]
+    python benchmarks/lossy_weights.py [--model M] [--bits 2] [--texts T1,T2,...] [--weights FILE] [--version 4]
 
 For each text: one 1,000-token session, coded at ``--bits`` with the model profile, uniform steps vs the
 weights (the shipped or calibrated ones, or ``--weights FILE`` from ``seqkv calibrate --out``), restored and
 scored on the next 256 tokens (``seqkv_edge.quality``); then the averages. The default texts are none of the
-calibration texts of ``seqkv calibrate``.
+calibration texts of ``seqkv calibrate`` or of the KV profile's predictors. ``--version 3``: the payload format
+without inter-layer prediction.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seqkv_edge.codecs.kv_lossy import KVLossyCodec  # noqa: E402
+from seqkv_edge.codecs.kv_lossy import FORMAT_VERSION, KVLossyCodec  # noqa: E402
 from seqkv_edge.kv_profile import load_or_build_profile  # noqa: E402
 from seqkv_edge.models import default_model_path  # noqa: E402
 from seqkv_edge.quality import QualityBench  # noqa: E402
@@ -34,6 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--bits", type=float, default=2.0)
     p.add_argument("--texts", help="comma list (default: GPL-3, MPL-2.0, Apache-2.0 and three fortune files)")
     p.add_argument("--weights", help="a weights file written by seqkv calibrate (default: the model's own)")
+    p.add_argument("--version", type=int, default=FORMAT_VERSION, help="lossy payload format (2 and later)")
     p.add_argument("--n-context", type=int, default=1000)
     p.add_argument("--n-eval", type=int, default=256)
     args = p.parse_args(argv)
@@ -44,13 +46,14 @@ def main(argv=None) -> int:
         p.error(f"{model} has no step weights: run seqkv calibrate --model {model} first")
     configs = {"uniform steps": {}, "step weights": weights}
     scores = {name: [] for name in configs}
-    print(f"lossy KV at {args.bits:g} bits per value, model profile on; KL(exact || restored), top-1 agreement")
+    print(f"lossy KV format {args.version} at {args.bits:g} bits per value, model profile on; "
+          "KL(exact || restored), top-1 agreement")
     print(f"{'text':12s} {'steps':14s} {'bits':>6s} {'KL mean':>8s} {'KL p99':>7s} {'top-1':>6s}")
     for text in (args.texts.split(",") if args.texts else TEXTS):
         bench = QualityBench(model, text, n_context=args.n_context, n_eval=args.n_eval, n_greedy=0)
         n_values = sum(t.n_cells * t.n_channels for t in bench.state.tensors())
         for name, w in configs.items():
-            blob, coded = bench.lossy_blob(KVLossyCodec(bits=args.bits, weights=w), profile=profile)
+            blob, coded = bench.lossy_blob(KVLossyCodec(bits=args.bits, weights=w, version=args.version), profile=profile)
             r = bench.evaluate(blob)
             scores[name].append((r["kl_mean"], r["top1_agreement"]))
             print(f"{Path(text).name:12s} {name:14s} {8 * coded / n_values:6.3f} {r['kl_mean']:8.4f} "

@@ -12,9 +12,12 @@ The loop is closed: the encoder predicts from what the decoder will have (the re
 accumulate across layers. Rows (cells) are independent, which lets the rate search run the loop on a subsample
 of rows.
 
-Measured on the default model, 2 bits per value, six texts none of which is a calibration text
-(``benchmarks/lossy_weights.py``): prediction energy gain 5-6 dB (open loop), see the module doc of
-``codecs/kv_lossy.py`` for the resulting KL.
+Measured on the default model (coded domain, predictors fitted on the four calibration texts, scored on GPL-3
+and fortunes/wisdom): the prediction removes 5.1 dB of the keys' energy and 5.6-5.9 dB of the values' (from the
+previous layer alone; adding the layer before that: 6.6-6.9 dB, for 1.6x the arithmetic). At 2 bits per value,
+six texts none of which is a calibration text (``benchmarks/lossy_weights.py``): mean KL 0.0073 -> 0.0042,
+top-1 95.0% -> 96.5%. Fitted on one licence alone (Apache-2.0, 2,200 tokens) instead of the four texts, the
+mean KL on five of those texts was 0.0050 instead of 0.0043: varied calibration text pays.
 
     >>> predictors = fit_predictors([bodies_of_text_1, bodies_of_text_2])   # {"k1": [256, 128], "v0": ...}
     ... # doctest: +SKIP

@@ -217,10 +217,9 @@ def test_profile_is_found_by_digest_and_a_mismatch_refuses(profiled, tmp_path):
         KVLossyCodec(bits=2.0, version=1).encode_state(state, rope, profile=profile)
 
 
+@pytest.mark.parametrize("profiled", ["predictors"], indirect=True)
 def test_format_4_predicts_every_tensor_but_the_first_and_needs_its_predictors(profiled):
     llm, blob, state, rope, profile = profiled
-    if not profile.predictors:
-        pytest.skip("bases-only profile: nothing to predict")
     names = [t.name for t in state.tensors()]
     payloads = KVLossyCodec(bits=2.0).encode_state(state, rope, profile=profile)
     predicted = {name for name, p in zip(names, payloads) if p[1] & 8}

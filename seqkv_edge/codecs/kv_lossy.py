@@ -4,9 +4,12 @@ Per tensor (one layer's K or V), on float32 values ``[n_cells, n_channels]``:
 
 1. keys: RoPE undone (``seqkv_edge.rope``), so a channel's constant part is a constant again;
 2. *sink* cells (positions ``< n_sink``: the attention sink the model parks attention on) kept as f16;
-3. per-channel offsets (means) subtracted; formats 2 and 3 with a model profile (``seqkv_edge.kv_profile``): each
+3. per-channel offsets (means) subtracted; formats 2 and later with a model profile (``seqkv_edge.kv_profile``): each
    head mapped onto model-derived components (values: their KLT; keys: whitened by the queries' metric, then
    KLT, so that squared error is squared error in attention scores);
+3b. format 4 with a profile holding predictors (version 2, ``seqkv_edge.kv_predict``): tensors coded layer by
+   layer, K first; each one's components minus a linear prediction from the *decoded* components of the
+   previous layer's K and V (and, for V, its own layer's K): a closed loop, so errors do not accumulate;
 4. one uniform step per head: ``step = scale * weight * rms(head)`` with ``weight`` the K or V share of the
    bit allocation times the head's step weight (``seqkv_edge.kv_weights``: measured per-head sensitivity,
    attached to the model profile, or ``weights=`` given); ``scale`` is the rate-control knob. Per-component
@@ -23,7 +26,8 @@ one run of ``benchmarks/lossy_rate_quality.py --ours-only --v2``: at 2 bits per 
 0.031 / 92.2% at 2 bits. Any change to the cache, even one f16 ulp in 0.01% of the values, costs this Q4_K_M model
 ~0.004 nats of KL (its quantized activations amplify it): that floor is in every figure above. With the model's
 per-head step weights (``seqkv_edge.kv_weights``), averaged over six texts (``benchmarks/lossy_weights.py``):
-0.0073 / 95.0% at 2 bits (uniform steps 0.0113 / 94.0%), 0.0033 / 96.2% at 3 bits.
+0.0073 / 95.0% at 2 bits (uniform steps 0.0113 / 94.0%), 0.0033 / 96.2% at 3 bits (format 3). Format 4's
+inter-layer prediction, same six texts: 0.0042 / 96.5% at 2 bits (format 3: 0.0073 / 95.0%).
 
 Decoding inverts this and writes each tensor in the *target* tensor's cache type (f16, bf16, f32, q8_0,
 q4_0; quantized types with llama.cpp's Hadamard rotation where it applies).
@@ -57,6 +61,11 @@ Payload format version 2: as version 1, with two optional parts right after the 
 Payload format version 3: as version 2; each coded stream (the older cells', then the recent window's) is a
 ``lossy3`` stream of ``native/lossy3.h`` (static per-channel models in a bit-packed header, then the rANS words),
 and the decoder writes ``index * step`` directly.
+
+Payload format version 4: as version 3, plus flags bit 3 (predicted, only with bit 1): the coded components are
+the residuals of the profile's inter-layer prediction (``kv_predict``); the decoder adds
+``predict(decoded, kind, layer, W)`` (``W`` from the profile named by the digest; the previous layer's K and V and,
+for V, the same layer's K, decoded first). Layer 0's K (nothing before it) is never predicted.
 """
 from __future__ import annotations
 
@@ -93,10 +102,11 @@ _WEIGHT = {"k": 1.0, "v": 3.0}
 # context tokens, flash attention), interpolated log-log; slopes 1.5 / 2.7 outside the table
 _KL_TABLE = ((0.144, 0.0046), (0.300, 0.0107), (0.601, 0.0306), (0.883, 0.0838), (1.314, 0.256))
 _KL_SLOPES = (1.5, 2.7)
-# format 3 with the model's profile and its per-head step weights (kv_weights), same harness, mean of GPL-3,
-# MPL-2.0 and fortunes/people; below ~0.003 nats the model's own floor dominates (any change costs that much)
-_KL_TABLE_PROFILE = ((0.12, 0.0029), (0.2, 0.0034), (0.3, 0.0051), (0.45, 0.0071), (0.65, 0.0142), (0.9, 0.0266),
-                     (1.3, 0.0453))
+# format 4 with the model's profile, its predictors and per-head step weights (kv_weights), same harness, mean of
+# GPL-3, MPL-2.0 and fortunes/people (format 3 gave KL within 12% of these at each scale, at ~0.5 bit more);
+# below ~0.003 nats the model's own floor dominates (any change costs that much)
+_KL_TABLE_PROFILE = ((0.12, 0.0028), (0.2, 0.0034), (0.3, 0.0049), (0.45, 0.0074), (0.65, 0.0129), (0.9, 0.0236),
+                     (1.3, 0.0443))
 _KL_SLOPES_PROFILE = (0.6, 1.5)
 _SCALE_RANGE = (1e-4, 64.0)
 _SEARCH_ROW_EVERY = 16  # formats 3 and 4 predict the rate during the search from every 16th cell ...
