@@ -33,8 +33,8 @@ PREDICTOR_TOKENS = 1000  # cells per calibration text
 PREDICTOR_TEXTS = ("/usr/share/common-licenses/GFDL-1.3", "/usr/share/common-licenses/LGPL-2.1",
                    "/usr/share/games/fortunes/art", "/usr/share/games/fortunes/science")
 
-__all__ = ["FEATURES", "ClosedLoop", "coding_order", "feature_keys", "features", "fit_predictors", "predict",
-           "predictor_key"]
+__all__ = ["FEATURES", "ClosedLoop", "coding_order", "feature_keys", "features", "fit_predictors", "forget_unused",
+           "predict", "predictor_key"]
 
 FEATURES = "previous layer K and V; a layer's V also its own K"
 
@@ -64,6 +64,12 @@ def features(bodies: dict, kind: str, layer: int) -> np.ndarray | None:
     if len({len(p) for p in parts}) != 1:
         return None
     return np.ascontiguousarray(np.hstack(parts), dtype=np.float32)
+
+
+def forget_unused(bodies: dict, layer: int) -> None:
+    """Drop from ``bodies`` what no tensor after layer ``layer`` uses as a feature (layers before ``layer - 1``)."""
+    for key in [key for key in bodies if key[1] < layer - 1]:
+        del bodies[key]
 
 
 def predict(bodies: dict, kind: str, layer: int, w: np.ndarray) -> np.ndarray:
@@ -114,17 +120,24 @@ class ClosedLoop:
             w = profile.predictor(kind, layer, n_features, p.n_channels)
             if w is not None:
                 self.matrix[kind, layer] = w
+        self._samples = {}  # row_every -> (rows, {key: body rows}): the search asks for the same rows each step
+
+    def _rows(self, row_every: int):
+        """(row indices or None, ``(kind, layer)`` -> the body rows the loop runs on)."""
+        if row_every <= 1:
+            return None, {key: p.body for key, p in self.prepared.items()}
+        if row_every not in self._samples:
+            rows = next(iter(self.prepared.values())).sample_rows(row_every)
+            self._samples[row_every] = rows, {key: p.body[rows] for key, p in self.prepared.items()}
+        return self._samples[row_every]
 
     def residuals(self, scale: float, weights: dict | None, row_every: int = 1) -> dict:
         """``_Prepared`` -> residual rows of each predicted tensor at ``scale``. With ``row_every > 1``
         only the rows ``estimate_bits`` reads are computed (the others are zero)."""
-        rows = None
-        if row_every > 1:
-            rows = next(iter(self.prepared.values())).sample_rows(row_every)
+        rows, bodies = self._rows(row_every)
         decoded, out = {}, {}
         for kind, layer in self.order:
-            p = self.prepared[kind, layer]
-            body = p.body if rows is None else p.body[rows]
+            p, body = self.prepared[kind, layer], bodies[kind, layer]
             w = self.matrix.get((kind, layer))
             prediction = predict(decoded, kind, layer, w) if w is not None else None
             residual = body if prediction is None else body - prediction
@@ -136,6 +149,5 @@ class ClosedLoop:
                     full[rows] = residual
                     residual = full
                 out[p] = residual
-            for key in [key for key in decoded if key[1] < layer - 1]:
-                del decoded[key]
+            forget_unused(decoded, layer)
         return out

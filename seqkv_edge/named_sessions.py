@@ -197,8 +197,7 @@ class _DirCatalog(Catalog):
         return self.dir / (urllib.parse.quote(name, safe="") + ".rec")
 
     def _put(self, name: str, data: bytes) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self._file(name), data)
+        atomic_write(self._file(name), data)  # creates the folder
 
     def _get(self, name: str) -> bytes | None:
         try:
@@ -265,8 +264,6 @@ class _RedisCatalog(Catalog):
 
     def _set_identity_if_absent(self, data):
         self._call("recording the store identity", self.r.set, self.identity_key, data, None, None, True)
-
-
 
 
 # ---- save and load -----------------------------------------------------------------------

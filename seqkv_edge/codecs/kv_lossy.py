@@ -77,7 +77,7 @@ import threading
 import numpy as np
 
 from ..errors import CorruptDataError, ModelMismatchError, SeqKVError
-from ..kv_predict import ClosedLoop, feature_keys, predict
+from ..kv_predict import ClosedLoop, feature_keys, forget_unused, predict
 from ..kv_profile import DIGEST_BYTES, KVProfile, load_or_build_profile, profile_for_digest
 from ..rope import apply_rope, rope_params, rope_supported, undo_rope
 from . import register_codec
@@ -188,21 +188,19 @@ class _Prepared:
         return np.concatenate([np.arange(0, split, row_every), np.arange(split, len(self.body), row_every)])
 
     def reconstruct(self, rows: np.ndarray, scale: float, weights: dict | None, index: np.ndarray | None = None):
-        """What the decoder gets back for ``rows`` (body rows ``index``, default all) coded at ``scale``."""
+        """What the decoder gets back for ``rows`` (body rows ``index``, ascending, default all) coded at ``scale``."""
         ffi, lib = _native()
         step = self.steps(scale, weights).astype(np.float32)
         inv = np.float32(1.0) / step
-        recent = np.arange(len(rows)) >= len(self.body) - self.n_recent if index is None else \
-            index >= len(self.body) - self.n_recent
+        split = len(self.body) - self.n_recent
+        split = split if index is None else int(np.searchsorted(index, split))  # older rows first, then recent
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
         out = np.empty(rows.shape, np.float32)
-        for part, div in ((~recent, np.float32(1.0)), (recent, np.float32(RECENT_DIVISOR))):
-            src = np.ascontiguousarray(rows[part], dtype=np.float32)
-            if src.size:
-                dst = np.empty(src.shape, np.float32)
-                lib.lossy3_reconstruct(ffi.from_buffer("float[]", src), src.shape[0], self.n_channels,
+        for part, div in ((slice(0, split), np.float32(1.0)), (slice(split, None), np.float32(RECENT_DIVISOR))):
+            if rows[part].size:
+                lib.lossy3_reconstruct(ffi.from_buffer("float[]", rows[part]), rows[part].shape[0], self.n_channels,
                                        ffi.from_buffer("float[]", inv * div), ffi.from_buffer("float[]", step / div),
-                                       ffi.from_buffer("float[]", dst))
-                out[part] = dst
+                                       ffi.from_buffer("float[]", out[part]))
         return out
 
     def estimate_bits(self, scale: float, weights: dict | None = None, row_every: int = 1,
@@ -469,29 +467,31 @@ class KVLossyCodec(Codec):
             return {p: r for loop in loops for p, r in loop.residuals(scale, weights, row_every).items()}
 
         if self.max_kl is not None:
-            scale = scale_for_kl(self.max_kl, profiled=any(p.digest is not None for p in prepared))
+            scale, payloads = scale_for_kl(self.max_kl, profiled=any(p.digest is not None for p in prepared)), None
         else:
-            scale = self._search(prepared, n_values, weights, residuals)
-        coded = residuals(scale)
-        payloads = [p.encode(scale, weights, coded.get(p)) for p in prepared]
+            scale, payloads = self._search(prepared, n_values, weights, residuals)
+        if payloads is None:
+            coded = residuals(scale)
+            payloads = [p.encode(scale, weights, coded.get(p)) for p in prepared]
         self.last_scale = scale
         logger.debug("kv_lossy: scale %.4g, %.3f bits per value", scale,
                      8 * sum(map(len, payloads)) / max(n_values, 1))
         return payloads
 
-    def _search(self, prepared, n_values: int, weights: dict | None, residuals) -> float:
+    def _search(self, prepared, n_values: int, weights: dict | None, residuals) -> tuple[float, list | None]:
         """Secant search on log(scale) for the target rate (rate falls ~1 bit per doubling of the step).
 
         Format 3 and later search on the sizes the static models predict from the index statistics of every
         16th cell (format 4: of those cells' closed-loop residuals, ``residuals(scale, row_every)``), check the
-        prediction once on every 2nd cell (the subsample's bias corrects the target); the caller codes once.
-        Formats 1 and 2 code the whole state at every step of the search."""
+        prediction once on every 2nd cell (the subsample's bias corrects the target); the caller codes once
+        (``(scale, None)``). Formats 1 and 2 code the whole state at every step of the search and return the
+        payloads of the best one."""
         if self.version < 3:
             def coded_rate(log_s):
                 payloads = [p.encode(math.exp(log_s), weights) for p in prepared]
-                return 8 * sum(map(len, payloads)) / max(n_values, 1), None
+                return 8 * sum(map(len, payloads)) / max(n_values, 1), payloads
 
-            return self._secant(coded_rate, self.bits, tolerance=0.01)[0]
+            return self._secant(coded_rate, self.bits, tolerance=0.01)
 
         memo = {}
 
@@ -507,7 +507,7 @@ class KVLossyCodec(Codec):
         if abs(rate / self.bits - 1) > 0.003:  # the subsample's bias (~1%) corrects the target
             bias = rate / predicted(math.log(scale))[0]
             scale, _ = self._secant(predicted, self.bits / bias, tolerance=0.001, start=scale)
-        return scale
+        return scale, None
 
     @staticmethod
     def _secant(rate, target: float, tolerance: float, start: float = 0.5):
@@ -557,8 +557,7 @@ class KVLossyCodec(Codec):
             if len(pos) != tensor.n_cells:
                 raise ModelMismatchError(f"decoding {tensor.name}: {len(pos)} cell positions for {tensor.n_cells} cells")
             _decode_tensor(payloads[i], tensor, pos, rope, profile, decoded[stream])
-            for key in [key for key in decoded[stream] if key[1] < tensor.layer - 1]:
-                del decoded[stream][key]
+            forget_unused(decoded[stream], tensor.layer)
 
     def encode(self, buf):  # the generic byte-codec entry points do not apply to a whole state
         raise TypeError("KVLossyCodec codes whole states: use encode_state(state, rope)")
