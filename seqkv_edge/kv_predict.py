@@ -103,7 +103,7 @@ def fit_predictors(samples: list[dict], ridge: float = RIDGE) -> dict[str, np.nd
 
 
 class ClosedLoop:
-    """The tensors of one stream (``kv_lossy._Prepared``, coded-domain ``body`` rows) and the profile's
+    """The tensors of one stream (``kv_lossy_tensor._Prepared``, coded-domain ``body`` rows) and the profile's
     predictors that apply to them; :meth:`residuals` runs the encoder's side of the loop at one step scale."""
 
     def __init__(self, prepared: list, profile):

@@ -259,7 +259,7 @@ def with_predictors(profile: KVProfile, samples: list[dict]) -> KVProfile:
 def coded_bodies(state, rope: dict, profile: KVProfile) -> dict:
     """``(kind, layer)`` -> the rows the lossy codec codes (sinks left out, offsets removed, in ``profile``'s
     components) of the first stream of ``state``."""
-    from .codecs.kv_lossy import _Prepared
+    from .codecs.kv_lossy_tensor import _Prepared
 
     stream = state.sections[0].streams[0]
     return {(t.kind, t.layer): _Prepared(t, stream.positions, rope, profile).body for t in stream.k + stream.v}

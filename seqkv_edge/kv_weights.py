@@ -113,7 +113,8 @@ def _copy_head(dst, src, head: int, head_dim: int) -> None:
 def _probe_text(model_path, text_path, profile, bits: float, probe_step: float, n_context: int, n_eval: int,
                 bar=None):
     """(probe KL, MSE grid + probe MSE, rate grid, (kind, layer, head) units) of every head on one text."""
-    from .codecs.kv_lossy import KVLossyCodec, _decode_tensor, _Prepared, rope_params
+    from .codecs.kv_lossy import KVLossyCodec, rope_params
+    from .codecs.kv_lossy_tensor import _decode_tensor, _Prepared
     from .quality import QualityBench
     from .state import parse_seq_state
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from seqkv_edge.codecs.kv_lossy import _HEADER, _HEADER2
+from seqkv_edge.codecs.kv_lossy_tensor import _HEADER, _HEADER2
 
 
 def fields_at(payload) -> dict:

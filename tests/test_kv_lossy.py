@@ -312,7 +312,7 @@ def test_profile_is_built_from_the_model_once_and_cached(tiny_model_path, tmp_pa
 def test_native_format_3_coder_round_trips_indices_with_escapes():
     """lossy3_encode quantizes and codes; lossy3_decode gives back index * step exactly, outliers (escapes) and
     all-zero channels included; lossy3_cost predicts the coded size; damaged streams are refused."""
-    from seqkv_edge.codecs.kv_lossy import _native
+    from seqkv_edge.codecs.kv_values import _native
 
     ffi, lib = _native()
     rng = np.random.default_rng(3)
