@@ -90,14 +90,14 @@ def _head_cost(prepared, scale: float, head: int) -> tuple[float, float]:
     ffi, lib = _native()
     cols = _head_columns(prepared, head)
     inv = np.float32(1.0) / prepared.steps(scale).astype(np.float32)
-    err, bits, n = 0.0, 0.0, 0
+    decoded = prepared.reconstruct(prepared.body, scale, None)  # what the decoder gets back
+    err = float(np.square(prepared.body[:, cols] - decoded[:, cols]).sum(dtype=np.float64))
+    bits, n = 0.0, prepared.body[:, cols].size
     for rows, row_inv in prepared._parts(inv):
         if rows.size:
             x, i = np.ascontiguousarray(rows[:, cols]), np.ascontiguousarray(row_inv[cols])
-            err += float(np.square(x - np.rint(x * i) / i).sum(dtype=np.float64))
             bits += lib.lossy3_cost(ffi.from_buffer("float[]", x), x.shape[0], x.shape[1],
                                     ffi.from_buffer("float[]", i), 2)
-            n += x.size
     return err / max(n, 1), bits / max(n, 1)
 
 
