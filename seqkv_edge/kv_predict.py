@@ -131,23 +131,38 @@ class ClosedLoop:
             self._samples[row_every] = rows, {key: p.body[rows] for key, p in self.prepared.items()}
         return self._samples[row_every]
 
-    def residuals(self, scale: float, weights: dict | None, row_every: int = 1) -> dict:
-        """``_Prepared`` -> residual rows of each predicted tensor at ``scale``. With ``row_every > 1``
-        only the rows ``estimate_bits`` reads are computed (the others are zero)."""
+    def run(self, code, weights: dict | None, row_every: int = 1) -> None:
+        """Run the encoder's side of the loop: for each tensor in coding order, ``code(prepared, residual)``
+        (``residual`` None for a tensor nothing predicts) codes it and returns the scale it used; the tensor's
+        reconstruction at that scale (what the decoder will have) then feeds the later predictions. With
+        ``row_every > 1`` only the rows ``estimate_bits`` reads are run (``residual`` holds just those rows)."""
         rows, bodies = self._rows(row_every)
-        decoded, out = {}, {}
+        decoded = {}
         for kind, layer in self.order:
             p, body = self.prepared[kind, layer], bodies[kind, layer]
             w = self.matrix.get((kind, layer))
             prediction = predict(decoded, kind, layer, w) if w is not None else None
             residual = body if prediction is None else body - prediction
+            scale = code(p, None if prediction is None else residual)
             decoded[kind, layer] = p.reconstruct(residual, scale, weights, rows)
             if prediction is not None:
                 decoded[kind, layer] += prediction
-                if rows is not None:
-                    full = np.zeros(p.body.shape, np.float32)
-                    full[rows] = residual
-                    residual = full
-                out[p] = residual
             forget_unused(decoded, layer)
+
+    def residuals(self, scale: float, weights: dict | None, row_every: int = 1) -> dict:
+        """``_Prepared`` -> residual rows of each predicted tensor at ``scale``. With ``row_every > 1``
+        only the rows ``estimate_bits`` reads are computed (the others are zero)."""
+        rows, _ = self._rows(row_every)
+        out = {}
+
+        def keep(p, residual):
+            if residual is not None and rows is not None:
+                full = np.zeros(p.body.shape, np.float32)
+                full[rows] = residual
+                residual = full
+            if residual is not None:
+                out[p] = residual
+            return scale
+
+        self.run(keep, weights, row_every)
         return out

@@ -73,8 +73,11 @@ _KL_TABLE_PROFILE = ((0.12, 0.0028), (0.2, 0.0034), (0.3, 0.0049), (0.45, 0.0074
                      (1.3, 0.0443))
 _KL_SLOPES_PROFILE = (0.6, 1.5)
 _SCALE_RANGE = (1e-4, 64.0)
-_SEARCH_ROW_EVERY = 16  # formats 3 and 4 predict the rate during the search from every 16th cell ...
-_CHECK_ROW_EVERY = 2  # ... and check the result on every 2nd cell
+_SEARCH_ROW_EVERY = 16  # formats 3 and 4 predict the rate during the search from every 16th cell
+_SEARCH_MIN_ROWS = 120
+_SEARCH_TOLERANCE = 0.05  # ... to within 5% (coding steers the rest: _Feedback)
+_DEFAULT_SLOPE = -1 / math.log(2)  # bits per value per unit of ln(scale): 1 bit per doubling of the step
+_FEEDBACK_RANGE = 0.15  # how far (in ln(scale)) the feedback may move a tensor's scale from the search's
 
 __all__ = ["KVLossyCodec", "KVProfile", "load_or_build_profile", "rope_params", "tensor_values", "store_values"]
 
@@ -100,6 +103,35 @@ def scale_for_kl(max_kl: float, profiled: bool = False) -> float:
     if x > log_kl[-1]:
         return float(min(_SCALE_RANGE[1], math.exp(log_s[-1] + (x - log_kl[-1]) / high)))
     return float(math.exp(np.interp(x, log_kl, log_s)))
+
+
+class _Feedback:
+    """Rate control while coding (formats 3 and later): the search's scale, moved for each tensor so that the
+    coded total lands on the target. The search estimates each tensor's size from a subsample, ~1-3% off
+    the coded size (the sample, the models fitted to it); each coded tensor shows how far off, and the tensors
+    still to code take up the difference through the rate's slope in ln(scale), at most ``_FEEDBACK_RANGE``
+    from the search's scale. Nothing is coded twice."""
+
+    def __init__(self, scale: float, estimates: dict, target_bits: float, slope: float):
+        self.log_scale, self.estimates, self.target, self.slope = math.log(scale), estimates, target_bits, slope
+        self.left_bits = sum(estimates.values())  # the estimates of the tensors not coded yet ...
+        self.left_values = sum(p.n_cells * p.n_channels for p in estimates)  # ... and their values
+        self.done_bits = self.done_expected = 0.0  # coded so far, and what the estimates said for it
+
+    def scale(self, p) -> float:
+        """The scale to code ``p`` at (the next tensor not coded yet)."""
+        prior = 0.05 * (self.left_bits + self.done_expected)  # trust the estimates until enough is coded
+        ratio = (self.done_bits + prior) / (self.done_expected + prior)
+        shift = (self.target - self.done_bits - ratio * self.left_bits) / (ratio * self.slope * max(self.left_values, 1))
+        return math.exp(self.log_scale + min(max(shift, -_FEEDBACK_RANGE), _FEEDBACK_RANGE))
+
+    def coded(self, p, scale: float, bits: float) -> None:
+        """``p`` was coded at ``scale`` in ``bits``."""
+        n_values, estimate = p.n_cells * p.n_channels, self.estimates[p]
+        self.left_bits -= estimate
+        self.left_values -= n_values
+        self.done_expected += estimate + self.slope * n_values * (math.log(scale) - self.log_scale)
+        self.done_bits += bits
 
 
 # --- the codec -------------------------------------------------------------------------------------------
@@ -161,61 +193,83 @@ class KVLossyCodec(Codec):
         def residuals(scale, row_every=1):
             return {p: r for loop in loops for p, r in loop.residuals(scale, weights, row_every).items()}
 
+        feedback = None
         if self.max_kl is not None:
-            scale, payloads = scale_for_kl(self.max_kl, profiled=any(p.digest is not None for p in prepared)), None
+            scale = scale_for_kl(self.max_kl, profiled=any(p.digest is not None for p in prepared))
+        elif self.version < 3:
+            scale, payloads = self._search_coding(prepared, n_values, weights)
+            self.last_scale = scale
+            return payloads
         else:
-            scale, payloads = self._search(prepared, n_values, weights, residuals)
-        if payloads is None:
-            coded = residuals(scale)
-            payloads = [p.encode(scale, weights, coded.get(p)) for p in prepared]
+            scale, feedback = self._search(prepared, n_values, weights, residuals)
+        coded = {}
+
+        def code(p, residual):
+            s = feedback.scale(p) if feedback is not None else scale
+            coded[p] = p.encode(s, weights, residual)
+            if feedback is not None:
+                feedback.coded(p, s, 8 * len(coded[p]))
+            return s
+
+        for loop in loops:
+            loop.run(code, weights)
+        for p in prepared:
+            if p not in coded:
+                code(p, None)
+        payloads = [coded[p] for p in prepared]
         self.last_scale = scale
         logger.debug("kv_lossy: scale %.4g, %.3f bits per value", scale,
                      8 * sum(map(len, payloads)) / max(n_values, 1))
         return payloads
 
-    def _search(self, prepared, n_values: int, weights: dict | None, residuals) -> tuple[float, list | None]:
-        """Secant search on log(scale) for the target rate (rate falls ~1 bit per doubling of the step).
+    def _search_coding(self, prepared, n_values: int, weights: dict | None) -> tuple[float, list]:
+        """Formats 1 and 2: secant search coding the whole state at every step; the best step's payloads."""
+        def coded_rate(log_s):
+            payloads = [p.encode(math.exp(log_s), weights) for p in prepared]
+            return 8 * sum(map(len, payloads)) / max(n_values, 1), payloads
 
-        Format 3 and later search on the sizes the static models predict from the index statistics of every
-        16th cell (format 4: of those cells' closed-loop residuals, ``residuals(scale, row_every)``), check the
-        prediction once on every 2nd cell (the subsample's bias corrects the target); the caller codes once
-        (``(scale, None)``). Formats 1 and 2 code the whole state at every step of the search and return the
-        payloads of the best one."""
-        if self.version < 3:
-            def coded_rate(log_s):
-                payloads = [p.encode(math.exp(log_s), weights) for p in prepared]
-                return 8 * sum(map(len, payloads)) / max(n_values, 1), payloads
+        return self._secant(coded_rate, self.bits, tolerance=0.01)
 
-            return self._secant(coded_rate, self.bits, tolerance=0.01)
-
+    def _search(self, prepared, n_values: int, weights: dict | None, residuals) -> tuple[float, _Feedback]:
+        """Formats 3 and later: secant search on log(scale) for the target rate (rate falls ~1 bit per doubling
+        of the step) on the sizes the static models predict from the index statistics of every 16th cell
+        (format 4: of those cells' closed-loop residuals, ``residuals(scale, row_every)``); coding then steers
+        the rest (:class:`_Feedback`)."""
         memo = {}
+        # every 16th cell, but at least _SEARCH_MIN_ROWS of each tensor (small states: all)
+        row_every = max(1, min(_SEARCH_ROW_EVERY, min(p.n_cells for p in prepared) // _SEARCH_MIN_ROWS))
 
-        def predicted(log_s, row_every=_SEARCH_ROW_EVERY):
-            if (log_s, row_every) not in memo:
-                coded = residuals(math.exp(log_s), row_every)
-                bits = sum(p.estimate_bits(math.exp(log_s), weights, row_every, coded.get(p)) for p in prepared)
-                memo[log_s, row_every] = bits / max(n_values, 1)
-            return memo[log_s, row_every], None
+        def predicted(log_s):
+            if log_s not in memo:
+                scale = math.exp(log_s)
+                coded = residuals(scale, row_every)
+                memo[log_s] = {p: p.estimate_bits(scale, weights, row_every, coded.get(p)) for p in prepared}
+            return sum(memo[log_s].values()) / max(n_values, 1), None
 
-        scale, _ = self._secant(predicted, self.bits, tolerance=0.002)
-        rate, _ = predicted(math.log(scale), _CHECK_ROW_EVERY)  # what coding gives, within ~0.2%
-        if abs(rate / self.bits - 1) > 0.003:  # the subsample's bias (~1%) corrects the target
-            bias = rate / predicted(math.log(scale))[0]
-            scale, _ = self._secant(predicted, self.bits / bias, tolerance=0.001, start=scale)
-        return scale, None
+        start = min(max(2.0 ** (0.5 - self.bits), _SCALE_RANGE[0]), _SCALE_RANGE[1])  # within ~1 octave (profiled)
+        scale, _ = self._secant(predicted, self.bits, tolerance=_SEARCH_TOLERANCE, start=start)
+        x = min(memo, key=lambda log_s: abs(log_s - math.log(scale)))
+        rate = {log_s: sum(bits.values()) / max(n_values, 1) for log_s, bits in memo.items()}
+        others = sorted((abs(log_s - x), log_s) for log_s in rate if log_s != x)
+        slope = _DEFAULT_SLOPE
+        if others and others[0][0] > 1e-6:
+            near = others[0][1]
+            slope = min((rate[near] - rate[x]) / (near - x), -0.05)
+        return scale, _Feedback(scale, memo[x], self.bits * n_values, slope)
 
     @staticmethod
-    def _secant(rate, target: float, tolerance: float, start: float = 0.5):
-        """(scale, extra) with ``rate(log scale) = (bits per value, extra)`` closest to ``target``."""
+    def _secant(rate, target: float, tolerance: float, start: float = 0.5, max_evals: int = 14):
+        """(scale, extra) with ``rate(log scale) = (bits per value, extra)`` closest to ``target``, from at most
+        ``max_evals`` evaluations."""
         lo, hi = (math.log(s) for s in _SCALE_RANGE)
         x0 = math.log(start)
         b0, extra0 = rate(x0)
-        if abs(b0 / target - 1) < tolerance:
+        if abs(b0 / target - 1) < tolerance or max_evals < 2:
             return start, extra0
         x1 = min(hi, max(lo, x0 + (b0 - target) * math.log(2)))
         b1, extra1 = rate(x1)
         tried = [(abs(b0 / target - 1), x0, extra0), (abs(b1 / target - 1), x1, extra1)]
-        for _ in range(12):
+        for _ in range(max_evals - 2):
             if min(tried, key=lambda r: r[0])[0] < tolerance or b1 == b0:
                 break
             x2 = min(hi, max(lo, x1 + (target - b1) * (x1 - x0) / (b1 - b0)))
