@@ -68,38 +68,39 @@ static inline void l3_enc_word(uint8_t **pp, uint32_t v)
     (*pp)[1] = (uint8_t)(v >> 8);
 }
 
-/* one symbol of the encoder: x -> (x / freq) * 2^SCALE + x % freq + start; the quotient through a 64-bit
- * reciprocal where the compiler has 128-bit products (exact: x < 2^32, freq <= 2^SCALE) */
+/* one symbol of the encoder: x -> (x / freq) * 2^SCALE + x % freq + start, as x + bias + q * (2^SCALE - freq)
+ * with the quotient q through a 64-bit reciprocal (exact: x < 2^32, freq <= 2^SCALE); freq == 1 takes
+ * q = x - 1 (reciprocal 2^64 - 1) and bias start + 2^SCALE - 1, so that no symbol needs a branch */
 typedef struct {
-    uint32_t start, freq;
-    uint64_t rcp; /* ceil(2^64 / freq); 0 for freq == 1 */
+    uint64_t rcp;
+    uint32_t x_max, bias, cmpl, pad; /* x_max: the state from which a word goes out first */
 } L3EncSym;
 
-static void l3_enc_symbols(const L3Table *t, L3EncSym *e)
+static void l3_enc_symbol(uint32_t start, uint32_t freq, L3EncSym *e)
 {
-    for (uint32_t s = 0; s < t->n_sym; s++) {
-        e[s].start = t->start[s];
-        e[s].freq = t->freq[s];
-        e[s].rcp = t->freq[s] > 1 ? UINT64_MAX / t->freq[s] + 1 : 0;
-    }
+    e->x_max = freq << (32 - LOSSY3_SCALE);
+    e->rcp = freq > 1 ? UINT64_MAX / freq + 1 : UINT64_MAX;
+    e->bias = freq > 1 ? start : start + L3_M - 1;
+    e->cmpl = L3_M - freq;
+    e->pad = 0;
 }
 
 static inline void l3_enc_sym(uint32_t *x, uint8_t **pp, const L3EncSym *e)
 {
-    uint32_t v = *x, freq = e->freq;
+    uint32_t v = *x;
     /* branch-free renormalisation: the low word is always stored below the stream and kept only when due
      * (the two bytes below the stream are free: see lossy3_encode) */
-    uint32_t emit = v >= freq << (32 - LOSSY3_SCALE);
+    uint32_t emit = v >= e->x_max;
     (*pp)[-2] = (uint8_t)v;
     (*pp)[-1] = (uint8_t)(v >> 8);
     *pp -= 2 * emit;
     v = emit ? v >> 16 : v;
 #if defined(__SIZEOF_INT128__)
-    uint32_t q = freq > 1 ? (uint32_t)(((unsigned __int128)v * e->rcp) >> 64) : v;
+    uint32_t q = (uint32_t)(((unsigned __int128)v * e->rcp) >> 64);
 #else
-    uint32_t q = v / freq;
+    uint32_t q = e->cmpl == L3_M - 1 ? v - 1 : v / (L3_M - e->cmpl);
 #endif
-    *x = (q << LOSSY3_SCALE) + (v - q * freq) + e->start;
+    *x = v + e->bias + q * e->cmpl;
 }
 
 static inline void l3_enc_bits(uint32_t *x, uint8_t **pp, uint32_t bits, uint32_t n_bits)
@@ -133,19 +134,21 @@ static inline uint32_t l3_dec_bits(uint32_t *x, const uint8_t **pp, const uint8_
     return bits;
 }
 
-/* code one index: its symbol, or the escape, sign, length and raw bits (in reverse of the decoder's reads) */
-static inline void l3_enc_value(uint32_t *x, uint8_t **pp, int32_t v, uint32_t k, uint32_t esc, const L3EncSym *syms)
+/* code one index: its symbol (by_value[v], |v| < k), or the escape, sign, length and raw bits (in reverse of
+ * the decoder's reads) */
+static inline void l3_enc_value(uint32_t *x, uint8_t **pp, int32_t v, uint32_t k, const L3EncSym *by_value,
+                                const L3EncSym *esc)
 {
     uint32_t m = (uint32_t)(v < 0 ? -v : v);
     if (m < k) {
-        l3_enc_sym(x, pp, &syms[m ? 2 * m - (v > 0) : 0]);
+        l3_enc_sym(x, pp, &by_value[v]);
         return;
     }
     uint32_t e = m - LOSSY3_KMAX + 1, len = l3_floor_log2(e);
     if (len)
         l3_enc_bits(x, pp, e - (1u << len), len);
     l3_enc_bits(x, pp, (v < 0) | (len << 1), 5);
-    l3_enc_sym(x, pp, &syms[esc]);
+    l3_enc_sym(x, pp, esc);
 }
 
 /* where lossy3_encode keeps its indices in the output buffer: past the model header, 16-byte aligned */
@@ -159,7 +162,7 @@ size_t lossy3_encode_bound(uint32_t n_rows, uint32_t n_channels)
 }
 
 size_t lossy3_encode(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step,
-                     uint8_t *out, size_t cap)
+                     uint8_t *out, size_t cap, const float *step, float *rec)
 {
     size_t n = (size_t)n_rows * n_channels;
     if (n == 0)
@@ -180,10 +183,13 @@ size_t lossy3_encode(const float *x, uint32_t n_rows, uint32_t n_channels, const
     memset(stats, 0, sizeof(L3Stats) * n_channels);
     for (uint32_t t = 0; t < n_rows; t++) {
         const float *row = x + (size_t)t * n_channels;
+        float *dst = rec ? rec + (size_t)t * n_channels : NULL;
         for (uint32_t c = 0; c < n_channels; c++) {
             int32_t v = l3_quantize(row[c], inv_step[c]);
             q[(size_t)c * n_rows + t] = (int16_t)v;
             l3_count(&stats[c], v);
+            if (dst) /* what lossy3_decode gives back, as lossy3_reconstruct */
+                dst[c] = (float)v * step[c];
         }
     }
     L3BitWriter w = {out, out + cap, 0, 0, 0};
@@ -204,23 +210,36 @@ size_t lossy3_encode(const float *x, uint32_t n_rows, uint32_t n_channels, const
     uint32_t x0 = L3_LOW, x1 = L3_LOW, x2 = L3_LOW, x3 = L3_LOW; /* state t % 4 codes symbol t */
     uint8_t *ptr = out + cap;
     L3Table tab;
-    L3EncSym syms[L3_NSYM_MAX];
+    L3EncSym syms[2 * LOSSY3_KMAX], *by_value = syms + LOSSY3_KMAX - 1, *esc = syms + 2 * LOSSY3_KMAX - 1;
     for (uint32_t c = n_channels; c-- > 0;) {
         const L3Params *p = &params[c];
         if (p->k == 1)
             continue; /* all zeros: nothing to code */
         l3_table(p, &tab);
-        l3_enc_symbols(&tab, syms);
+        uint32_t k = p->k;
+        for (int32_t v = 1 - (int32_t)k; v < (int32_t)k; v++) {
+            uint32_t s = v == 0 ? 0 : v > 0 ? 2 * (uint32_t)v - 1 : 2 * (uint32_t)-v;
+            l3_enc_symbol(tab.start[s], tab.freq[s], &by_value[v]);
+        }
+        if (k == LOSSY3_KMAX)
+            l3_enc_symbol(tab.start[tab.n_sym - 1], tab.freq[tab.n_sym - 1], esc);
         const int16_t *qc = q + (size_t)c * n_rows;
-        uint32_t k = p->k, esc = tab.n_sym - 1;
-        for (int64_t g = (int64_t)(n_rows - 1) & ~(int64_t)3; g >= 0; g -= 4) {
-            if (g + 3 < n_rows)
-                l3_enc_value(&x3, &ptr, qc[g + 3], k, esc, syms);
-            if (g + 2 < n_rows)
-                l3_enc_value(&x2, &ptr, qc[g + 2], k, esc, syms);
-            if (g + 1 < n_rows)
-                l3_enc_value(&x1, &ptr, qc[g + 1], k, esc, syms);
-            l3_enc_value(&x0, &ptr, qc[g], k, esc, syms);
+        int64_t g = (int64_t)(n_rows - 1) & ~(int64_t)3; /* the last group of four rows, maybe partial */
+        switch (n_rows - (uint32_t)g) {
+        case 4:
+            l3_enc_value(&x3, &ptr, qc[g + 3], k, by_value, esc); /* fall through */
+        case 3:
+            l3_enc_value(&x2, &ptr, qc[g + 2], k, by_value, esc); /* fall through */
+        case 2:
+            l3_enc_value(&x1, &ptr, qc[g + 1], k, by_value, esc); /* fall through */
+        default:
+            l3_enc_value(&x0, &ptr, qc[g], k, by_value, esc);
+        }
+        for (g -= 4; g >= 0; g -= 4) {
+            l3_enc_value(&x3, &ptr, qc[g + 3], k, by_value, esc);
+            l3_enc_value(&x2, &ptr, qc[g + 2], k, by_value, esc);
+            l3_enc_value(&x1, &ptr, qc[g + 1], k, by_value, esc);
+            l3_enc_value(&x0, &ptr, qc[g], k, by_value, esc);
         }
     }
     const uint32_t final[LOSSY3_STATES] = {x0, x1, x2, x3};

@@ -17,7 +17,8 @@
  * then LOSSY3_STATES interleaved 32-bit rANS states (u32 each) and 16-bit words (little-endian). Symbol t
  * of a channel uses state t % LOSSY3_STATES; channels with k == 1 (all zeros) code nothing.
  * lossy3_cost tells the size such a stream would have (in bits) from the rows t % row_every == 0.
- * lossy3_reconstruct writes the values lossy3_decode would give back for x (closed-loop prediction).
+ * lossy3_reconstruct writes the values lossy3_decode would give back for x (closed-loop prediction);
+ * lossy3_encode writes them too into rec (index * step[c]) unless rec is NULL.
  */
 #define LOSSY3_SCALE 12
 #define LOSSY3_KMAX 48
@@ -25,7 +26,7 @@
 
 size_t lossy3_encode_bound(uint32_t n_rows, uint32_t n_channels);
 size_t lossy3_encode(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step,
-                     uint8_t *out, size_t cap);
+                     uint8_t *out, size_t cap, const float *step, float *rec);
 int lossy3_decode(const uint8_t *in, size_t n_in, uint32_t n_rows, uint32_t n_channels, const float *step,
                   float *x);
 double lossy3_cost(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step, uint32_t row_every);

@@ -133,9 +133,10 @@ class ClosedLoop:
 
     def run(self, code, weights: dict | None, row_every: int = 1) -> None:
         """Run the encoder's side of the loop: for each tensor in coding order, ``code(prepared, residual)``
-        (``residual`` None for a tensor nothing predicts) codes it and returns the scale it used; the tensor's
-        reconstruction at that scale (what the decoder will have) then feeds the later predictions. With
-        ``row_every > 1`` only the rows ``estimate_bits`` reads are run (``residual`` holds just those rows)."""
+        (``residual`` None for a tensor nothing predicts) codes it and returns ``(scale, rows)``: the scale it
+        used and what the decoder gets back for what was coded, or None to have it reconstructed here; plus the
+        prediction, that feeds the later predictions. With ``row_every > 1`` only the rows ``estimate_bits``
+        reads are run (``residual`` holds just those rows)."""
         rows, bodies = self._rows(row_every)
         decoded = {}
         for kind, layer in self.order:
@@ -143,8 +144,8 @@ class ClosedLoop:
             w = self.matrix.get((kind, layer))
             prediction = predict(decoded, kind, layer, w) if w is not None else None
             residual = body if prediction is None else body - prediction
-            scale = code(p, None if prediction is None else residual)
-            decoded[kind, layer] = p.reconstruct(residual, scale, weights, rows)
+            scale, rec = code(p, None if prediction is None else residual)
+            decoded[kind, layer] = rec if rec is not None else p.reconstruct(residual, scale, weights, rows)
             if prediction is not None:
                 decoded[kind, layer] += prediction
             forget_unused(decoded, layer)
@@ -162,7 +163,7 @@ class ClosedLoop:
                 residual = full
             if residual is not None:
                 out[p] = residual
-            return scale
+            return scale, None
 
         self.run(keep, weights, row_every)
         return out

@@ -328,16 +328,18 @@ def test_native_format_3_coder_round_trips_indices_with_escapes():
     inv = np.full(n_ch, 0.5, np.float32)
     cap = lib.lossy3_encode_bound(n_rows, n_ch)
     out = np.zeros(cap, np.uint8)
-    n = lib.lossy3_encode(ffi.from_buffer("float[]", x), n_rows, n_ch, ffi.from_buffer("float[]", inv),
-                          ffi.from_buffer("uint8_t[]", out), cap)
-    assert 0 < n < x.size  # far below 8 bits per value
     step = np.full(n_ch, 2.0, np.float32)
+    rec = np.empty_like(x)  # what the decoder will give back, written by the encoder in the same pass
+    n = lib.lossy3_encode(ffi.from_buffer("float[]", x), n_rows, n_ch, ffi.from_buffer("float[]", inv),
+                          ffi.from_buffer("uint8_t[]", out), cap, ffi.from_buffer("float[]", step),
+                          ffi.from_buffer("float[]", rec))
+    assert 0 < n < x.size  # far below 8 bits per value
     y = np.empty_like(x)
     coded = out[:n].copy()
     assert lib.lossy3_decode(ffi.from_buffer("uint8_t[]", coded), n, n_rows, n_ch, ffi.from_buffer("float[]", step),
                              ffi.from_buffer("float[]", y)) == 0
     expected = np.clip(np.rint(x * 0.5), -32000, 32000) * 2.0
-    assert np.array_equal(y, expected)
+    assert np.array_equal(y, expected) and np.array_equal(rec, expected)
     predicted = lib.lossy3_cost(ffi.from_buffer("float[]", x), n_rows, n_ch, ffi.from_buffer("float[]", inv), 1)
     assert abs(predicted / (8 * n) - 1) < 0.01
     for bad in (coded[:-2], np.concatenate([coded[:-6], np.zeros(6, np.uint8)])):

@@ -204,18 +204,18 @@ class KVLossyCodec(Codec):
             scale, feedback = self._search(prepared, n_values, weights, residuals)
         coded = {}
 
-        def code(p, residual):
+        def code(p, residual, decoded=True):
             s = feedback.scale(p) if feedback is not None else scale
-            coded[p] = p.encode(s, weights, residual)
+            coded[p], rows = p.encode(s, weights, residual, decoded) if decoded else (p.encode(s, weights), None)
             if feedback is not None:
                 feedback.coded(p, s, 8 * len(coded[p]))
-            return s
+            return s, rows
 
         for loop in loops:
             loop.run(code, weights)
         for p in prepared:
             if p not in coded:
-                code(p, None)
+                code(p, None, decoded=False)
         payloads = [coded[p] for p in prepared]
         self.last_scale = scale
         logger.debug("kv_lossy: scale %.4g, %.3f bits per value", scale,

@@ -152,13 +152,25 @@ class _Prepared:
                                         ffi.from_buffer("float[]", row_inv), row_every)
         return bits
 
-    def encode(self, scale: float, weights: dict | None = None, residual: np.ndarray | None = None) -> bytes:
+    def encode(self, scale: float, weights: dict | None = None, residual: np.ndarray | None = None,
+               decoded: bool = False):
         """The payload at ``scale``; format 4: ``residual`` (the closed-loop prediction residual) coded instead
-        of the body, flagged as predicted."""
+        of the body, flagged as predicted. ``decoded`` (formats 3 and later): ``(payload, rows)`` with the rows
+        the decoder gets back for what was coded (as :meth:`reconstruct`, in the same pass)."""
         step = self.steps(scale, weights)
         inv = np.float32(1.0) / step.astype(np.float32)
-        coder = self._code_rows3 if self.version >= 3 else self._code_rows
-        older, recent = (coder(np.ascontiguousarray(rows), row_inv) for rows, row_inv in self._parts(inv, residual))
+        rows = self.body if residual is None else residual
+        out = np.empty(rows.shape, np.float32) if decoded else None
+        split = len(rows) - self.n_recent
+        if self.version >= 3:
+            older, recent = (self._code_rows3(rows[part], inv * div, step.astype(np.float32) / div,
+                                              None if out is None else out[part])
+                             for part, div in ((slice(0, split), np.float32(1.0)),
+                                               (slice(split, None), np.float32(RECENT_DIVISOR))))
+        elif decoded:
+            raise ValueError(f"encoding {self.name}: format {self.version} cannot return the decoded rows")
+        else:
+            older, recent = (self._code_rows(np.ascontiguousarray(part), row_inv) for part, row_inv in self._parts(inv))
         flags = ((_FLAG_ROPE if self.roped else 0) | (_FLAG_ROTATED if self.digest is not None else 0)
                  | (_FLAG_RECENT if self.n_recent else 0) | (_FLAG_PREDICTED if residual is not None else 0))
         header = _HEADER.pack(self.version, flags, self.n_heads, self.n_cells, self.n_channels,
@@ -166,18 +178,22 @@ class _Prepared:
         digest = self.digest if self.digest is not None else b""
         if self.n_recent:
             header += _HEADER2.pack(self.n_recent, RECENT_DIVISOR, len(recent))
-        return b"".join([header, digest, self.offset.tobytes(), step.tobytes(),
-                         self.sink_rows.tobytes(), self.sink_values.tobytes(), older, recent])
+        payload = b"".join([header, digest, self.offset.tobytes(), step.tobytes(),
+                            self.sink_rows.tobytes(), self.sink_values.tobytes(), older, recent])
+        return (payload, out) if decoded else payload
 
-    def _code_rows3(self, rows: np.ndarray, inv: np.ndarray) -> bytes:
-        """Format 3: quantize ``rows`` with steps ``1 / inv`` and code them (native, static per-channel models)."""
+    def _code_rows3(self, rows: np.ndarray, inv: np.ndarray, step: np.ndarray, out: np.ndarray | None) -> bytes:
+        """Format 3: quantize ``rows`` with steps ``1 / inv`` and code them (native, static per-channel models);
+        ``out`` (if given) receives ``index * step``, what the decoder gets back."""
         if not rows.size:
             return b""
         ffi, lib = _native()
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
         cap = lib.lossy3_encode_bound(rows.shape[0], self.n_channels)
         coded = _scratch(cap)
         n = lib.lossy3_encode(ffi.from_buffer("float[]", rows), rows.shape[0], self.n_channels,
-                              ffi.from_buffer("float[]", inv), ffi.from_buffer("uint8_t[]", coded), cap)
+                              ffi.from_buffer("float[]", inv), ffi.from_buffer("uint8_t[]", coded), cap,
+                              ffi.from_buffer("float[]", step), ffi.NULL if out is None else ffi.from_buffer("float[]", out))
         if n == 0:
             raise SeqKVError(f"encoding {self.name}: the native lossy coder failed (out of memory?)")
         return coded[:n].tobytes()
