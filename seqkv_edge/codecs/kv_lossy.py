@@ -73,8 +73,8 @@ _KL_TABLE_PROFILE = ((0.12, 0.0028), (0.2, 0.0034), (0.3, 0.0049), (0.45, 0.0074
                      (1.3, 0.0443))
 _KL_SLOPES_PROFILE = (0.6, 1.5)
 _SCALE_RANGE = (1e-4, 64.0)
-_SEARCH_ROW_EVERY = 16  # formats 3 and 4 predict the rate during the search from every 16th cell
-_SEARCH_MIN_ROWS = 120
+_SEARCH_ROW_EVERY = 32  # formats 3 and 4 predict the rate during the search from every 32nd cell
+_SEARCH_MIN_ROWS = 60
 _SEARCH_TOLERANCE = 0.05  # ... to within 5% (coding steers the rest: _Feedback)
 _DEFAULT_SLOPE = -1 / math.log(2)  # bits per value per unit of ln(scale): 1 bit per doubling of the step
 _FEEDBACK_RANGE = 0.15  # how far (in ln(scale)) the feedback may move a tensor's scale from the search's
@@ -232,11 +232,11 @@ class KVLossyCodec(Codec):
 
     def _search(self, prepared, n_values: int, weights: dict | None, residuals) -> tuple[float, _Feedback]:
         """Formats 3 and later: secant search on log(scale) for the target rate (rate falls ~1 bit per doubling
-        of the step) on the sizes the static models predict from the index statistics of every 16th cell
+        of the step) on the sizes the static models predict from the index statistics of every 32nd cell
         (format 4: of those cells' closed-loop residuals, ``residuals(scale, row_every)``); coding then steers
         the rest (:class:`_Feedback`)."""
         memo = {}
-        # every 16th cell, but at least _SEARCH_MIN_ROWS of each tensor (small states: all)
+        # every 32nd cell, but at least _SEARCH_MIN_ROWS of each tensor (small states: all)
         row_every = max(1, min(_SEARCH_ROW_EVERY, min(p.n_cells for p in prepared) // _SEARCH_MIN_ROWS))
 
         def predicted(log_s):
