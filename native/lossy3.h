@@ -16,7 +16,8 @@
  * 8-bit logistic code of P(0); if k >= 3 those of P(1 | > 0) and of the tail ratio), padded to a byte,
  * then LOSSY3_STATES interleaved 32-bit rANS states (u32 each) and 16-bit words (little-endian). Symbol t
  * of a channel uses state t % LOSSY3_STATES; channels with k == 1 (all zeros) code nothing.
- * lossy3_cost tells the size such a stream would have (in bits) from the rows t % row_every == 0.
+ * lossy3_cost tells the size such a stream would have (in bits) from the rows t % row_every == 0;
+ * lossy3_cost_sample that of a stream of n_rows rows from the n_sampled of them given.
  * lossy3_reconstruct writes the values lossy3_decode would give back for x (closed-loop prediction);
  * lossy3_encode writes them too into rec (index * step[c]) unless rec is NULL.
  */
@@ -30,6 +31,8 @@ size_t lossy3_encode(const float *x, uint32_t n_rows, uint32_t n_channels, const
 int lossy3_decode(const uint8_t *in, size_t n_in, uint32_t n_rows, uint32_t n_channels, const float *step,
                   float *x);
 double lossy3_cost(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step, uint32_t row_every);
+double lossy3_cost_sample(const float *x, uint32_t n_sampled, uint32_t n_channels, const float *inv_step,
+                          uint32_t n_rows);
 void lossy3_reconstruct(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step,
                         const float *step, float *out);
 

@@ -155,6 +155,20 @@ static void l3_stats(const float *x, uint32_t n_rows, uint32_t n_channels, const
     }
 }
 
+/* the size in bits of a stream of n_rows rows whose statistics over n_sampled of them are stats */
+static double l3_stream_bits(const L3Stats *stats, uint32_t n_channels, uint32_t n_sampled, uint32_t n_rows)
+{
+    double coded = 0.0, header = 0.0;
+    for (uint32_t c = 0; c < n_channels; c++) {
+        L3Params p;
+        l3_fit(&stats[c], &p);
+        double b = l3_cost(&stats[c], &p), h = l3_param_bits(&p);
+        coded += b - h;
+        header += h;
+    }
+    return header + coded * ((double)n_rows / (double)n_sampled) + 8.0 * 4 * LOSSY3_STATES + 8.0;
+}
+
 double lossy3_cost(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step, uint32_t row_every)
 {
     if (n_rows == 0 || n_channels == 0)
@@ -165,17 +179,21 @@ double lossy3_cost(const float *x, uint32_t n_rows, uint32_t n_channels, const f
     if (!stats)
         return -1.0;
     l3_stats(x, n_rows, n_channels, inv_step, row_every, stats);
-    double bits = 0.0, coded = 0.0, header = 0.0;
-    uint32_t n_sampled = (n_rows + row_every - 1) / row_every;
-    for (uint32_t c = 0; c < n_channels; c++) {
-        L3Params p;
-        l3_fit(&stats[c], &p);
-        double b = l3_cost(&stats[c], &p), h = l3_param_bits(&p);
-        coded += b - h;
-        header += h;
-    }
-    bits = header + coded * ((double)n_rows / (double)n_sampled) + 8.0 * 4 * LOSSY3_STATES + 8.0;
+    double bits = l3_stream_bits(stats, n_channels, (n_rows + row_every - 1) / row_every, n_rows);
     free(stats);
     return bits;
 }
 
+double lossy3_cost_sample(const float *x, uint32_t n_sampled, uint32_t n_channels, const float *inv_step,
+                          uint32_t n_rows)
+{
+    if (n_rows == 0 || n_sampled == 0 || n_channels == 0)
+        return 0.0;
+    L3Stats *stats = malloc(sizeof(L3Stats) * n_channels);
+    if (!stats)
+        return -1.0;
+    l3_stats(x, n_sampled, n_channels, inv_step, 1, stats);
+    double bits = l3_stream_bits(stats, n_channels, n_sampled, n_rows);
+    free(stats);
+    return bits;
+}

@@ -151,16 +151,11 @@ class ClosedLoop:
             forget_unused(decoded, layer)
 
     def residuals(self, scale: float, weights: dict | None, row_every: int = 1) -> dict:
-        """``_Prepared`` -> residual rows of each predicted tensor at ``scale``. With ``row_every > 1``
-        only the rows ``estimate_bits`` reads are computed (the others are zero)."""
-        rows, _ = self._rows(row_every)
+        """``_Prepared`` -> residual rows of each predicted tensor at ``scale``; with ``row_every > 1`` only
+        those of the rows ``estimate_bits`` reads (``sample_rows(row_every)``)."""
         out = {}
 
         def keep(p, residual):
-            if residual is not None and rows is not None:
-                full = np.zeros(p.body.shape, np.float32)
-                full[rows] = residual
-                residual = full
             if residual is not None:
                 out[p] = residual
             return scale, None

@@ -140,16 +140,27 @@ class _Prepared:
         return out
 
     def estimate_bits(self, scale: float, weights: dict | None = None, row_every: int = 1,
-                      body: np.ndarray | None = None) -> float:
-        """Format 3 and later: the payload size in bits at ``scale`` of ``body`` (default: the tensor's; format 4:
-        its prediction residuals), from the index statistics of every ``row_every``-th cell (no entropy coding)."""
+                      sample: np.ndarray | None = None) -> float:
+        """Format 3 and later: the payload size in bits at ``scale``, from the index statistics of every
+        ``row_every``-th cell of the body, or of ``sample`` (format 4: its prediction residuals), those rows
+        (``sample_rows(row_every)``) given in their place (no entropy coding)."""
         ffi, lib = _native()
         inv = np.float32(1.0) / self.steps(scale, weights).astype(np.float32)
         bits = 8.0 * self.side_bytes
-        for rows, row_inv in self._parts(inv, body):
+        if sample is None:
+            for rows, row_inv in self._parts(inv):
+                if rows.size:
+                    bits += lib.lossy3_cost(ffi.from_buffer("float[]", rows), rows.shape[0], self.n_channels,
+                                            ffi.from_buffer("float[]", row_inv), row_every)
+            return bits
+        split = len(self.body) - self.n_recent
+        n_older = -(-split // row_every)  # the sampled rows of the older cells come first
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        for rows, n_rows, row_inv in ((sample[:n_older], split, inv), (sample[n_older:], self.n_recent,
+                                                                        inv * np.float32(RECENT_DIVISOR))):
             if rows.size:
-                bits += lib.lossy3_cost(ffi.from_buffer("float[]", rows), rows.shape[0], self.n_channels,
-                                        ffi.from_buffer("float[]", row_inv), row_every)
+                bits += lib.lossy3_cost_sample(ffi.from_buffer("float[]", rows), rows.shape[0], self.n_channels,
+                                               ffi.from_buffer("float[]", row_inv), n_rows)
         return bits
 
     def encode(self, scale: float, weights: dict | None = None, residual: np.ndarray | None = None,
