@@ -15,7 +15,8 @@ nothing).
 
 Profile version 2 adds the inter-layer predictors of format 4 (``seqkv_edge.kv_predict``), fitted on a
 few more calibration texts; they are hashed into the digest (version 1 digests are unchanged, so old payloads
-still find their profile).
+still find their profile). Version 3: the keys' predictors are reduced-rank (``kv_predict.RANKS``: two factors,
+about a third of the products); a cached version 1 or 2 profile is rebuilt, its file kept.
 
 Storing a basis in every session would cost more than it saves, so the basis is derived from the *model*:
 one short calibration prefill, eigenvectors of each head's covariance, cached in
@@ -37,11 +38,12 @@ import numpy as np
 
 from .errors import CorruptDataError, ModelMismatchError
 from .fileio import atomic_write
-from .kv_predict import FEATURES, PREDICTOR_TEXTS, PREDICTOR_TOKENS, fit_predictors
+from .kv_predict import FEATURES, OUT_SUFFIX, PREDICTOR_TEXTS, PREDICTOR_TOKENS, RANKS, fit_predictors
 
 logger = logging.getLogger(__name__)
 
 DIGEST_BYTES = 8
+PROFILE_VERSION = 3
 CALIBRATION_TOKENS = 768
 # calibration text: a licence other than the GPL-3 the benchmarks measure on (Debian base-files)
 CALIBRATION_TEXTS = ("/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/GPL-3")
@@ -57,7 +59,8 @@ class KVProfile:
     (components ``y = x @ analysis[h]``, values ``x = y @ synthesis[h]``; for a KLT the columns of ``analysis``
     are the eigenvectors, largest variance first, and ``synthesis`` is its transpose) and the component
     variances measured on the calibration text; version 2: ``predictors`` (``kv_predict``: ``"k1"`` ->
-    ``[n_features, n_channels]``). ``digest`` (8 bytes) hashes the matrices."""
+    ``[n_features, n_channels]``); version 3: reduced-rank ones where ``meta["predictor_ranks"]`` says (``"k1"``
+    ``[n_features, rank]`` and ``"k1_out"`` ``[rank, n_channels]``). ``digest`` (8 bytes) hashes the matrices."""
 
     def __init__(self, analysis: dict, variances: dict, meta: dict | None = None, synthesis: dict | None = None,
                  predictors: dict | None = None):
@@ -77,17 +80,26 @@ class KVProfile:
         shape = (n_heads, head_dim, head_dim)
         return (a, s) if a is not None and s is not None and a.shape == shape == s.shape else None
 
-    def predictor(self, kind: str, layer: int, n_features: int, n_channels: int) -> np.ndarray | None:
-        """The inter-layer predictor of one tensor, or None when the profile has none of that shape."""
-        w = self.predictors.get(f"{kind}{layer}")
-        return w if w is not None and w.shape == (n_features, n_channels) else None
+    @property
+    def version(self) -> int:
+        return 1 if not self.predictors else 3 if "predictor_ranks" in self.meta else 2
+
+    def predictor(self, kind: str, layer: int, n_features: int, n_channels: int) -> tuple | None:
+        """The inter-layer predictor of one tensor, ``(w, w_out)`` (``w_out`` None unless reduced-rank; see
+        ``kv_predict.predict``), or None when the profile has none of that shape."""
+        w, w_out = self.predictors.get(f"{kind}{layer}"), self.predictors.get(f"{kind}{layer}{OUT_SUFFIX}")
+        if w is None or w.shape[0] != n_features:
+            return None
+        if w_out is None:
+            return (w, None) if w.shape[1] == n_channels else None
+        return (w, w_out) if w_out.shape == (w.shape[1], n_channels) else None
 
     def save(self, path) -> None:
         arrays = {f"analysis_{k}": b for k, b in self.analysis.items()}
         arrays.update({f"synthesis_{k}": b for k, b in self.synthesis.items()})
         arrays.update({f"var_{k}": v for k, v in self.variances.items()})
         arrays.update({f"pred_{k}": w for k, w in self.predictors.items()})
-        meta = dict(self.meta, profile_version=2 if self.predictors else 1, digest=self.digest.hex())
+        meta = dict(self.meta, profile_version=self.version, digest=self.digest.hex())
         buf = io.BytesIO()
         np.savez(buf, meta=json.dumps(meta, sort_keys=True), **arrays)
         atomic_write(path, buf.getvalue())
@@ -252,8 +264,8 @@ def build_profile(model_path, text_path=None, n_tokens: int = CALIBRATION_TOKENS
 
 def with_predictors(profile: KVProfile, samples: list[dict]) -> KVProfile:
     """``profile`` with inter-layer predictors fitted on ``samples`` (:func:`coded_bodies` of calibration states)."""
-    meta = dict(profile.meta, predictor_features=FEATURES)
-    return KVProfile(profile.analysis, profile.variances, meta, profile.synthesis, fit_predictors(samples))
+    meta = dict(profile.meta, predictor_features=FEATURES, predictor_ranks=RANKS)
+    return KVProfile(profile.analysis, profile.variances, meta, profile.synthesis, fit_predictors(samples, ranks=RANKS))
 
 
 def coded_bodies(state, rope: dict, profile: KVProfile) -> dict:
@@ -322,7 +334,8 @@ def _prefill_with_queries(llm, tokens, n_threads: int) -> tuple[bytes, dict]:
 
 def load_or_build_profile(llm_or_path, text_path=None) -> KVProfile:
     """The cached profile of a model (``Llama`` or GGUF path), built and cached on first use (seconds); a
-    cached version 1 profile (no predictors) is rebuilt, its file kept for the payloads that name it."""
+    cached profile of an older version (1: no predictors; 2: full-rank ones) is rebuilt, its file kept for the
+    payloads that name it."""
     from .fingerprint import model_fingerprint
     from .kv_weights import load_weights
 
@@ -331,7 +344,7 @@ def load_or_build_profile(llm_or_path, text_path=None) -> KVProfile:
     index = profile_dir() / f"{fingerprint}.digest"
     path = profile_dir() / f"{index.read_text().strip()}.npz" if index.is_file() else None
     profile = KVProfile.load(path) if path is not None and path.is_file() else None
-    if profile is None or not profile.predictors:  # none yet, or version 1 (no predictors; its file stays)
+    if profile is None or profile.version < PROFILE_VERSION:  # none yet, or an older version (its file stays)
         logger.info("building the KV profile of %s (a few calibration prefills)", model_path)
         profile = build_profile(model_path, text_path)
         profile.save(profile_dir() / f"{profile.digest.hex()}.npz")

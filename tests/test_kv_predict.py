@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from seqkv_edge.fingerprint import model_fingerprint
 from seqkv_edge.kv_predict import coding_order, feature_keys, features, fit_predictors, predict
@@ -43,6 +44,22 @@ def test_coding_order_puts_every_tensor_after_its_features():
         assert all(order.index(key) < i for key in feature_keys(kind, layer))
 
 
+def test_reduced_rank_predictors_keep_a_low_rank_relation():
+    rng = np.random.default_rng(2)
+    bodies, _ = synthetic_bodies(rng, n_layers=2)
+    x = features(bodies, "k", 1)
+    low = rng.standard_normal((16, 2)) @ rng.standard_normal((2, 8)) / 4  # layer 1's K: a rank-2 map of layer 0
+    bodies["k", 1] = x @ low + 0.1 * rng.standard_normal((len(x), 8))
+    fitted = fit_predictors([bodies], ridge=1e-6, ranks={"k": 2})
+    assert fitted["k1"].shape == (16, 2) and fitted["k1_out"].shape == (2, 8)
+    assert "v1_out" not in fitted and fitted["v1"].shape == (24, 8)  # values keep the full rank
+    assert np.allclose(fitted["k1"] @ fitted["k1_out"], low, atol=0.01)
+    assert np.allclose(predict(bodies, "k", 1, fitted["k1"], fitted["k1_out"]), x @ fitted["k1"] @ fitted["k1_out"],
+                       atol=1e-5)
+    full = fit_predictors([bodies], ridge=1e-6, ranks={})
+    assert full["k1"].shape == (16, 8) and "k1_out" not in full
+
+
 def test_predictors_are_hashed_saved_and_loaded(tmp_path):
     rng = np.random.default_rng(1)
     analysis = {"k0": rng.standard_normal((2, 4, 4)).astype(np.float32)}
@@ -55,20 +72,34 @@ def test_predictors_are_hashed_saved_and_loaded(tmp_path):
     loaded = KVProfile.load(tmp_path / "p.npz")
     assert loaded.digest == v2.digest and loaded.meta["profile_version"] == 2
     assert np.array_equal(loaded.predictors["v0"], v2.predictors["v0"])
-    assert loaded.predictor("v", 0, 8, 8) is not None and loaded.predictor("v", 0, 16, 8) is None
+    assert loaded.predictor("v", 0, 8, 8)[1] is None and loaded.predictor("v", 0, 16, 8) is None
+    reduced = {"v0": rng.standard_normal((8, 3)).astype(np.float32), "v0_out": rng.standard_normal((3, 8)).astype(np.float32)}
+    v3 = KVProfile(analysis, variances, {"predictor_ranks": {"v": 3}}, predictors=reduced)
+    v3.save(tmp_path / "p3.npz")
+    loaded = KVProfile.load(tmp_path / "p3.npz")
+    assert loaded.meta["profile_version"] == 3 and loaded.digest == v3.digest != v2.digest
+    w, w_out = loaded.predictor("v", 0, 8, 8)
+    assert np.array_equal(w, reduced["v0"]) and np.array_equal(w_out, reduced["v0_out"])
+    assert loaded.predictor("v", 0, 8, 4) is None
 
 
-def test_a_cached_version_1_profile_is_rebuilt_with_predictors_and_kept(tiny_model_path, tmp_path, monkeypatch):
+@pytest.mark.parametrize("old_version", [1, 2])
+def test_a_cached_older_profile_is_rebuilt_with_predictors_and_kept(tiny_model_path, tmp_path, monkeypatch,
+                                                                     old_version):
     monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
     text = tmp_path / "calibration.txt"
     text.write_text("Calibration text for the model's KV profile: keys, values and the queries that read them. " * 6)
     built = load_or_build_profile(tiny_model_path, text_path=text)
-    assert built.predictors and built.meta["predictor_features"]
-    old = KVProfile(built.analysis, built.variances, built.meta, built.synthesis)  # as version 1 wrote it
+    assert built.version == 3 and built.meta["predictor_features"]
+    assert any(key.endswith("_out") for key in built.predictors)  # the tiny model's keys: rank 32 of 64
+    meta = {k: v for k, v in built.meta.items() if k != "predictor_ranks"}
+    old = KVProfile(built.analysis, built.variances, meta, built.synthesis,  # as version 1 / 2 wrote it
+                    None if old_version == 1 else {"v0": np.eye(64, dtype=np.float32)})
+    assert old.version == old_version
     old.save(profile_dir() / f"{old.digest.hex()}.npz")
     index = profile_dir() / f"{model_fingerprint(tiny_model_path)}.digest"
     index.write_text(old.digest.hex())
     rebuilt = load_or_build_profile(tiny_model_path, text_path=text)
-    assert rebuilt.predictors and rebuilt.digest == built.digest  # the same calibration gives the same profile
+    assert rebuilt.version == 3 and rebuilt.digest == built.digest  # the same calibration gives the same profile
     assert index.read_text() == built.digest.hex()
     assert KVProfile.load(profile_dir() / f"{old.digest.hex()}.npz").digest == old.digest  # old payloads decode

@@ -23,8 +23,9 @@ and the decoder writes ``index * step`` directly.
 
 Payload format version 4: as version 3, plus flags bit 3 (predicted, only with bit 1): the coded components are
 the residuals of the profile's inter-layer prediction (``kv_predict``); the decoder adds
-``predict(decoded, kind, layer, W)`` (``W`` from the profile named by the digest; the previous layer's K and V and,
-for V, the same layer's K, decoded first). Layer 0's K (nothing before it) is never predicted.
+``predict(decoded, kind, layer, W, W_out)`` (``W`` and, for a reduced-rank predictor of profile version 3, ``W_out``
+from the profile named by the digest; the previous layer's K and V and, for V, the same layer's K, decoded first).
+Layer 0's K (nothing before it) is never predicted.
 """
 from __future__ import annotations
 
@@ -344,4 +345,4 @@ def _add_prediction(body: np.ndarray, tensor, profile: KVProfile, decoded: dict)
     if w is None:
         raise ModelMismatchError(f"decoding {tensor.name}: KV profile {profile.digest.hex()} has no predictor of "
                                  f"this shape")
-    body += predict(decoded, tensor.kind, tensor.layer, w)
+    body += predict(decoded, tensor.kind, tensor.layer, *w)
