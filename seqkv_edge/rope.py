@@ -69,19 +69,20 @@ def _compute_angles(positions: np.ndarray, rope: dict) -> tuple[np.ndarray, np.n
 
 
 def _rotate(keys: np.ndarray, positions: np.ndarray, rope: dict, sign: float) -> np.ndarray:
+    """A float32 copy of ``keys`` rotated by ``sign`` times each cell's angles (native ``rope_rotate``)."""
+    from .codecs.kv_values import _native
+
     n_cells, head_dim, n_rot = keys.shape[0], rope["head_dim_k"], rope["n_rot"]
     if keys.shape[1] % head_dim:
         raise ValueError(f"{keys.shape[1]} key channels are not a whole number of {head_dim}-wide heads")
-    out = np.array(keys, dtype=np.float32, copy=True).reshape(n_cells, -1, head_dim)
-    cos, sin = _angles(positions, rope)
-    sin = sin * np.float32(sign)
-    if rope["type"] == "neox":  # pairs (i, i + n_rot / 2)
-        a, b = out[..., :n_rot // 2].copy(), out[..., n_rot // 2:n_rot].copy()
-        out[..., :n_rot // 2], out[..., n_rot // 2:n_rot] = a * cos - b * sin, a * sin + b * cos
-    else:  # "norm": pairs (2i, 2i + 1)
-        a, b = out[..., 0:n_rot:2].copy(), out[..., 1:n_rot:2].copy()
-        out[..., 0:n_rot:2], out[..., 1:n_rot:2] = a * cos - b * sin, a * sin + b * cos
-    return out.reshape(n_cells, -1)
+    if len(positions) != n_cells:
+        raise ValueError(f"{len(positions)} positions for {n_cells} cells")
+    out = np.array(keys, dtype=np.float32, order="C", copy=True)
+    cos, sin = (np.ascontiguousarray(a) for a in _angles(positions, rope))
+    ffi, lib = _native()
+    lib.rope_rotate(ffi.from_buffer("float[]", out), n_cells, out.shape[1], head_dim, n_rot, rope["type"] == "neox",
+                    ffi.from_buffer("float[]", cos), ffi.from_buffer("float[]", sin), sign)
+    return out
 
 
 def apply_rope(keys: np.ndarray, positions: np.ndarray, rope: dict) -> np.ndarray:

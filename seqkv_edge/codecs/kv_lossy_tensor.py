@@ -85,7 +85,9 @@ class _Prepared:
         sink = positions < N_SINK
         self.sink_rows = np.flatnonzero(sink).astype(np.uint32)
         self.sink_values = x[sink].astype(np.float16)
-        body = x[~sink] if len(self.sink_rows) else x
+        n_sink = len(self.sink_rows)
+        prefix = n_sink and self.sink_rows[-1] == n_sink - 1  # the usual layout: sinks first, the body a view
+        body = x[n_sink:] if prefix or not n_sink else x[~sink]
         self.offset = body.mean(axis=0).astype(np.float32) if len(body) else np.zeros(n_ch, np.float32)
         body -= self.offset
         head_dim = n_ch // self.n_heads
