@@ -29,6 +29,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "kv_lossy_v1.npz"
 FIXTURE_V2 = Path(__file__).parent / "fixtures" / "kv_lossy_v2.npz"
 FIXTURE_V3 = Path(__file__).parent / "fixtures" / "kv_lossy_v3.npz"
 FIXTURE_V4 = Path(__file__).parent / "fixtures" / "kv_lossy_v4.npz"
+FIXTURE_V4_P3 = Path(__file__).parent / "fixtures" / "kv_lossy_v4_profile3.npz"  # KV profile version 3
 
 
 def make_llama(path, type_k=F16, type_v=F16, flash_attn=False):
@@ -263,15 +264,18 @@ def test_older_versions_are_still_written_on_request(tiny_model_path, version):
     assert all(np.isfinite(tensor_values(t)).all() for t in tensors)
 
 
-@pytest.mark.parametrize("version,fixture", [(2, FIXTURE_V2), (3, FIXTURE_V3), (4, FIXTURE_V4)])
-def test_profiled_format_fixtures_still_decode(tmp_path, monkeypatch, version, fixture):
-    """Written by format versions 2 to 4 with a profile (stored in the fixture); decoded values must never change."""
+@pytest.mark.parametrize("version,fixture,profile_version", [(2, FIXTURE_V2, 1), (3, FIXTURE_V3, 1),
+                                                              (4, FIXTURE_V4, 2), (4, FIXTURE_V4_P3, 3)])
+def test_profiled_format_fixtures_still_decode(tmp_path, monkeypatch, version, fixture, profile_version):
+    """Written by format versions 2 to 4 with a profile (stored in the fixture; version 3: the keys' predictors
+    reduced-rank); decoded values must never change."""
     monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
     fx = np.load(fixture)
     rope = json.loads(str(fx["rope"]))
     profile_path = tmp_path / "profile.npz"
     profile_path.write_bytes(fx["profile"].tobytes())
     profile = KVProfile.load(profile_path)
+    assert profile.version == profile_version
     payloads = [fx[f"payload_{i}"].tobytes() for i in range(int(fx["n_payloads"]))]
     assert {p[0] for p in payloads} == {version} and all(p[1] & 6 == 6 for p in payloads)  # rotated, recent window
     assert sum(p[1] & 8 != 0 for p in payloads) == (len(payloads) - 1 if version >= 4 else 0)  # all but layer 0's K
