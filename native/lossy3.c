@@ -151,6 +151,11 @@ static inline void l3_enc_value(uint32_t *x, uint8_t **pp, int32_t v, uint32_t k
     l3_enc_sym(x, pp, esc);
 }
 
+/* the models of shorter streams stay the moment fit: refining one costs up to ~10 us (0.5 us per trial
+ * table), more than it saves there (the 128-cell recent window of a 2,000-cell state at 3 bits per value:
+ * ~20 ms per state for 0.3% of its size) */
+#define L3_REFINE_MIN_ROWS 512
+
 /* where lossy3_encode keeps its indices in the output buffer: past the model header, 16-byte aligned */
 #define L3_INDEX_OFFSET(n_channels) ((4 * (size_t)(n_channels) + 31) & ~(size_t)15)
 
@@ -195,7 +200,8 @@ size_t lossy3_encode(const float *x, uint32_t n_rows, uint32_t n_channels, const
     L3BitWriter w = {out, out + cap, 0, 0, 0};
     for (uint32_t c = 0; c < n_channels; c++) {
         l3_fit(&stats[c], &params[c]);
-        l3_refine(&stats[c], &params[c]);
+        if (n_rows >= L3_REFINE_MIN_ROWS)
+            l3_refine(&stats[c], &params[c]);
         L3Params *p = &params[c];
         l3_put(&w, p->k - 1, 6);
         if (p->k >= 2)
