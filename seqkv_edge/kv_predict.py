@@ -8,7 +8,7 @@ previous layer, and a layer's V also from its own decoded K (:data:`FEATURES`). 
 digest, so a payload names exactly the matrices it was coded with).
 
 The loop is closed: the encoder predicts from what the decoder will have (the reconstructed earlier tensors,
-``native/lossy3.c: lossy3_reconstruct`` gives exactly the decoder's values), so quantization errors do not
+``native/lossy3.c``: ``lossy3_encode`` writes exactly the decoder's values as it codes), so quantization errors do not
 accumulate across layers. Rows (cells) are independent, which lets the rate search run the loop on a subsample
 of rows.
 
@@ -16,10 +16,12 @@ Measured on the default model (coded domain, predictors fitted on the four calib
 and fortunes/wisdom): the prediction removes 5.1 dB of the keys' energy and 5.6-5.9 dB of the values' (from the
 previous layer alone; adding the layer before that: 6.6-6.9 dB, for 1.6x the arithmetic). At 2 bits per value,
 six texts none of which is a calibration text (``benchmarks/lossy_weights.py``): mean KL 0.0073 -> 0.0042,
-top-1 95.0% -> 96.5%. Fitted on one licence alone (Apache-2.0, 2,200 tokens) instead of the four texts, the
+top-1 95.0% -> 96.5% (reduced-rank key predictors, :data:`RANKS`: 0.0044-0.0048, 96.2-96.7% in two runs).
+Fitted on one licence alone (Apache-2.0, 2,200 tokens) instead of the four texts, the
 mean KL on five of those texts was 0.0050 instead of 0.0043: varied calibration text pays.
 
-    >>> predictors = fit_predictors([bodies_of_text_1, bodies_of_text_2])   # {"k1": [256, 128], "v0": ...}
+    >>> predictors = fit_predictors([bodies_of_text_1, bodies_of_text_2])
+    ... # {"k1": [256, 32], "k1_out": [32, 128], "v1": [384, 128], ...}
     ... # doctest: +SKIP
 """
 from __future__ import annotations
@@ -39,7 +41,8 @@ PREDICTOR_TOKENS = 1000  # cells per calibration text
 PREDICTOR_TEXTS = ("/usr/share/common-licenses/GFDL-1.3", "/usr/share/common-licenses/LGPL-2.1",
                    "/usr/share/games/fortunes/art", "/usr/share/games/fortunes/science")
 
-__all__ = ["FEATURES", "RANKS", "ClosedLoop", "coding_order", "feature_keys", "features", "fit_predictors", "forget_unused",
+__all__ = ["FEATURES", "RANKS", "ClosedLoop", "coding_order", "feature_keys", "features", "fit_predictors",
+           "forget_unused",
            "predict", "predictor_key"]
 
 FEATURES = "previous layer K and V; a layer's V also its own K"

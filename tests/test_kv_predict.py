@@ -73,7 +73,8 @@ def test_predictors_are_hashed_saved_and_loaded(tmp_path):
     assert loaded.digest == v2.digest and loaded.meta["profile_version"] == 2
     assert np.array_equal(loaded.predictors["v0"], v2.predictors["v0"])
     assert loaded.predictor("v", 0, 8, 8)[1] is None and loaded.predictor("v", 0, 16, 8) is None
-    reduced = {"v0": rng.standard_normal((8, 3)).astype(np.float32), "v0_out": rng.standard_normal((3, 8)).astype(np.float32)}
+    reduced = {"v0": rng.standard_normal((8, 3)).astype(np.float32),
+               "v0_out": rng.standard_normal((3, 8)).astype(np.float32)}
     v3 = KVProfile(analysis, variances, {"predictor_ranks": {"v": 3}}, predictors=reduced)
     v3.save(tmp_path / "p3.npz")
     loaded = KVProfile.load(tmp_path / "p3.npz")

@@ -7,8 +7,8 @@ Per tensor (one layer's K or V), on float32 values ``[n_cells, n_channels]``:
 3. per-channel offsets (means) subtracted; formats 2 and later with a model profile (``seqkv_edge.kv_profile``): each
    head mapped onto model-derived components (values: their KLT; keys: whitened by the queries' metric, then
    KLT, so that squared error is squared error in attention scores);
-3b. format 4 with a profile holding predictors (version 2, ``seqkv_edge.kv_predict``): tensors coded layer by
-   layer, K first; each one's components minus a linear prediction from the *decoded* components of the
+3b. format 4 with a profile holding predictors (version 2 or 3, ``seqkv_edge.kv_predict``): tensors coded layer
+   by layer, K first; each one's components minus a linear prediction from the *decoded* components of the
    previous layer's K and V (and, for V, its own layer's K): a closed loop, so errors do not accumulate;
 4. one uniform step per head: ``step = scale * weight * rms(head)`` with ``weight`` the K or V share of the
    bit allocation times the head's step weight (``seqkv_edge.kv_weights``: measured per-head sensitivity,
@@ -17,8 +17,8 @@ Per tensor (one layer's K or V), on float32 values ``[n_cells, n_channels]``:
    last ``N_RECENT`` cells get ``RECENT_DIVISOR`` x finer steps (the next tokens attend to them most);
 5. indices entropy-coded by rANS (``native/lossy3.c``; formats 1 and 2: ``native/lossy.c``): format 3 gives each channel / component a static model
    (P(0), P(1 | not 0) and a geometric tail, 30 bits per channel and stream) fitted to its own indices, codes
-   channel by channel with four interleaved states, and predicts its size exactly from the index statistics
-   (the rate search codes once); formats 1 and 2 used adaptive models (about 4% more bits at 2 bits per value).
+   channel by channel with four interleaved states, and predicts its size from the index statistics (the rate
+   search codes nothing); formats 1 and 2 used adaptive models (about 4% more bits at 2 bits per value).
 
 Measured (default model, GPL-3, 1,000 context tokens, 256 teacher-forced, flash attention), mean KL / top-1, in
 one run of ``benchmarks/lossy_rate_quality.py --ours-only --v2``: at 2 bits per value 0.0126 / 94.9% (format 3),
@@ -27,14 +27,22 @@ one run of ``benchmarks/lossy_rate_quality.py --ours-only --v2``: at 2 bits per 
 ~0.004 nats of KL (its quantized activations amplify it): that floor is in every figure above. With the model's
 per-head step weights (``seqkv_edge.kv_weights``), averaged over six texts (``benchmarks/lossy_weights.py``):
 0.0073 / 95.0% at 2 bits (uniform steps 0.0113 / 94.0%), 0.0033 / 96.2% at 3 bits (format 3). Format 4's
-inter-layer prediction, same six texts: 0.0042 / 96.5% at 2 bits (format 3: 0.0073 / 95.0%).
+inter-layer prediction, same six texts: 0.0042 / 96.5% at 2 bits (format 3: 0.0073 / 95.0%); with profile version
+3's reduced-rank key predictors and the feedback rate control, two runs: 0.0044 / 96.7% and 0.0048 / 96.2%.
 
 Decoding inverts this and writes each tensor in the *target* tensor's cache type (f16, bf16, f32, q8_0,
 q4_0; quantized types with llama.cpp's Hadamard rotation where it applies).
 
 Rate control: ``bits`` (average bits per KV value over the whole state, side information counted) is hit
-by a secant search on log(scale); ``max_kl`` maps to a scale through a power law calibrated with the
-quality harness on the default model (Qwen2.5-Coder-0.5B, GPL-3 text; see benchmarks/lossy_rate_quality.py).
+by a secant search on log(scale) over size estimates from every 32nd cell (format 4: those cells run through the
+closed loop), stopped within 5% (usually two estimates), then by feedback while coding: each tensor's scale is
+moved so that the coded total lands on the target (:class:`_Feedback`; within 0.15% on the default model's
+states, the scales of one state within ~10% of each other). Formats 1 and 2 code the whole state at each search
+step. ``max_kl`` maps to a scale through tables measured with the quality harness on the default model
+(Qwen2.5-Coder-0.5B; ``benchmarks/lossy_kl_table.py``).
+
+Speed, one core, 24.6 MB f16 states of 2,000 tokens (``benchmarks/lossy_throughput.py``, format 4 with the
+profile): encode 116-146 MB/s at 1 to 3 bits per value and with ``max_kl``, decode 126-178 MB/s.
 
     >>> codec = KVLossyCodec(bits=2.0)                                   # doctest: +SKIP
     >>> payloads = codec.encode_state(state, rope_params(llm))  # one payload per tensor  # doctest: +SKIP
@@ -122,7 +130,8 @@ class _Feedback:
         """The scale to code ``p`` at (the next tensor not coded yet)."""
         prior = 0.05 * (self.left_bits + self.done_expected)  # trust the estimates until enough is coded
         ratio = (self.done_bits + prior) / (self.done_expected + prior)
-        shift = (self.target - self.done_bits - ratio * self.left_bits) / (ratio * self.slope * max(self.left_values, 1))
+        shift = ((self.target - self.done_bits - ratio * self.left_bits)
+                 / (ratio * self.slope * max(self.left_values, 1)))
         return math.exp(self.log_scale + min(max(shift, -_FEEDBACK_RANGE), _FEEDBACK_RANGE))
 
     def coded(self, p, scale: float, bits: float) -> None:

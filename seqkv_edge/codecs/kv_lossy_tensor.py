@@ -207,7 +207,8 @@ class _Prepared:
         coded = _scratch(cap)
         n = lib.lossy3_encode(ffi.from_buffer("float[]", rows), rows.shape[0], self.n_channels,
                               ffi.from_buffer("float[]", inv), ffi.from_buffer("uint8_t[]", coded), cap,
-                              ffi.from_buffer("float[]", step), ffi.NULL if out is None else ffi.from_buffer("float[]", out))
+                              ffi.from_buffer("float[]", step),
+                              ffi.NULL if out is None else ffi.from_buffer("float[]", out))
         if n == 0:
             raise SeqKVError(f"encoding {self.name}: the native lossy coder failed (out of memory?)")
         return coded[:n].tobytes()
