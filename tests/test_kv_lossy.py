@@ -248,6 +248,18 @@ def test_format_4_predicts_every_tensor_but_the_first_and_needs_its_predictors(p
                                             rope, profile=profile)
 
 
+@pytest.mark.parametrize("profiled", ["predictors"], indirect=True)
+@pytest.mark.parametrize("bits", [0.5, 1.0, 2.0, 4.0])
+def test_format_4_rate_control_hits_target_within_5_percent(profiled, bits):
+    """The closed loop's rate search and the feedback while coding land on the target; the payloads decode."""
+    llm, blob, state, rope, profile = profiled
+    codec = KVLossyCodec(bits=bits)
+    payloads, out, tensors = lossy_round_trip(state, blob, codec, rope, profile)
+    n_values = sum(t.n_cells * t.n_channels for t in state.tensors())
+    assert abs(8 * sum(map(len, payloads)) / n_values / bits - 1) <= 0.05
+    assert codec.last_scale > 0 and all(np.isfinite(tensor_values(t)).all() for t in tensors)
+
+
 def test_profile_costs_fewer_bits_for_the_same_error(profiled):
     llm, blob, state, rope, profile = profiled
     sizes = [sum(map(len, KVLossyCodec(max_kl=0.01).encode_state(state, rope, profile=p))) for p in (None, profile)]

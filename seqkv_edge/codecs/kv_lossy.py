@@ -82,7 +82,7 @@ _KL_TABLE_PROFILE = ((0.12, 0.0028), (0.2, 0.0035), (0.3, 0.0051), (0.45, 0.0076
 _KL_SLOPES_PROFILE = (0.6, 1.5)
 _SCALE_RANGE = (1e-4, 64.0)
 _SEARCH_ROW_EVERY = 32  # formats 3 and 4 predict the rate during the search from every 32nd cell
-_SEARCH_MIN_ROWS = 60
+_SEARCH_MIN_ROWS = 60  # ... but at least 60 cells of each tensor (small states: every cell)
 _SEARCH_TOLERANCE = 0.05  # ... to within 5% (coding steers the rest: _Feedback)
 _DEFAULT_SLOPE = -1 / math.log(2)  # bits per value per unit of ln(scale): 1 bit per doubling of the step
 _FEEDBACK_RANGE = 0.15  # how far (in ln(scale)) the feedback may move a tensor's scale from the search's
@@ -245,7 +245,6 @@ class KVLossyCodec(Codec):
         (format 4: of those cells' closed-loop residuals, ``residuals(scale, row_every)``); coding then steers
         the rest (:class:`_Feedback`)."""
         memo = {}
-        # every 32nd cell, but at least _SEARCH_MIN_ROWS of each tensor (small states: all)
         row_every = max(1, min(_SEARCH_ROW_EVERY, min(p.n_cells for p in prepared) // _SEARCH_MIN_ROWS))
 
         def predicted(log_s):
@@ -267,18 +266,17 @@ class KVLossyCodec(Codec):
         return scale, _Feedback(scale, memo[x], self.bits * n_values, slope)
 
     @staticmethod
-    def _secant(rate, target: float, tolerance: float, start: float = 0.5, max_evals: int = 14):
-        """(scale, extra) with ``rate(log scale) = (bits per value, extra)`` closest to ``target``, from at most
-        ``max_evals`` evaluations."""
+    def _secant(rate, target: float, tolerance: float, start: float = 0.5):
+        """(scale, extra) with ``rate(log scale) = (bits per value, extra)`` closest to ``target``."""
         lo, hi = (math.log(s) for s in _SCALE_RANGE)
         x0 = math.log(start)
         b0, extra0 = rate(x0)
-        if abs(b0 / target - 1) < tolerance or max_evals < 2:
+        if abs(b0 / target - 1) < tolerance:
             return start, extra0
         x1 = min(hi, max(lo, x0 + (b0 - target) * math.log(2)))
         b1, extra1 = rate(x1)
         tried = [(abs(b0 / target - 1), x0, extra0), (abs(b1 / target - 1), x1, extra1)]
-        for _ in range(max_evals - 2):
+        for _ in range(12):
             if min(tried, key=lambda r: r[0])[0] < tolerance or b1 == b0:
                 break
             x2 = min(hi, max(lo, x1 + (target - b1) * (x1 - x0) / (b1 - b0)))
