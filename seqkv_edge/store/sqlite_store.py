@@ -109,7 +109,7 @@ class SQLiteStore(SessionStore):
         except (OSError, sqlite3.Error) as error:
             raise StoreUnavailableError(f"cannot open session store at {self.path}: {error}") from error
         with self._guard("opening the index"):
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._enable_wal(timeout_s)
             if mode.lower() != "wal":
                 raise StoreUnavailableError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
@@ -131,6 +131,19 @@ class SQLiteStore(SessionStore):
         if removed:
             log.info("removed %d chunk files a crashed writer left in %s", removed, self.path)
         self._refresh()
+
+    def _enable_wal(self, timeout_s: float) -> str:
+        """Switch the index to WAL. Two processes opening a fresh store at once can get "database is locked"
+        here at once, without SQLite's busy handler (it will not wait on a lock upgrade that could deadlock):
+        retried until ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         try:
