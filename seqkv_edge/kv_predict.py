@@ -7,10 +7,10 @@ previous layer, and a layer's V also from its own decoded K (:data:`FEATURES`). 
 (ridge) matrices fitted once per model on calibration text and kept in the model's KV profile (hashed into its
 digest, so a payload names exactly the matrices it was coded with).
 
-The loop is closed: the encoder predicts from what the decoder will have (the reconstructed earlier tensors,
-``native/lossy3.c``: ``lossy3_encode`` writes exactly the decoder's values as it codes), so quantization errors do not
-accumulate across layers. Rows (cells) are independent, which lets the rate search run the loop on a subsample
-of rows.
+The loop is closed: the encoder predicts from what the decoder will have (the reconstructed earlier tensors:
+``native/lossy3.c``'s ``lossy3_encode`` writes exactly the decoder's values as it codes), so quantization errors
+do not accumulate across layers. Rows (cells) are independent, which lets the rate search run the loop on a
+subsample of rows.
 
 Measured on the default model (coded domain, predictors fitted on the four calibration texts, scored on GPL-3
 and fortunes/wisdom): the prediction removes 5.1 dB of the keys' energy and 5.6-5.9 dB of the values' (from the
@@ -21,7 +21,7 @@ Fitted on one licence alone (Apache-2.0, 2,200 tokens) instead of the four texts
 mean KL on five of those texts was 0.0050 instead of 0.0043: varied calibration text pays.
 
     >>> predictors = fit_predictors([bodies_of_text_1, bodies_of_text_2])
-    ... # {"k1": [256, 32], "k1_out": [32, 128], "v1": [384, 128], ...}
+    ... # {"k1": [256, 48], "k1_out": [48, 128], "v1": [384, 128], ...}
     ... # doctest: +SKIP
 """
 from __future__ import annotations
@@ -31,9 +31,11 @@ import numpy as np
 RIDGE = 1e-2  # ridge penalty relative to the mean eigenvalue of the features' Gram matrix
 # reduced-rank predictors (two factors, ``"k1"`` [n_features, rank] and ``"k1_out"`` [rank, n_channels]) where
 # they keep the gain: on the default model (scored on GPL-3, fortunes/wisdom and MPL-2.0) the keys' prediction
-# keeps 5.28 of its 5.54 dB at rank 32, for 32 x (256 + 128) instead of 256 x 128 products per cell (encoding
-# and decoding ~18 ms faster per 24.6 MB state); the values' would keep only 4.9 / 3.9 dB of 5.5 at rank 64 / 48
-RANKS = {"k": 32}
+# keeps 5.44 of its 5.54 dB at rank 48 (5.28 at 32, 4.66 at 16), for 48 x (256 + 128) instead of 256 x 128
+# products per cell; rank 32 cost 40-50% more KL at 1 bit per value (the rate where most components are coded
+# as their prediction), rank 48 none measurable. The values' prediction would keep only 4.9 / 3.9 of its 5.5 dB
+# at rank 64 / 48.
+RANKS = {"k": 48}
 OUT_SUFFIX = "_out"
 PREDICTOR_TOKENS = 1000  # cells per calibration text
 # calibration texts for the predictors (Debian base-files and fortunes; whichever exist): licences and prose,
@@ -42,8 +44,7 @@ PREDICTOR_TEXTS = ("/usr/share/common-licenses/GFDL-1.3", "/usr/share/common-lic
                    "/usr/share/games/fortunes/art", "/usr/share/games/fortunes/science")
 
 __all__ = ["FEATURES", "RANKS", "ClosedLoop", "coding_order", "feature_keys", "features", "fit_predictors",
-           "forget_unused",
-           "predict", "predictor_key"]
+           "forget_unused", "predict", "predictor_key"]
 
 FEATURES = "previous layer K and V; a layer's V also its own K"
 

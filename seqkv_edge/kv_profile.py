@@ -16,7 +16,7 @@ nothing).
 Profile version 2 adds the inter-layer predictors of format 4 (``seqkv_edge.kv_predict``), fitted on a
 few more calibration texts; they are hashed into the digest (version 1 digests are unchanged, so old payloads
 still find their profile). Version 3: the keys' predictors are reduced-rank (``kv_predict.RANKS``: two factors,
-about a third of the products); a cached version 1 or 2 profile is rebuilt, its file kept.
+about half the products); a cached version 1 or 2 profile (or one of other ranks) is rebuilt, its file kept.
 
 Storing a basis in every session would cost more than it saves, so the basis is derived from the *model*:
 one short calibration prefill, eigenvectors of each head's covariance, cached in
@@ -344,7 +344,8 @@ def load_or_build_profile(llm_or_path, text_path=None) -> KVProfile:
     index = profile_dir() / f"{fingerprint}.digest"
     path = profile_dir() / f"{index.read_text().strip()}.npz" if index.is_file() else None
     profile = KVProfile.load(path) if path is not None and path.is_file() else None
-    if profile is None or profile.version < PROFILE_VERSION:  # none yet, or an older version (its file stays)
+    if profile is None or profile.version < PROFILE_VERSION or profile.meta.get("predictor_ranks") != RANKS:
+        # none yet, or an older version, or predictors of other ranks (the old file stays)
         logger.info("building the KV profile of %s (a few calibration prefills)", model_path)
         profile = build_profile(model_path, text_path)
         profile.save(profile_dir() / f"{profile.digest.hex()}.npz")

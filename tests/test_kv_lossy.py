@@ -121,6 +121,19 @@ def test_rope_undo_redo_is_identity():
         rope = {"type": kind, "n_rot": 48, "freq_base": 1e6, "freq_scale": 1.0, "head_dim_k": 64}
         assert np.allclose(apply_rope(undo_rope(keys, positions, rope), positions, rope), keys, atol=1e-5)
         assert np.allclose(undo_rope(keys, positions, rope)[:, 48:64], keys[:, 48:64])  # n_rot < head_dim
+        # the native rotation rounds as numpy's a cos - b sin, a sin + b cos on the pairs
+        theta = positions[:, None] * 1e6 ** (-np.arange(24) / 24)
+        cos, sin = np.cos(theta), np.sin(theta)
+        pairs = (np.arange(24), np.arange(24) + 24) if kind == "neox" else (np.arange(0, 48, 2), np.arange(1, 48, 2))
+        a, b = keys[:, :64][:, pairs[0]], keys[:, :64][:, pairs[1]]
+        expected = keys.copy()
+        expected[:, pairs[0]] = a * cos.astype(np.float32) - b * sin.astype(np.float32)
+        expected[:, pairs[1]] = a * sin.astype(np.float32) + b * cos.astype(np.float32)
+        assert np.array_equal(apply_rope(keys, positions, rope)[:, :64], expected[:, :64])
+    with pytest.raises(ValueError, match="not a supported rotation"):
+        undo_rope(keys, positions, dict(rope, n_rot=80))
+    with pytest.raises(ValueError, match="positions"):
+        undo_rope(keys, positions[:10], rope)
 
 
 def test_config_round_trip_and_validation():

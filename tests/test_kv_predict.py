@@ -84,16 +84,19 @@ def test_predictors_are_hashed_saved_and_loaded(tmp_path):
     assert loaded.predictor("v", 0, 8, 4) is None
 
 
-@pytest.mark.parametrize("old_version", [1, 2])
+@pytest.mark.parametrize("old_version", [1, 2, 3])
 def test_a_cached_older_profile_is_rebuilt_with_predictors_and_kept(tiny_model_path, tmp_path, monkeypatch,
                                                                      old_version):
+    """Version 1 (no predictors), 2 (full-rank ones) or 3 with other ranks than this seqkv_edge fits."""
     monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
     text = tmp_path / "calibration.txt"
     text.write_text("Calibration text for the model's KV profile: keys, values and the queries that read them. " * 6)
     built = load_or_build_profile(tiny_model_path, text_path=text)
     assert built.version == 3 and built.meta["predictor_features"]
-    assert any(key.endswith("_out") for key in built.predictors)  # the tiny model's keys: rank 32 of 64
+    assert any(key.endswith("_out") for key in built.predictors)  # the tiny model's keys: rank 48 of 64
     meta = {k: v for k, v in built.meta.items() if k != "predictor_ranks"}
+    if old_version == 3:
+        meta["predictor_ranks"] = {"k": 8}
     old = KVProfile(built.analysis, built.variances, meta, built.synthesis,  # as version 1 / 2 wrote it
                     None if old_version == 1 else {"v0": np.eye(64, dtype=np.float32)})
     assert old.version == old_version
