@@ -2,7 +2,8 @@
 
 For each context length (default 250, 500, 1000 tokens of the benchmark text) it prefills a
 context and runs :func:`seqkv_edge.bench_tokens.measure_session` (the token tiers, the lossless
-snapshot, the model's ideal code length, and each tier's restore time); it adds zstd-3 of the raw
+snapshot, the lossy one at 2 bits per value with the model's KV profile, the model's ideal code length, and
+each tier's restore time; the lossy tier's quality is ``seqkv bench --tiers lossy``); it adds zstd-3 of the raw
 f16 state and llama.cpp's q8_0/q4_0 cache types (:func:`seqkv_edge.bench.bench_cache_type`).
 
 Files: ``report.md`` (tables, machine, model, text, versions), ``report.json`` (every figure),
@@ -151,8 +152,8 @@ def size_rows(result: dict) -> list[tuple[str, float, str]]:
     if "lossy_bytes" in row:
         from .bench_tokens import LOSSY_BITS
 
-        out.append((f"seqkv KV snapshot, lossy ({LOSSY_BITS:g} bits/value)", row["lossy_bytes"] / n,
-                    "no recompute; quality: seqkv quality"))
+        out.append((f"seqkv KV snapshot, lossy ({LOSSY_BITS:g} bits/value, model profile)", row["lossy_bytes"] / n,
+                    "no recompute; quality: seqkv bench --tiers lossy"))
     out += [("seqkv tokens, portable", row["portable_bytes"] / n, "restore by prefill"),
             ("seqkv tokens, hybrid", row["hybrid_bytes"] / n, "restore by exact replay"),
             ("seqkv tokens, model-coded", row["model_bytes"] / n, "restore by one-token replay"),
@@ -171,10 +172,12 @@ def format_markdown(result: dict, plots: dict) -> str:
     sizes = _table(["representation", "bytes/token", "bits/token", "vs raw f16", "note"],
                    [[name, f"{b:,.2f}", f"{8 * b:,.2f}", "-" if note == "baseline" else f"{raw / b:,.1f}x smaller", note]
                     for name, b, note in size_rows(result)])
-    restore = _table(["context tokens", "snapshot s", "hybrid replay s", "portable (prefill) s",
+    restore = _table(["context tokens", "snapshot s", "lossy snapshot s", "hybrid replay s", "portable (prefill) s",
                       "model (one-token replay) s", "re-prefill s"],
-                     [[str(r["tokens"]), f"{r['restore_s']['snapshot']:.3f}", f"{r['restore_s']['hybrid']:.2f}",
-                       f"{r['restore_s']['portable']:.2f}", f"{r['restore_s']['model']:.2f}", f"{r['prefill_s']:.2f}"]
+                     [[str(r["tokens"]), f"{r['restore_s']['snapshot']:.3f}",
+                       f"{r['restore_s']['lossy']:.3f}" if "lossy" in r["restore_s"] else "-",
+                       f"{r['restore_s']['hybrid']:.2f}", f"{r['restore_s']['portable']:.2f}",
+                       f"{r['restore_s']['model']:.2f}", f"{r['prefill_s']:.2f}"]
                       for r in rows])
     bits = _table(["context tokens", "cross-entropy bits/token", "model-coded", "hybrid", "portable",
                    "zstd-19 of ids", "model-coded / ideal"],
@@ -197,7 +200,8 @@ def format_markdown(result: dict, plots: dict) -> str:
 
 ## Restore seconds by context length
 
-Snapshot: decode the lossless KV and set it. Hybrid: replay the recorded eval schedule (bit-exact).
+Snapshot: decode the lossless KV and set it; lossy snapshot: decode the lossy KV (its KV profile cached) and set
+it. Hybrid: replay the recorded eval schedule (bit-exact).
 Portable: decode the tokens and prefill. Model-coded: decode token by token with one-token steps.
 Re-prefill: recompute the context from the tokens (what a plain llama.cpp app does).
 
@@ -234,12 +238,12 @@ def write_plots(result: dict, out_dir: Path) -> dict:
     rows = result["rows"]
     lengths = [r["tokens"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, values in [("KV snapshot", [r["restore_s"]["snapshot"] for r in rows]),
-                          ("hybrid replay", [r["restore_s"]["hybrid"] for r in rows]),
-                          ("portable (prefill)", [r["restore_s"]["portable"] for r in rows]),
-                          ("model-coded (one-token replay)", [r["restore_s"]["model"] for r in rows]),
-                          ("re-prefill", [r["prefill_s"] for r in rows])]:
-        ax.plot(lengths, values, marker="o", label=label)
+    tiers = [("KV snapshot", "snapshot"), ("KV snapshot, lossy", "lossy"), ("hybrid replay", "hybrid"),
+             ("portable (prefill)", "portable"), ("model-coded (one-token replay)", "model")]
+    for label, tier in tiers:
+        if all(tier in r["restore_s"] for r in rows):  # reports written before the lossy tier lack it
+            ax.plot(lengths, [r["restore_s"][tier] for r in rows], marker="o", label=label)
+    ax.plot(lengths, [r["prefill_s"] for r in rows], marker="o", label="re-prefill")
     ax.set_xlabel("context tokens")
     ax.set_ylabel("restore seconds")
     ax.set_yscale("log")

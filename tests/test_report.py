@@ -13,7 +13,8 @@ from seqkv_edge.report import add_report_args, report_main  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_report_writes_markdown_json_and_plots(tmp_path, tiny_model_path):
+def test_report_writes_markdown_json_and_plots(tmp_path, tiny_model_path, monkeypatch):
+    monkeypatch.setenv("SEQKV_HOME", str(tmp_path / "home"))  # the lossy tier builds its KV profile there
     parser = argparse.ArgumentParser()
     parser.add_argument("--model")
     parser.add_argument("--text")
@@ -32,7 +33,8 @@ def test_report_writes_markdown_json_and_plots(tmp_path, tiny_model_path):
         assert heading in markdown
     for row in ("llama.cpp raw state, f16", "zstd-3 of the f16 state", "llama.cpp raw state, q8_0",
                 "llama.cpp raw state, q4_0", "seqkv KV snapshot, lossless (f16)", "seqkv tokens, portable",
-                "seqkv tokens, hybrid", "seqkv tokens, model-coded", "model cross-entropy (ideal)"):
+                "seqkv tokens, hybrid", "seqkv tokens, model-coded", "model cross-entropy (ideal)",
+                "seqkv KV snapshot, lossy (2 bits/value, model profile)"):
         assert f"| {row} |" in markdown, row
     assert "| 24 |" in markdown and "| 48 |" in markdown
     for fact in ("**model**: seqkv-tiny", "**text**:", "**machine**:", "llama-cpp-python 0.3.36"):
@@ -43,4 +45,6 @@ def test_report_writes_markdown_json_and_plots(tmp_path, tiny_model_path):
     figures = json.loads((out / "report.json").read_text())
     assert [row["tokens"] for row in figures["rows"]] == [24, 48]
     assert all(row["snapshot_bytes"] < row["raw_state_bytes"] for row in figures["rows"])
+    assert all(row["lossy_bytes"] < row["snapshot_bytes"] and row["restore_s"]["lossy"] > 0 for row in figures["rows"])
+    assert "| lossy snapshot s |" in markdown
     assert {c["cache_type"] for c in figures["cache_types"]} == {"q8_0", "q4_0"}
