@@ -357,14 +357,28 @@ def load_or_build_profile(llm_or_path, text_path=None) -> KVProfile:
     return profile
 
 
+_LOADED: dict = {}  # (profile file, digest) -> KVProfile: a file holds the profile its digest names, checked on load
+_LOADED_MAX = 4
+
+
 def profile_for_digest(digest: bytes, given: KVProfile | None = None) -> KVProfile:
-    """The profile whose digest is ``digest``: ``given`` if it matches, else the cached one of that digest."""
+    """The profile whose digest is ``digest``: ``given`` if it matches, else the cached one of that digest
+    (loaded once per process: a state's tensors all name the same one)."""
     if given is not None and given.digest == digest:
         return given
     path = profile_dir() / f"{digest.hex()}.npz"
+    loaded = _LOADED.get((path, digest))
+    if loaded is not None:
+        return loaded
     if not path.is_file():
         have = f"the profile given has digest {given.digest.hex()}" if given is not None else "none was given"
         raise ModelMismatchError(f"decoding lossy KV: the payload was coded with KV profile {digest.hex()}; {have} "
                                  f"and {path} does not exist. Build it with load_or_build_profile(llm) on the "
                                  "same model, or copy the encoder's file")
-    return KVProfile.load(path)
+    loaded = KVProfile.load(path)
+    if loaded.digest != digest:
+        raise CorruptDataError(f"{path} holds KV profile {loaded.digest.hex()}, not {digest.hex()}")
+    if len(_LOADED) >= _LOADED_MAX:
+        _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[path, digest] = loaded
+    return loaded

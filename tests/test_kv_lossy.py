@@ -215,7 +215,7 @@ def test_profile_round_trip_within_rotated_error_bound(profiled):
         assert (np.abs(y - x) <= bound + 4 * type_step(src, x) + 1e-3 * np.abs(x).max()).all(), src.name
 
 
-def test_profile_is_found_by_digest_and_a_mismatch_refuses(profiled, tmp_path):
+def test_profile_is_found_by_digest_and_a_mismatch_refuses(profiled, tmp_path, monkeypatch):
     llm, blob, state, rope, profile = profiled
     codec = KVLossyCodec(bits=2.0)
     payloads = codec.encode_state(state, rope, profile=profile)
@@ -229,7 +229,13 @@ def test_profile_is_found_by_digest_and_a_mismatch_refuses(profiled, tmp_path):
     profile.save(tmp_path / "kv_profiles" / f"{profile.digest.hex()}.npz")
     assert KVProfile.load(tmp_path / "kv_profiles" / f"{profile.digest.hex()}.npz").digest == profile.digest
     out_cached, tensors = skeleton_layout(state.skeleton(), expected_size=len(blob))
+    loads = []
+    load = KVProfile.load.__func__
+    monkeypatch.setattr(KVProfile, "load", classmethod(lambda cls, path: loads.append(path) or load(cls, path)))
     codec.decode_state(payloads, tensors, positions, rope)  # found in $SEQKV_HOME/kv_profiles by digest
+    _, again = skeleton_layout(state.skeleton(), expected_size=len(blob))
+    codec.decode_state(payloads, again, positions, rope)
+    assert len(loads) == 1  # read once for all the state's tensors, and kept
     out_given, tensors = skeleton_layout(state.skeleton(), expected_size=len(blob))
     codec.decode_state(payloads, tensors, positions, rope, profile=profile)
     assert bytes(out_cached) == bytes(out_given)
