@@ -13,7 +13,10 @@ on GFDL-1.3) the two key heads of layer 9 differ 9x in KL for the same step, the
 3. *allocate*: per head the step on the grid minimising ``a * MSE + λ * bits`` (bits predicted by the
    lossy coder's index statistics), λ set so the total rate equals the unweighted one; the log of each
    weight is then shrunk by ``SHRINK`` towards 0, since single probes are noisy (per-layer sensitivities
-   fitted on two texts correlate only 0.58 in log).
+   fitted on two texts correlate only 0.58 in log). MSE and bits are those of what the coder codes: with
+   format 4's inter-layer prediction, the closed-loop residuals (the probe itself coarsens the tensor: the
+   sensitivity is the model's, whatever the format). ``seqkv calibrate --sensitivity FILE`` redoes this step
+   alone from stored sensitivities (seconds per text, no probes).
 
 The weights only steer the encoder (each payload stores its steps), so sessions coded with or without them
 decode the same way. The default model's weights ship with the package (``data/kv_weights/``);
@@ -25,7 +28,9 @@ Measured on the default model at 2 bits per value, profile on, six texts none of
 ``python benchmarks/lossy_weights.py``): uniform steps 0.0113 mean KL, 94.0% top-1 agreement; per-layer
 weights 0.0079, 95.4%; per-head weights (shipped) 0.0073, 95.0% (every text lower than uniform, the worst
 0.0096; top-1 single figures jitter by about ±1.5 points). Unshrunk per-layer weights (``SHRINK`` 1) gave only
-0.0110: the fit overstates its extremes.
+0.0110: the fit overstates its extremes. Format 4 (same six texts): the weights allocated on the bodies 0.0048,
+96.4%; re-allocated on the closed-loop residuals (shipped, same sensitivities) 0.0042, 96.3%, every text's KL
+equal or lower (uniform steps 0.0058, 96.1%).
 
     >>> sens = measure_sensitivity(model_path)       # doctest: +SKIP
     >>> allocate(sens)["v"][3]                        # step multipliers of layer 3's value heads  # doctest: +SKIP
@@ -56,7 +61,8 @@ SHRINK = 0.5
 GRID_OCTAVES = np.arange(-16, 17) / 4.0  # step multipliers 2**g tried per tensor
 FLOOR_QUANTILE, FLOOR_SHARE = 0.05, 0.9  # the floor: 0.9 x this quantile of a text's probe KLs
 
-__all__ = ["Sensitivity", "allocate", "load_weights", "measure_sensitivity", "save_weights", "weights_path"]
+__all__ = ["Sensitivity", "allocate", "load_weights", "measure_sensitivity", "regrid", "save_weights",
+           "weights_path"]
 
 
 @dataclass
@@ -82,23 +88,55 @@ def _head_columns(prepared, head: int) -> slice:
     return slice(head * width, (head + 1) * width)
 
 
-def _head_cost(prepared, scale: float, head: int) -> tuple[float, float]:
-    """(mean squared error in the coded domain, bits per value) of one head's components quantized at ``scale``;
-    the bits are the format 3 coder's prediction from every 2nd cell's indices."""
+def _head_cost(prepared, scale: float, head: int, body: np.ndarray | None = None) -> tuple[float, float]:
+    """(mean squared error in the coded domain, bits per value) of one head's components of ``body`` (default:
+    the tensor's; format 4: its closed-loop prediction residual) quantized at ``scale``; the bits are the
+    format 3 coder's prediction from every 2nd cell's indices."""
     from .codecs.kv_values import _native
 
     ffi, lib = _native()
+    body = prepared.body if body is None else body
     cols = _head_columns(prepared, head)
     inv = np.float32(1.0) / prepared.steps(scale).astype(np.float32)
-    decoded = prepared.reconstruct(prepared.body, scale, None)  # what the decoder gets back
-    err = float(np.square(prepared.body[:, cols] - decoded[:, cols]).sum(dtype=np.float64))
-    bits, n = 0.0, prepared.body[:, cols].size
-    for rows, row_inv in prepared._parts(inv):
+    decoded = prepared.reconstruct(body, scale, None)  # what the decoder gets back
+    err = float(np.square(body[:, cols] - decoded[:, cols]).sum(dtype=np.float64))
+    bits, n = 0.0, body[:, cols].size
+    for rows, row_inv in prepared._parts(inv, body):
         if rows.size:
             x, i = np.ascontiguousarray(rows[:, cols]), np.ascontiguousarray(row_inv[cols])
             bits += lib.lossy3_cost(ffi.from_buffer("float[]", x), x.shape[0], x.shape[1],
                                     ffi.from_buffer("float[]", i), 2)
     return err / max(n, 1), bits / max(n, 1)
+
+
+def _coded_state(bench, profile, bits: float):
+    """(rope, the 2-bit scale, the state's tensors made ready to code, what the coder codes of each: format 4
+    with the profile's predictors, the closed-loop residuals at that scale; else the bodies)."""
+    from .codecs.kv_lossy import KVLossyCodec, rope_params
+    from .codecs.kv_lossy_tensor import _Prepared
+    from .kv_predict import ClosedLoop
+
+    if len(bench.state.sections) != 1 or len(bench.state.sections[0].streams) != 1:
+        raise ValueError("seqkv calibrate: only single-section, single-stream states (no iSWA) are supported")
+    rope = rope_params(bench.ev.llm)
+    codec = KVLossyCodec(bits=bits)
+    codec.encode_state(bench.state, rope, profile=profile)
+    stream = bench.state.sections[0].streams[0]
+    prepared = [_Prepared(t, stream.positions, rope, profile) for t in bench.state.tensors()]
+    residuals = ClosedLoop(prepared, profile).residuals(codec.last_scale, None) if profile.predictors else {}
+    return rope, codec.last_scale, prepared, [residuals.get(p, p.body) for p in prepared]
+
+
+def _grids(prepared, coded, scale: float):
+    """Per head, in state order: (MSE, rate) on ``GRID_OCTAVES`` around ``scale``, and its (kind, layer, head)."""
+    mse, rate, units = [], [], []
+    for p, body in zip(prepared, coded):
+        for head in range(p.n_heads):
+            head_mse, head_rate = zip(*(_head_cost(p, scale * 2.0 ** g, head, body) for g in GRID_OCTAVES))
+            mse.append(head_mse)
+            rate.append(head_rate)
+            units.append((p.kind, p.layer, head))
+    return np.array(mse), np.array(rate), units
 
 
 def _copy_head(dst, src, head: int, head_dim: int) -> None:
@@ -112,40 +150,30 @@ def _copy_head(dst, src, head: int, head_dim: int) -> None:
 
 def _probe_text(model_path, text_path, profile, bits: float, probe_step: float, n_context: int, n_eval: int,
                 bar=None):
-    """(probe KL, MSE grid + probe MSE, rate grid, (kind, layer, head) units) of every head on one text."""
-    from .codecs.kv_lossy import KVLossyCodec, rope_params
-    from .codecs.kv_lossy_tensor import _decode_tensor, _Prepared
+    """(probe KL, probe MSE, MSE grid, rate grid, (kind, layer, head) units) of every head on one text."""
+    from .codecs.kv_lossy_tensor import _decode_tensor
     from .quality import QualityBench
     from .state import parse_seq_state
 
     bench = QualityBench(model_path, text_path, n_context=n_context, n_eval=n_eval, n_greedy=0)
-    rope = rope_params(bench.ev.llm)
-    codec = KVLossyCodec(bits=bits)
-    codec.encode_state(bench.state, rope, profile=profile)
-    scale = codec.last_scale
-    if len(bench.state.sections) != 1 or len(bench.state.sections[0].streams) != 1:
-        raise ValueError("seqkv calibrate: only single-section, single-stream states (no iSWA) are supported")
-    stream = bench.state.sections[0].streams[0]
-    grid = [scale * 2.0 ** g for g in GRID_OCTAVES] + [scale * probe_step]
-    kls, mse, rate, units = [], [], [], []
-    for index, tensor in enumerate(bench.state.tensors()):
-        prepared = _Prepared(tensor, stream.positions, rope, profile)
-        coarse = bytearray(bench.blob)
+    rope, scale, prepared, coded = _coded_state(bench, profile, bits)
+    positions = bench.state.sections[0].streams[0].positions
+    kls, probe_mse = [], []
+    for index, p in enumerate(prepared):
+        coarse = bytearray(bench.blob)  # the probe codes the tensor itself: its sensitivity, whatever the format
         coarse_view = parse_seq_state(coarse, model=bench.ev.llm).tensors()[index]
-        _decode_tensor(prepared.encode(scale * probe_step), coarse_view, stream.positions, rope, profile)
-        for head in range(prepared.n_heads):
+        _decode_tensor(p.encode(scale * probe_step), coarse_view, positions, rope, profile)
+        for head in range(p.n_heads):
             blob = bytearray(bench.blob)
             _copy_head(parse_seq_state(blob, model=bench.ev.llm).tensors()[index], coarse_view, head,
-                       prepared.n_channels // prepared.n_heads)
+                       p.n_channels // p.n_heads)
             kls.append(bench.evaluate(bytes(blob))["kl_mean"])
-            head_mse, head_rate = zip(*(_head_cost(prepared, s, head) for s in grid))
-            mse.append(head_mse)
-            rate.append(head_rate[:-1])
-            units.append((tensor.kind, tensor.layer, head))
+            probe_mse.append(_head_cost(p, scale * probe_step, head)[0])
             if bar is not None:
                 bar.update(1)
+    mse, rate, units = _grids(prepared, coded, scale)
     del bench
-    return np.array(kls), np.array(mse), np.array(rate), units
+    return np.array(kls), np.array(probe_mse), mse, rate, units
 
 
 def _check_texts(model_path, text_paths, n_tokens: int) -> None:
@@ -181,19 +209,52 @@ def measure_sensitivity(model_path, text_paths=PROBE_TEXTS, *, bits: float = 2.0
     probe_kl, distortion, rate, fits = [], [], [], []
     with bar:
         for text in text_paths:
-            kl, mse, text_rate, units = _probe_text(model_path, text, profile, bits, probe_step, n_context,
-                                                    n_eval, bar)
+            kl, probe_mse, mse, text_rate, units = _probe_text(model_path, text, profile, bits, probe_step,
+                                                               n_context, n_eval, bar)
             floor = FLOOR_SHARE * float(np.quantile(kl, FLOOR_QUANTILE))
-            a = np.maximum(kl - floor, 1e-9) / np.maximum(mse[:, -1], 1e-30)
+            a = np.maximum(kl - floor, 1e-9) / np.maximum(probe_mse, 1e-30)
             logger.info("%s: KL floor %.5f, probe KL %.5f..%.5f", text, floor, kl.min(), kl.max())
             probe_kl.append(kl)
             fits.append(a)
-            distortion.append(a[:, None] * mse[:, :-1])
+            distortion.append(a[:, None] * mse)
             rate.append(text_rate)
     kinds, layers, heads = (list(col) for col in zip(*units))
     return Sensitivity(kinds=kinds, layers=layers, heads=heads, sensitivity=np.mean(fits, axis=0),
                        distortion=np.mean(distortion, axis=0), rate=np.mean(rate, axis=0), texts=list(text_paths),
                        probe_kl=np.array(probe_kl))
+
+
+def regrid(model_path, sensitivity: dict, text_paths=PROBE_TEXTS, *, bits: float = 2.0, n_context: int = 1000,
+           progress: bool = True) -> Sensitivity:
+    """A :class:`Sensitivity` from per-head sensitivities measured before (``{"k0.h0": a, ...}``, as
+    ``seqkv calibrate`` stores them) and the MSE / rate grids of what the coder codes now, measured on
+    ``text_paths`` without probing (seconds per text): when the coder changes (format 4 codes prediction
+    residuals) but the model, and so its sensitivity, does not."""
+    from tqdm import tqdm
+
+    from .kv_profile import load_or_build_profile
+    from .quality import QualityBench
+
+    _check_texts(model_path, text_paths, n_context + 1)
+    profile = load_or_build_profile(model_path)
+    profile.step_weights = None
+    distortion, rate, units = [], [], None
+    for text in tqdm(text_paths, desc="KV grids", unit="text", disable=not progress):
+        bench = QualityBench(model_path, text, n_context=n_context, n_eval=1, n_greedy=0)
+        _, scale, prepared, coded = _coded_state(bench, profile, bits)
+        mse, text_rate, units = _grids(prepared, coded, scale)
+        del bench
+        names = [f"{k}{layer}.h{h}" for k, layer, h in units]
+        missing = sorted(set(names) - set(sensitivity))
+        if missing:
+            raise ValueError(f"no sensitivity for {len(missing)} heads of this model ({', '.join(missing[:4])}...): "
+                             "measure it with seqkv calibrate")
+        a = np.array([sensitivity[n] for n in names])
+        distortion.append(a[:, None] * mse)
+        rate.append(text_rate)
+    kinds, layers, heads = (list(col) for col in zip(*units))
+    return Sensitivity(kinds=kinds, layers=layers, heads=heads, sensitivity=a, distortion=np.mean(distortion, axis=0),
+                       rate=np.mean(rate, axis=0), texts=list(text_paths), probe_kl=np.zeros((0, len(names))))
 
 
 def allocate(sens: Sensitivity, shrink: float = SHRINK) -> dict:

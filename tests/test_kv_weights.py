@@ -128,6 +128,24 @@ def test_seqkv_calibrate_probes_every_tensor_and_writes_weights(tiny_model_path,
     assert weight(max(sens, key=sens.get)) <= weight(min(sens, key=sens.get))
     assert "step weights written to" in out and out.count("\nk") >= n_layer * n_head
 
+    # --sensitivity: the same sensitivities, the current coder's grids, no probes
+    from seqkv_edge.quality import QualityBench
+
+    monkeypatch.setattr(QualityBench, "evaluate", lambda *a, **k: pytest.fail("re-derived weights probed"))
+    source = tmp_path / "kv_profiles" / f"{model_fingerprint(tiny_model_path)}.weights.json"
+    again = tmp_path / "again.json"
+    assert main(["calibrate", "--model", tiny_model_path, "--texts", str(text), "--n-context", "96",
+                 "--sensitivity", str(source), "--out", str(again)]) == 0
+    redone = json.loads(again.read_text())
+    assert redone["sensitivity"] == sens and redone["model_fingerprint"] == model_fingerprint(tiny_model_path)
+    assert {k: len(ws) for k, ws in redone["weights"].items()} == {"k": n_layer, "v": n_layer}
+    other = dict(doc, model_fingerprint="0" * 32)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    capsys.readouterr()
+    assert main(["calibrate", "--model", tiny_model_path, "--texts", str(text), "--n-context", "96",
+                 "--sensitivity", str(tmp_path / "other.json"), "--out", str(again)]) == 2
+    assert "measured on model" in capsys.readouterr().err
+
 
 def test_seqkv_calibrate_refuses_missing_or_short_texts_before_probing(tiny_model_path, tmp_path, monkeypatch):
     monkeypatch.setenv("SEQKV_HOME", str(tmp_path))

@@ -14,6 +14,9 @@ def add_parser(sub) -> None:
     p.add_argument("--shrink", type=float, default=None, help="share of the fitted log-weights kept (default 0.5)")
     p.add_argument("--n-context", type=int, default=1000)
     p.add_argument("--n-eval", type=int, default=256)
+    p.add_argument("--sensitivity", metavar="FILE",
+                   help="reuse the per-head sensitivities of a weights file written before (no probes, seconds): "
+                        "re-derive the weights for the current coder")
     p.add_argument("--out", help="write here instead of $SEQKV_HOME/kv_profiles/<fingerprint>.weights.json")
     p.set_defaults(func=cmd_calibrate)
 
@@ -27,6 +30,8 @@ def cmd_calibrate(args) -> int:
     texts = args.texts.split(",") if args.texts else list(kv_weights.PROBE_TEXTS)
     probe = args.probe_step or kv_weights.PROBE_STEP
     shrink = kv_weights.SHRINK if args.shrink is None else args.shrink
+    if args.sensitivity:
+        return _regrid(args, model, texts, shrink)
     sens = kv_weights.measure_sensitivity(model, texts, probe_step=probe, n_context=args.n_context,
                                           n_eval=args.n_eval)
     weights = kv_weights.allocate(sens, shrink=shrink)
@@ -41,5 +46,34 @@ def cmd_calibrate(args) -> int:
     meta = {"texts": texts, "probe_step": probe, "shrink": shrink, "n_context": args.n_context,
             "n_eval": args.n_eval, "sensitivity": dict(zip(sens.names, map(float, sens.sensitivity)))}
     path = kv_weights.save_weights(model_fingerprint(model), weights, meta, args.out)
+    print(f"step weights written to {path}")
+    return 0
+
+
+def _regrid(args, model, texts, shrink: float) -> int:
+    """``--sensitivity FILE``: the weights from stored sensitivities and the current coder's grids."""
+    import json
+
+    from .. import kv_weights
+    from ..errors import CorruptDataError
+    from ..fingerprint import model_fingerprint
+
+    fingerprint = model_fingerprint(model)
+    try:
+        source = json.loads(Path(args.sensitivity).read_text())
+        sensitivity = {name: float(a) for name, a in source["sensitivity"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptDataError(f"seqkv calibrate --sensitivity {args.sensitivity}: not a weights file with "
+                               f"per-head sensitivities ({exc})") from exc
+    if source.get("model_fingerprint") != fingerprint:
+        raise CorruptDataError(f"seqkv calibrate --sensitivity {args.sensitivity}: measured on model "
+                               f"{source.get('model_fingerprint')}, not {fingerprint}")
+    sens = kv_weights.regrid(model, sensitivity, texts, n_context=args.n_context)
+    weights = kv_weights.allocate(sens, shrink=shrink)
+    meta = {k: source[k] for k in ("texts", "probe_step", "n_context", "n_eval") if k in source}
+    meta.update(shrink=shrink, sensitivity=sensitivity, grid_texts=texts)
+    path = kv_weights.save_weights(fingerprint, weights, meta, args.out)
+    centre = int(np.argmin(np.abs(kv_weights.GRID_OCTAVES)))
+    print(f"predicted excess KL at the uniform 2-bit steps: {sens.distortion[:, centre].sum():.4f}")
     print(f"step weights written to {path}")
     return 0

@@ -28,7 +28,8 @@ one run of ``benchmarks/lossy_rate_quality.py --ours-only --v2``: at 2 bits per 
 per-head step weights (``seqkv_edge.kv_weights``), averaged over six texts (``benchmarks/lossy_weights.py``):
 0.0073 / 95.0% at 2 bits (uniform steps 0.0113 / 94.0%), 0.0033 / 96.2% at 3 bits (format 3). Format 4's
 inter-layer prediction, same six texts: 0.0042 / 96.5% at 2 bits (format 3: 0.0073 / 95.0%); with profile version
-3's reduced-rank key predictors and the feedback rate control: 0.0048 / 96.4%.
+3's reduced-rank key predictors and the feedback rate control: 0.0048 / 96.4%; with step weights allocated
+on the closed-loop residuals (``kv_weights``): 0.0042 / 96.3%.
 
 Decoding inverts this and writes each tensor in the *target* tensor's cache type (f16, bf16, f32, q8_0,
 q4_0; quantized types with llama.cpp's Hadamard rotation where it applies).
