@@ -76,11 +76,11 @@ logger = logging.getLogger(__name__)
 # context tokens, flash attention), interpolated log-log; slopes 1.5 / 2.7 outside the table
 _KL_TABLE = ((0.144, 0.0046), (0.300, 0.0107), (0.601, 0.0306), (0.883, 0.0838), (1.314, 0.256))
 _KL_SLOPES = (1.5, 2.7)
-# format 4 with the model's profile (version 3: reduced-rank key predictors) and per-head step weights (kv_weights),
+# format 4 with the model's profile (version 3: reduced-rank key predictors) and its step weights (kv_weights),
 # same harness, mean of GPL-3, MPL-2.0 and fortunes/people (benchmarks/lossy_kl_table.py; per text within ~25%);
 # below ~0.003 nats the model's own floor dominates (any change costs that much)
-_KL_TABLE_PROFILE = ((0.12, 0.0029), (0.2, 0.0035), (0.3, 0.0050), (0.45, 0.0076), (0.65, 0.0120), (0.9, 0.0204),
-                     (1.3, 0.0418))
+_KL_TABLE_PROFILE = ((0.12, 0.0029), (0.2, 0.0036), (0.3, 0.0050), (0.45, 0.0076), (0.65, 0.0124), (0.9, 0.0254),
+                     (1.3, 0.0395))
 _KL_SLOPES_PROFILE = (0.6, 1.5)
 _SCALE_RANGE = (1e-4, 64.0)
 _SEARCH_ROW_EVERY = 32  # formats 3 and 4 predict the rate during the search from every 32nd cell
