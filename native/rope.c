@@ -1,4 +1,5 @@
-/* rope.c -- see rope.h. Built with -std=c11, so no multiply-add is contracted (the numpy rounding holds). */
+/* rope.c -- see rope.h. Built with -ffp-contract=off (build_native.py): no multiply-add is fused, so each value
+ * rounds as numpy's a * cos - b * sin does. */
 #include "rope.h"
 
 #include <stddef.h>

@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -359,6 +360,7 @@ def load_or_build_profile(llm_or_path, text_path=None) -> KVProfile:
 
 _LOADED: dict = {}  # (profile file, digest) -> KVProfile: a file holds the profile its digest names, checked on load
 _LOADED_MAX = 4
+_LOADED_LOCK = threading.Lock()
 
 
 def profile_for_digest(digest: bytes, given: KVProfile | None = None) -> KVProfile:
@@ -367,7 +369,8 @@ def profile_for_digest(digest: bytes, given: KVProfile | None = None) -> KVProfi
     if given is not None and given.digest == digest:
         return given
     path = profile_dir() / f"{digest.hex()}.npz"
-    loaded = _LOADED.get((path, digest))
+    with _LOADED_LOCK:
+        loaded = _LOADED.get((path, digest))
     if loaded is not None:
         return loaded
     if not path.is_file():
@@ -378,7 +381,8 @@ def profile_for_digest(digest: bytes, given: KVProfile | None = None) -> KVProfi
     loaded = KVProfile.load(path)
     if loaded.digest != digest:
         raise CorruptDataError(f"{path} holds KV profile {loaded.digest.hex()}, not {digest.hex()}")
-    if len(_LOADED) >= _LOADED_MAX:
-        _LOADED.pop(next(iter(_LOADED)))
-    _LOADED[path, digest] = loaded
+    with _LOADED_LOCK:
+        while len(_LOADED) >= _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[path, digest] = loaded
     return loaded

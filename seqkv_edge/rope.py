@@ -45,7 +45,8 @@ def rope_params(llm) -> dict:
 
 
 def rope_supported(rope: dict | None) -> bool:
-    return bool(rope) and rope.get("type") in ("neox", "norm") and 0 < rope["n_rot"] <= rope["head_dim_k"]
+    return (bool(rope) and rope.get("type") in ("neox", "norm") and 0 < rope["n_rot"] <= rope["head_dim_k"]
+            and rope["n_rot"] % 2 == 0)
 
 
 _last_angles: tuple = (None, None)  # (key, (cos, sin)): every layer of a state rotates by the same angles

@@ -268,7 +268,7 @@ def test_format_4_predicts_every_tensor_but_the_first_and_needs_its_predictors(p
 
 
 @pytest.mark.parametrize("profiled", ["predictors"], indirect=True)
-@pytest.mark.parametrize("bits", [0.5, 1.0, 2.0, 4.0])
+@pytest.mark.parametrize("bits", [0.5, 1.0, 2.0, 4.0, 12.0])
 def test_format_4_rate_control_hits_target_within_5_percent(profiled, bits):
     """The closed loop's rate search and the feedback while coding land on the target; the payloads decode."""
     llm, blob, state, rope, profile = profiled

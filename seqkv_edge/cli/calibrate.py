@@ -15,8 +15,8 @@ def add_parser(sub) -> None:
     p.add_argument("--n-context", type=int, default=1000)
     p.add_argument("--n-eval", type=int, default=256)
     p.add_argument("--sensitivity", metavar="FILE",
-                   help="reuse the per-head sensitivities of a weights file written before (no probes, seconds): "
-                        "re-derive the weights for the current coder")
+                   help="reuse the per-head sensitivities of a weights file written before (no probes, seconds; "
+                        "--probe-step and --n-eval do not apply): re-derive the weights for the current coder")
     p.add_argument("--out", help="write here instead of $SEQKV_HOME/kv_profiles/<fingerprint>.weights.json")
     p.set_defaults(func=cmd_calibrate)
 

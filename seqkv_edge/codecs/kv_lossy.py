@@ -36,9 +36,9 @@ q4_0; quantized types with llama.cpp's Hadamard rotation where it applies).
 
 Rate control: ``bits`` (average bits per KV value over the whole state, side information counted) is hit
 by a secant search on log(scale) over size estimates from every 32nd cell (format 4: those cells run through the
-closed loop), stopped within 5% (usually two estimates), then by feedback while coding: each tensor's scale is
-moved so that the coded total lands on the target (:class:`_Feedback`; within 0.15% on the default model's
-states, the scales of one state within ~10% of each other). Formats 1 and 2 code the whole state at each search
+closed loop), stopped within 5% and 0.1 bit (usually two estimates), then by feedback while coding: each tensor's
+scale is moved so that the coded total lands on the target (:class:`_Feedback`; within 0.15% on the default
+model's states at 1 to 4 bits, the scales of one state within ~10% of each other). Formats 1 and 2 code the whole state at each search
 step. ``max_kl`` maps to a scale through tables measured with the quality harness on the default model
 (Qwen2.5-Coder-0.5B; ``benchmarks/lossy_kl_table.py``).
 
@@ -85,7 +85,8 @@ _KL_SLOPES_PROFILE = (0.6, 1.5)
 _SCALE_RANGE = (1e-4, 64.0)
 _SEARCH_ROW_EVERY = 32  # formats 3 and 4 predict the rate during the search from every 32nd cell
 _SEARCH_MIN_ROWS = 60  # ... but at least 60 cells of each tensor (small states: every cell)
-_SEARCH_TOLERANCE = 0.05  # ... to within 5% (coding steers the rest: _Feedback)
+_SEARCH_TOLERANCE = 0.05  # ... to within 5%, and within 0.1 bit per value (coding steers the rest: _Feedback,
+_SEARCH_TOLERANCE_BITS = 0.1  # which moves scales by at most _FEEDBACK_RANGE: ~0.2 bit per value)
 _DEFAULT_SLOPE = -1 / math.log(2)  # bits per value per unit of ln(scale): 1 bit per doubling of the step
 _FEEDBACK_RANGE = 0.15  # how far (in ln(scale)) the feedback may move a tensor's scale from the search's
 
@@ -247,7 +248,8 @@ class KVLossyCodec(Codec):
         (format 4: of those cells' closed-loop residuals, ``residuals(scale, row_every)``); coding then steers
         the rest (:class:`_Feedback`)."""
         memo = {}
-        row_every = max(1, min(_SEARCH_ROW_EVERY, min(p.n_cells for p in prepared) // _SEARCH_MIN_ROWS))
+        fewest = min((p.n_cells for p in prepared), default=0)
+        row_every = max(1, min(_SEARCH_ROW_EVERY, fewest // _SEARCH_MIN_ROWS))
 
         def predicted(log_s):
             if log_s not in memo:
@@ -257,14 +259,15 @@ class KVLossyCodec(Codec):
             return sum(memo[log_s].values()) / max(n_values, 1), None
 
         start = min(max(2.0 ** (0.5 - self.bits), _SCALE_RANGE[0]), _SCALE_RANGE[1])  # within ~1 octave (profiled)
-        scale, _ = self._secant(predicted, self.bits, tolerance=_SEARCH_TOLERANCE, start=start)
+        tolerance = min(_SEARCH_TOLERANCE, _SEARCH_TOLERANCE_BITS / self.bits)
+        scale, _ = self._secant(predicted, self.bits, tolerance=tolerance, start=start)
         x = min(memo, key=lambda log_s: abs(log_s - math.log(scale)))
         rate = {log_s: sum(bits.values()) / max(n_values, 1) for log_s, bits in memo.items()}
         others = sorted((abs(log_s - x), log_s) for log_s in rate if log_s != x)
         slope = _DEFAULT_SLOPE
         if others and others[0][0] > 1e-6:
             near = others[0][1]
-            slope = min((rate[near] - rate[x]) / (near - x), -0.05)
+            slope = min(max((rate[near] - rate[x]) / (near - x), -4.0), -0.05)  # a noisy estimate stays sane
         return scale, _Feedback(scale, memo[x], self.bits * n_values, slope)
 
     @staticmethod
