@@ -152,6 +152,11 @@ def store_values(tensor, x: np.ndarray, rope: dict | None = None) -> None:
     else:
         raise UnsupportedStateError(f"{tensor.name}: the lossy KV codec writes f16, bf16, f32, q8_0 and q4_0 "
                                     f"caches, not {name}")
-    if tensor.transposed:
+    if tensor.transposed:  # channel-major: one strided copy, element by element where the type allows it
+        element = {2: np.uint16, 4: np.uint32}.get(raw.size // max(tensor.n_cells * tensor.n_channels, 1))
+        if element is not None and tensor.data.flags.c_contiguous:
+            cells = raw.reshape(-1).view(element).reshape(tensor.n_cells, tensor.n_channels)
+            tensor.data.reshape(-1).view(element).reshape(tensor.n_channels, tensor.n_cells)[...] = cells.T
+            return
         raw = np.ascontiguousarray(raw.reshape(tensor.n_cells, tensor.n_channels, -1).transpose(1, 0, 2))
     tensor.data[...] = raw.reshape(tensor.data.shape)
