@@ -43,8 +43,8 @@ step. ``max_kl`` maps to a scale through tables measured with the quality harnes
 (Qwen2.5-Coder-0.5B; ``benchmarks/lossy_kl_table.py``).
 
 Speed, one core, 24.6 MB f16 states of 2,000 tokens (``benchmarks/lossy_throughput.py``, format 4 with the
-profile; two runs on a noisy 2-core machine): encode 119-154 MB/s at 1 to 3 bits per value and with ``max_kl``,
-decode 127-183 MB/s (format 3: encode 256-298, decode 235-365); at 8 bits encode falls to ~64 MB/s.
+profile; three runs on a noisy 2-core machine): encode 114-154 MB/s at 1 to 3 bits per value and with
+``max_kl``, decode 157-184 MB/s (format 3: encode 256-298, decode 235-365); at 8 bits encode falls to ~64 MB/s.
 
     >>> codec = KVLossyCodec(bits=2.0)                                   # doctest: +SKIP
     >>> payloads = codec.encode_state(state, rope_params(llm))  # one payload per tensor  # doctest: +SKIP
