@@ -64,6 +64,12 @@ def _per_head(x: np.ndarray, matrices: np.ndarray, n_heads: int) -> np.ndarray:
     return out
 
 
+def _streams(split: int):
+    """(rows, step divisor) of a body's two coded streams: the older cells up to ``split``, then the recent window
+    (``RECENT_DIVISOR`` x finer steps)."""
+    return (slice(0, split), np.float32(1.0)), (slice(split, None), np.float32(RECENT_DIVISOR))
+
+
 def _recent_rows(version: int, n_body: int) -> int:
     """Cells of the recent window (finer steps): only where older cells dominate."""
     return N_RECENT if version >= 2 and n_body >= 4 * N_RECENT else 0
@@ -101,6 +107,7 @@ class _Prepared:
         self.head_rms = np.sqrt(np.maximum(ms, 1e-30)).astype(np.float32)
         self.n_cells, self.n_channels = n_cells, n_ch
         self.n_recent = _recent_rows(version, len(self.body))
+        self.n_older = len(self.body) - self.n_recent
         self.side_bytes = (_HEADER.size + (_HEADER2.size if self.n_recent else 0) + (DIGEST_BYTES if self.digest else 0)
                            + 6 * n_ch + self.sink_rows.nbytes + self.sink_values.nbytes)
 
@@ -118,24 +125,22 @@ class _Prepared:
     def _parts(self, inv: np.ndarray, body: np.ndarray | None = None):
         """(rows, inverse steps) of the older cells and of the recent window of ``body`` (default: the tensor's)."""
         body = self.body if body is None else body
-        split = len(body) - self.n_recent
-        return ((body[:split], inv), (body[split:], inv * np.float32(RECENT_DIVISOR)))
+        return tuple((body[part], inv * div) for part, div in _streams(self.n_older))
 
     def sample_rows(self, row_every: int) -> np.ndarray:
         """The rows ``estimate_bits(row_every=...)`` reads: every ``row_every``-th of each part."""
-        split = len(self.body) - self.n_recent
-        return np.concatenate([np.arange(0, split, row_every), np.arange(split, len(self.body), row_every)])
+        return np.concatenate([np.arange(0, self.n_older, row_every),
+                               np.arange(self.n_older, len(self.body), row_every)])
 
     def reconstruct(self, rows: np.ndarray, scale: float, weights: dict | None, index: np.ndarray | None = None):
         """What the decoder gets back for ``rows`` (body rows ``index``, ascending, default all) coded at ``scale``."""
         ffi, lib = _native()
         step = self.steps(scale, weights).astype(np.float32)
         inv = np.float32(1.0) / step
-        split = len(self.body) - self.n_recent
-        split = split if index is None else int(np.searchsorted(index, split))  # older rows first, then recent
+        split = self.n_older if index is None else int(np.searchsorted(index, self.n_older))  # older rows first
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         out = np.empty(rows.shape, np.float32)
-        for part, div in ((slice(0, split), np.float32(1.0)), (slice(split, None), np.float32(RECENT_DIVISOR))):
+        for part, div in _streams(split):
             if rows[part].size:
                 lib.lossy3_reconstruct(ffi.from_buffer("float[]", rows[part]), rows[part].shape[0], self.n_channels,
                                        ffi.from_buffer("float[]", inv * div), ffi.from_buffer("float[]", step / div),
@@ -156,11 +161,10 @@ class _Prepared:
                     bits += lib.lossy3_cost(ffi.from_buffer("float[]", rows), rows.shape[0], self.n_channels,
                                             ffi.from_buffer("float[]", row_inv), row_every)
             return bits
-        split = len(self.body) - self.n_recent
-        n_older = -(-split // row_every)  # the sampled rows of the older cells come first
         sample = np.ascontiguousarray(sample, dtype=np.float32)
-        for rows, n_rows, row_inv in ((sample[:n_older], split, inv), (sample[n_older:], self.n_recent,
-                                                                        inv * np.float32(RECENT_DIVISOR))):
+        sampled_older = -(-self.n_older // row_every)  # the sampled rows of the older cells come first
+        for (part, div), n_rows in zip(_streams(sampled_older), (self.n_older, self.n_recent)):
+            rows, row_inv = sample[part], inv * div
             if rows.size:
                 bits += lib.lossy3_cost_sample(ffi.from_buffer("float[]", rows), rows.shape[0], self.n_channels,
                                                ffi.from_buffer("float[]", row_inv), n_rows)
@@ -175,12 +179,10 @@ class _Prepared:
         inv = np.float32(1.0) / step.astype(np.float32)
         rows = self.body if residual is None else residual
         out = np.empty(rows.shape, np.float32) if decoded else None
-        split = len(rows) - self.n_recent
         if self.version >= 3:
             older, recent = (self._code_rows3(rows[part], inv * div, step.astype(np.float32) / div,
                                               None if out is None else out[part])
-                             for part, div in ((slice(0, split), np.float32(1.0)),
-                                               (slice(split, None), np.float32(RECENT_DIVISOR))))
+                             for part, div in _streams(self.n_older))
         elif decoded:
             raise ValueError(f"encoding {self.name}: format {self.version} cannot return the decoded rows")
         else:
