@@ -44,7 +44,7 @@ PREDICTOR_TOKENS = 1000  # cells per calibration text
 PREDICTOR_TEXTS = ("/usr/share/common-licenses/GFDL-1.3", "/usr/share/common-licenses/LGPL-2.1",
                    "/usr/share/games/fortunes/art", "/usr/share/games/fortunes/science")
 
-__all__ = ["FEATURES", "RANKS", "ClosedLoop", "coding_order", "feature_keys", "features", "fit_predictors",
+__all__ = ["FEATURES", "RANKS", "ClosedLoop", "coding_order", "coding_rank", "feature_keys", "features", "fit_predictors",
            "forget_unused", "predict", "predictor_key"]
 
 FEATURES = "previous layer K and V; a layer's V also its own K"
@@ -56,9 +56,14 @@ def feature_keys(kind: str, layer: int) -> list[tuple[str, int]]:
     return keys + ([("k", layer)] if kind == "v" else [])
 
 
+def coding_rank(kind: str, layer: int) -> tuple[int, bool]:
+    """Sort key of tensor ``(kind, layer)`` in the coding order: by layer, K first (every tensor after its features)."""
+    return layer, kind != "k"
+
+
 def coding_order(keys) -> list[tuple[str, int]]:
     """``(kind, layer)`` keys in an order where every tensor comes after its features: by layer, K first."""
-    return sorted(keys, key=lambda key: (key[1], key[0] != "k"))
+    return sorted(keys, key=lambda key: coding_rank(*key))
 
 
 def predictor_key(kind: str, layer: int) -> str:

@@ -78,7 +78,7 @@ def _rotate(keys: np.ndarray, positions: np.ndarray, rope: dict, sign: float) ->
         raise ValueError(f"{keys.shape[1]} key channels are not a whole number of {head_dim}-wide heads")
     if len(positions) != n_cells:
         raise ValueError(f"{len(positions)} positions for {n_cells} cells")
-    if rope["type"] not in ("neox", "norm") or not 0 < n_rot <= head_dim or n_rot % 2:
+    if not rope_supported(rope):
         raise ValueError(f"RoPE {rope['type']!r} rotating {n_rot} of {head_dim} channels: not a supported rotation")
     out = np.array(keys, dtype=np.float32, order="C", copy=True)
     cos, sin = (np.ascontiguousarray(a) for a in _angles(positions, rope))

@@ -38,8 +38,8 @@ Rate control: ``bits`` (average bits per KV value over the whole state, side inf
 by a secant search on log(scale) over size estimates from every 32nd cell (format 4: those cells run through the
 closed loop), stopped within 5% and 0.1 bit (usually two estimates), then by feedback while coding: each tensor's
 scale is moved so that the coded total lands on the target (:class:`_Feedback`; within 0.15% on the default
-model's states at 1 to 4 bits, the scales of one state within ~10% of each other). Formats 1 and 2 code the whole state at each search
-step. ``max_kl`` maps to a scale through tables measured with the quality harness on the default model
+model's states at 1 to 4 bits, the scales of one state within ~10% of each other). Formats 1 and 2 code the
+whole state at each search step. ``max_kl`` maps to a scale through tables measured with the quality harness on the default model
 (Qwen2.5-Coder-0.5B; ``benchmarks/lossy_kl_table.py``).
 
 Speed, one core, 24.6 MB f16 states of 2,000 tokens (``benchmarks/lossy_throughput.py``, format 4 with the
@@ -62,7 +62,7 @@ import math
 import numpy as np
 
 from ..errors import CorruptDataError, ModelMismatchError
-from ..kv_predict import ClosedLoop, forget_unused
+from ..kv_predict import ClosedLoop, coding_rank, forget_unused
 from ..kv_profile import KVProfile, load_or_build_profile
 from ..rope import rope_params
 from . import register_codec
@@ -307,9 +307,9 @@ class KVLossyCodec(Codec):
         for t in tensors:
             stream_index.setdefault((t.section, t.stream), len(stream_index))
         decoded = [{} for _ in stream_index]  # per stream: format 4's features
-        # each stream's tensors layer by layer, K first: format 4 predicts from the tensors decoded before
+        # each stream's tensors in coding order: format 4 predicts from the tensors decoded before
         order = sorted(range(len(tensors)), key=lambda i: (stream_index[tensors[i].section, tensors[i].stream],
-                                                           tensors[i].layer, tensors[i].kind != "k"))
+                                                           *coding_rank(tensors[i].kind, tensors[i].layer)))
         for i in order:
             tensor = tensors[i]
             stream = stream_index[tensor.section, tensor.stream]
