@@ -83,30 +83,29 @@ class Sensitivity:
     names = property(lambda self: [f"{k}{layer}.h{h}" for k, layer, h in zip(self.kinds, self.layers, self.heads)])
 
 
-def _head_columns(prepared, head: int) -> slice:
-    width = prepared.n_channels // prepared.n_heads
-    return slice(head * width, (head + 1) * width)
-
-
-def _head_cost(prepared, scale: float, head: int, body: np.ndarray | None = None) -> tuple[float, float]:
-    """(mean squared error in the coded domain, bits per value) of one head's components of ``body`` (default:
+def _head_costs(prepared, scale: float, body: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per head: (mean squared error in the coded domain, bits per value) of its components of ``body`` (default:
     the tensor's; format 4: its closed-loop prediction residual) quantized at ``scale``; the bits are the
     format 3 coder's prediction from every 2nd cell's indices."""
     from .codecs.kv_values import _native
 
     ffi, lib = _native()
     body = prepared.body if body is None else body
-    cols = _head_columns(prepared, head)
+    width = prepared.n_channels // prepared.n_heads
     inv = np.float32(1.0) / prepared.steps(scale).astype(np.float32)
     decoded = prepared.reconstruct(body, scale, None)  # what the decoder gets back
-    err = float(np.square(body[:, cols] - decoded[:, cols]).sum(dtype=np.float64))
-    bits, n = 0.0, body[:, cols].size
+    err = np.square(body - decoded).reshape(len(body), prepared.n_heads, width).sum(axis=(0, 2), dtype=np.float64)
+    bits = np.zeros(prepared.n_heads)
     for rows, row_inv in prepared._parts(inv, body):
-        if rows.size:
+        if not rows.size:
+            continue
+        for head in range(prepared.n_heads):
+            cols = slice(head * width, (head + 1) * width)
             x, i = np.ascontiguousarray(rows[:, cols]), np.ascontiguousarray(row_inv[cols])
-            bits += lib.lossy3_cost(ffi.from_buffer("float[]", x), x.shape[0], x.shape[1],
-                                    ffi.from_buffer("float[]", i), 2)
-    return err / max(n, 1), bits / max(n, 1)
+            bits[head] += lib.lossy3_cost(ffi.from_buffer("float[]", x), x.shape[0], x.shape[1],
+                                          ffi.from_buffer("float[]", i), 2)
+    n = max(len(body) * width, 1)
+    return err / n, bits / n
 
 
 def _coded_state(bench, profile, bits: float):
@@ -131,11 +130,11 @@ def _grids(prepared, coded, scale: float):
     """Per head, in state order: (MSE, rate) on ``GRID_OCTAVES`` around ``scale``, and its (kind, layer, head)."""
     mse, rate, units = [], [], []
     for p, body in zip(prepared, coded):
-        for head in range(p.n_heads):
-            head_mse, head_rate = zip(*(_head_cost(p, scale * 2.0 ** g, head, body) for g in GRID_OCTAVES))
-            mse.append(head_mse)
-            rate.append(head_rate)
-            units.append((p.kind, p.layer, head))
+        head_mse, head_rate = (np.array(grid).T for grid in zip(*(_head_costs(p, scale * 2.0 ** g, body)
+                                                                    for g in GRID_OCTAVES)))
+        mse += list(head_mse)
+        rate += list(head_rate)
+        units += [(p.kind, p.layer, head) for head in range(p.n_heads)]
     return np.array(mse), np.array(rate), units
 
 
@@ -160,6 +159,7 @@ def _probe_text(model_path, text_path, profile, bits: float, probe_step: float, 
     positions = bench.state.sections[0].streams[0].positions
     kls, probe_mse = [], []
     for index, p in enumerate(prepared):
+        probe_mse += list(_head_costs(p, scale * probe_step)[0])
         coarse = bytearray(bench.blob)  # the probe codes the tensor itself: its sensitivity, whatever the format
         coarse_view = parse_seq_state(coarse, model=bench.ev.llm).tensors()[index]
         _decode_tensor(p.encode(scale * probe_step), coarse_view, positions, rope, profile)
@@ -168,7 +168,6 @@ def _probe_text(model_path, text_path, profile, bits: float, probe_step: float, 
             _copy_head(parse_seq_state(blob, model=bench.ev.llm).tensors()[index], coarse_view, head,
                        p.n_channels // p.n_heads)
             kls.append(bench.evaluate(bytes(blob))["kl_mean"])
-            probe_mse.append(_head_cost(p, scale * probe_step, head)[0])
             if bar is not None:
                 bar.update(1)
     mse, rate, units = _grids(prepared, coded, scale)
