@@ -3,6 +3,7 @@
 Layout::
 
     <dir>/index.sqlite3     meta (uid, generation, byte total), nodes, tombstones, sessions, leases
+                            (schema: store/sqlite_index.py)
     <dir>/blobs/<xx>/<node id>.<version>   one node's chunk, never overwritten
     <dir>/tmp/              chunks being written
 
@@ -30,7 +31,6 @@ import logging
 import os
 import sqlite3
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,34 +40,14 @@ from ..errors import CorruptDataError, SeqKVError, StoreUnavailableError
 from .base import SessionStore
 from .chunk_files import ChunkFiles, fsync_dir
 from .records import Conflict, NodeRow, SplitFn, WritePlan
+from .sqlite_index import NODE_COLUMNS, SCHEMA_VERSION, create_schema, prepare_index
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 TOMBSTONES_KEPT = 10_000  # generations a lagging process can catch up on without a full reload
 TOUCH_FLUSH_S = 5.0  # longest a process keeps read hits before writing them
 _IN_CHUNK = 500  # ids per "IN (...)" query
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    one INTEGER PRIMARY KEY CHECK (one = 1), version INTEGER NOT NULL, uid TEXT NOT NULL,
-    gen INTEGER NOT NULL, bytes INTEGER NOT NULL, tomb_floor INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS nodes (
-    id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, tokens BLOB NOT NULL, refs INTEGER NOT NULL,
-    weight REAL NOT NULL, recompute_s REAL NOT NULL, nbytes INTEGER NOT NULL, crc INTEGER NOT NULL,
-    hits INTEGER NOT NULL, last_use REAL NOT NULL, ver INTEGER NOT NULL, gen INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS nodes_by_gen ON nodes (gen);
-CREATE TABLE IF NOT EXISTS tombstones (id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS tombstones_by_gen ON tombstones (gen);
-CREATE TABLE IF NOT EXISTS sessions (
-    name TEXT PRIMARY KEY, end_id INTEGER NOT NULL, n_tokens INTEGER NOT NULL, saved REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS sessions_by_end ON sessions (end_id);
-CREATE TABLE IF NOT EXISTS leases (
-    token TEXT NOT NULL, node_id INTEGER NOT NULL, pid INTEGER NOT NULL, expires REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS leases_by_token ON leases (token);
-"""
-
-_NODE_COLUMNS = "id, parent, tokens, refs, weight, recompute_s, nbytes, crc, hits, last_use"
 
 
 class SQLiteStore(SessionStore):
@@ -109,19 +89,9 @@ class SQLiteStore(SessionStore):
         except (OSError, sqlite3.Error) as error:
             raise StoreUnavailableError(f"cannot open session store at {self.path}: {error}") from error
         with self._guard("opening the index"):
-            mode = self._enable_wal(timeout_s)
-            if mode.lower() != "wal":
-                raise StoreUnavailableError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            prepare_index(self._db, durable=durable, timeout_s=timeout_s, where=self.path)
             with self._write():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES (1, ?, ?, 0, 0, 0)",
-                    (SCHEMA_VERSION, uuid.uuid4().hex),
-                )
-            version = self._db.execute("SELECT version FROM meta").fetchone()[0]
+                version = create_schema(self._db)
         if version != SCHEMA_VERSION:
             raise SeqKVError(
                 f"{self.path} holds a version {version} store; this seqkv_edge reads version "
@@ -131,19 +101,6 @@ class SQLiteStore(SessionStore):
         if removed:
             log.info("removed %d chunk files a crashed writer left in %s", removed, self.path)
         self._refresh()
-
-    def _enable_wal(self, timeout_s: float) -> str:
-        """Switch the index to WAL. Two processes opening a fresh store at once can get "database is locked"
-        here at once, without SQLite's busy handler (it will not wait on a lock upgrade that could deadlock):
-        retried until ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                return self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            except sqlite3.OperationalError as error:
-                if "locked" not in str(error) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
 
     def close(self) -> None:
         try:
@@ -232,7 +189,7 @@ class SQLiteStore(SessionStore):
             for part in _chunks(node_ids):
                 marks = ",".join("?" * len(part))
                 for record in self._db.execute(
-                    f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id IN ({marks})", part
+                    f"SELECT {NODE_COLUMNS} FROM nodes WHERE id IN ({marks})", part
                 ):
                     row = found[record[0]] = _row(record)
                     if row.id in self._pending_use:  # this process's hits not yet written
@@ -283,7 +240,7 @@ class SQLiteStore(SessionStore):
     def _snapshot(self):
         with self._guard("reading the whole store"), self._read():
             (stored_bytes,) = self._db.execute("SELECT bytes FROM meta").fetchone()
-            rows = [_row(r) for r in self._db.execute(f"SELECT {_NODE_COLUMNS} FROM nodes")]
+            rows = [_row(r) for r in self._db.execute(f"SELECT {NODE_COLUMNS} FROM nodes")]
             sessions = {
                 name: (end, n) for name, end, n in self._db.execute(
                     "SELECT name, end_id, n_tokens FROM sessions"
