@@ -53,7 +53,8 @@ def main(argv=None) -> int:
         bench = QualityBench(model, text, n_context=args.n_context, n_eval=args.n_eval, n_greedy=0)
         n_values = sum(t.n_cells * t.n_channels for t in bench.state.tensors())
         for name, w in configs.items():
-            blob, coded = bench.lossy_blob(KVLossyCodec(bits=args.bits, weights=w, version=args.version), profile=profile)
+            codec = KVLossyCodec(bits=args.bits, weights=w, version=args.version)
+            blob, coded = bench.lossy_blob(codec, profile=profile)
             r = bench.evaluate(blob)
             scores[name].append((r["kl_mean"], r["top1_agreement"]))
             print(f"{Path(text).name:12s} {name:14s} {8 * coded / n_values:6.3f} {r['kl_mean']:8.4f} "

@@ -44,8 +44,8 @@ PREDICTOR_TOKENS = 1000  # cells per calibration text
 PREDICTOR_TEXTS = ("/usr/share/common-licenses/GFDL-1.3", "/usr/share/common-licenses/LGPL-2.1",
                    "/usr/share/games/fortunes/art", "/usr/share/games/fortunes/science")
 
-__all__ = ["FEATURES", "RANKS", "ClosedLoop", "coding_order", "coding_rank", "feature_keys", "features", "fit_predictors",
-           "forget_unused", "predict", "predictor_key"]
+__all__ = ["FEATURES", "RANKS", "ClosedLoop", "coding_order", "coding_rank", "feature_keys", "features",
+           "fit_predictors", "forget_unused", "predict", "predictor_key"]
 
 FEATURES = "previous layer K and V; a layer's V also its own K"
 

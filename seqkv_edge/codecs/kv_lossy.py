@@ -39,8 +39,8 @@ by a secant search on log(scale) over size estimates from every 32nd cell (forma
 closed loop), stopped within 5% and 0.1 bit (usually two estimates), then by feedback while coding: each tensor's
 scale is moved so that the coded total lands on the target (:class:`_Feedback`; within 0.15% on the default
 model's states at 1 to 4 bits, the scales of one state within ~10% of each other). Formats 1 and 2 code the
-whole state at each search step. ``max_kl`` maps to a scale through tables measured with the quality harness on the default model
-(Qwen2.5-Coder-0.5B; ``benchmarks/lossy_kl_table.py``).
+whole state at each search step. ``max_kl`` maps to a scale through tables measured with the quality harness
+on the default model (Qwen2.5-Coder-0.5B; ``benchmarks/lossy_kl_table.py``).
 
 Speed, one core, 24.6 MB f16 states of 2,000 tokens (``benchmarks/lossy_throughput.py``, format 4 with the
 profile; three runs on a noisy 2-core machine): encode 114-154 MB/s at 1 to 3 bits per value and with
