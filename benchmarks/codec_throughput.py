@@ -45,9 +45,8 @@ def load_tensors(blob: bytes):
 
 def make_dumps(directory: Path, n_tokens: int = 2000) -> None:
     """Write the default dumps: the default model's state after n_tokens of the GPL-3 text, per cache layout."""
-    import llama_cpp
-
     from seqkv_edge.bench import prefill
+    from seqkv_edge.hardware import load_plain_llama
     from seqkv_edge.models import default_model_path
     from seqkv_edge.state import read_seq_state
     from seqkv_edge.textdata import read_text
@@ -57,7 +56,7 @@ def make_dumps(directory: Path, n_tokens: int = 2000) -> None:
     for name, (cache_type, flash_attn) in DUMP_LAYOUTS.items():
         if (directory / name).exists():
             continue
-        llm = llama_cpp.Llama(default_model_path(), n_ctx=4096, n_threads=os.cpu_count(), verbose=False,
+        llm = load_plain_llama(default_model_path(), n_ctx=4096, n_threads=os.cpu_count(), verbose=False,
                               type_k=cache_type, type_v=cache_type, flash_attn=flash_attn)
         prefill(llm, llm.tokenize(text.encode())[:n_tokens], desc=name)
         (directory / name).write_bytes(read_seq_state(llm.ctx))

@@ -37,7 +37,7 @@ F16_DUMPS = ("seq_fa_f16.bin", "seq_nofa_f16.bin")
 
 def model_setup(model_path: str):
     """(rope parameters, KV profile) of the model the dumps come from."""
-    from llama_cpp import Llama
+    from seqkv_edge.hardware import load_plain_llama as Llama
 
     from seqkv_edge.rope import rope_params
 

@@ -31,9 +31,9 @@ LENGTHS = (2000, 8000)
 
 
 def tokenize_files(model_path: str) -> dict[str, np.ndarray]:
-    import llama_cpp
+    from seqkv_edge.hardware import load_plain_llama
 
-    vocab = llama_cpp.Llama(model_path=model_path, vocab_only=True, verbose=False)
+    vocab = load_plain_llama(model_path=model_path, vocab_only=True, verbose=False)
     tokens = {}
     for name, path in TEXTS:
         if Path(path).is_file():
@@ -77,9 +77,9 @@ def step_logits(llm, token: int):
 
 def model_coded(model_path: str, n_tokens: int, checkpoint_tokens: int, check_bits: int, threads: int) -> dict:
     """Codes GPL-3 tokens 1..n_tokens with the logits of one-token steps, then decodes them back."""
-    import llama_cpp
+    from seqkv_edge.hardware import load_plain_llama
 
-    llm = llama_cpp.Llama(model_path=model_path, n_ctx=2048, n_threads=threads, verbose=False)
+    llm = load_plain_llama(model_path=model_path, n_ctx=2048, n_threads=threads, verbose=False)
     ids = llm.tokenize(Path(TEXTS[0][1]).read_bytes(), add_bos=False, special=False)[: n_tokens + 1]
     encoder = ModelTokenEncoder(llm.n_vocab(), checkpoint_tokens, check_bits)
     logits, _ = step_logits(llm, ids[0])  # the first token has no context: not model-coded

@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import SeqKV
+from .hardware import load_plain_llama
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +164,11 @@ def bench_lookup(args, workdir: Path) -> dict:
 
 
 def bench_ttft(args, workdir: Path) -> dict:
-    import llama_cpp
-
     from .cache import SeqKVCache
     from .named_sessions import open_session_store
 
     gpl = (LICENSES / "GPL-3").read_text(errors="replace")
-    vocab = llama_cpp.Llama(model_path=args.model, vocab_only=True, verbose=False)
+    vocab = load_plain_llama(model_path=args.model, vocab_only=True, verbose=False)
     history = vocab.tokenize(gpl.encode())[: args.history_tokens]
     question = vocab.tokenize(b"\n\nQuestion: what does this license say about patents?\nAnswer:", add_bos=False)
     del vocab
@@ -184,7 +183,7 @@ def bench_ttft(args, workdir: Path) -> dict:
         return elapsed
 
     def new_llama():
-        return llama_cpp.Llama(model_path=args.model, n_ctx=args.n_ctx, n_threads=args.threads, verbose=False)
+        return load_plain_llama(model_path=args.model, n_ctx=args.n_ctx, n_threads=args.threads, verbose=False)
 
     cold = first_token_s(new_llama())
     store = open_session_store(workdir / "ttft", n_threads=args.threads)

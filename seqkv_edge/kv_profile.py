@@ -230,7 +230,7 @@ def build_profile(model_path, text_path=None, n_tokens: int = CALIBRATION_TOKENS
     llama.cpp's eval callback) and derive the bases; then prefill each of ``predictor_texts`` (default
     ``kv_predict.PREDICTOR_TEXTS``, those that exist; the calibration text itself if none does) and fit the
     inter-layer predictors."""
-    from llama_cpp import Llama
+    from .hardware import load_plain_llama as Llama
 
     from .fingerprint import model_fingerprint
     from .rope import rope_params

@@ -177,7 +177,7 @@ def _probe_text(model_path, text_path, profile, bits: float, probe_step: float, 
 
 def _check_texts(model_path, text_paths, n_tokens: int) -> None:
     """Refuse missing or short texts before minutes of probing, not after."""
-    from llama_cpp import Llama
+    from .hardware import load_plain_llama as Llama
 
     from .textdata import read_text
 

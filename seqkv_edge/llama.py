@@ -8,13 +8,16 @@ import llama_cpp
 
 from . import session
 from .config import SeqKV
+from .hardware import model_loading
 from .schedule import Progress, ScheduleRecorder
 
 
 class Llama(llama_cpp.Llama):
     """A ``llama_cpp.Llama`` that saves and restores its context as compressed session files.
 
-    It takes every argument of ``llama_cpp.Llama`` plus ``kv_compressor`` and changes nothing else.
+    It takes every argument of ``llama_cpp.Llama`` plus ``kv_compressor`` and ``weight_repack`` (None: llama.cpp's
+    weight repack stays on except on AMX CPUs, where it crashes; True / False force it, see ``seqkv_edge.hardware``)
+    and changes nothing else.
 
     Example (with the default model installed)::
 
@@ -26,12 +29,14 @@ class Llama(llama_cpp.Llama):
         llm2.load_session("chat.seqkv")            # continues exactly where llm stopped
     """
 
-    def __init__(self, *args, kv_compressor: Optional[SeqKV] = None, **kwargs):
+    def __init__(self, *args, kv_compressor: Optional[SeqKV] = None, weight_repack: Optional[bool] = None, **kwargs):
         self.kv_compressor = kv_compressor if kv_compressor is not None else SeqKV()
         if not isinstance(self.kv_compressor, SeqKV):
             raise TypeError(f"kv_compressor must be a seqkv_edge.SeqKV, got {type(kv_compressor).__name__}")
         self.schedule_recorder: Optional[ScheduleRecorder] = None
-        super().__init__(*args, **kwargs)
+        self.weight_repack = weight_repack
+        with model_loading(weight_repack):
+            super().__init__(*args, **kwargs)
         if self.kv_compressor.tokens == "hybrid":
             self.schedule_recorder = ScheduleRecorder(self.n_vocab())
         self.session_store = None
@@ -82,6 +87,7 @@ class Llama(llama_cpp.Llama):
     def __getstate__(self):
         state = super().__getstate__()
         state["kv_compressor"] = self.kv_compressor.get_config()
+        state["weight_repack"] = self.weight_repack
         return state
 
     def __setstate__(self, state):

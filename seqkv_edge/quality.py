@@ -36,7 +36,7 @@ class Evaluator:
 
     def __init__(self, model_path: str, n_ctx: int, *, flash_attn: bool = True, cache_type: str = "f16",
                  n_batch: int = 512, n_threads: int = 2, llm=None):
-        from llama_cpp import Llama
+        from .hardware import load_plain_llama as Llama
 
         self.llm = llm or Llama(model_path=str(model_path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
                                 n_threads=n_threads, n_threads_batch=n_threads, flash_attn=flash_attn,

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .errors import SeqKVError
+from .hardware import model_loading
 from .models import seqkv_home
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def create_app(model_path: str, store_location: str, *, budget_bytes=None, n_ctx
     options = {"n_threads": n_threads} if n_threads else {}
     model_settings = ModelSettings(model=model_path, model_alias=model_alias or Path(model_path).stem, n_ctx=n_ctx,
                                    chat_format=chat_format, cache=False, verbose=verbose, **options)
-    app = server_app.create_app(server_settings=ServerSettings(), model_settings=[model_settings])
+    with model_loading():  # the proxy loads its model here, as a plain llama_cpp.Llama
+        app = server_app.create_app(server_settings=ServerSettings(), model_settings=[model_settings])
     server = _Server(open_session_store(store_location, budget_bytes=budget_bytes, n_threads=n_threads),
                      budget_bytes)
     server.install(server_app._llama_proxy)
@@ -82,7 +84,8 @@ class _Server:
         load = proxy.load_llama_from_model_settings
 
         def load_with_cache(settings):
-            llm = load(settings)
+            with model_loading():
+                llm = load(settings)
             self.cache = attach_cache(llm, self.store, self.budget_bytes)
             return llm
 

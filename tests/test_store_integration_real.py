@@ -2,10 +2,10 @@
 shared long prompt from the store, and a named session round-trips bit-exactly."""
 from __future__ import annotations
 
-import llama_cpp
 import pytest
 
 from seqkv_edge.cache import SeqKVCache
+from seqkv_edge.hardware import load_plain_llama
 from seqkv_edge.named_sessions import load_named, open_session_store, save_named
 from seqkv_edge.state import read_seq_state
 from seqkv_edge.textdata import read_text
@@ -13,7 +13,7 @@ from seqkv_edge.textdata import read_text
 pytestmark = pytest.mark.real_model
 
 
-def make_llama(path, cls=llama_cpp.Llama):
+def make_llama(path, cls=load_plain_llama):
     return cls(model_path=path, n_ctx=2048, n_threads=2, verbose=False, seed=3)
 
 

@@ -293,9 +293,9 @@ def test_fixture_v1_decodes_and_reencodes():
 
 @pytest.mark.real_model
 def test_real_model_roundtrip(real_model_path):
-    import llama_cpp
+    from seqkv_edge.hardware import load_plain_llama
 
-    llm = llama_cpp.Llama(model_path=real_model_path, n_ctx=256, n_threads=2, verbose=False)
+    llm = load_plain_llama(model_path=real_model_path, n_ctx=256, n_threads=2, verbose=False)
     ids = llm.tokenize(b"The GNU General Public License is a free, copyleft license for software.", add_bos=False)
     n_vocab = llm.n_vocab()
 
