@@ -38,7 +38,6 @@ F16_DUMPS = ("seq_fa_f16.bin", "seq_nofa_f16.bin")
 def model_setup(model_path: str):
     """(rope parameters, KV profile) of the model the dumps come from."""
     from seqkv_edge.hardware import load_plain_llama as Llama
-
     from seqkv_edge.rope import rope_params
 
     llm = Llama(model_path=model_path, n_ctx=64, n_threads=1, verbose=False)

@@ -109,8 +109,21 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def environment() -> dict:
+def environment(n_threads: Optional[int] = None) -> dict:
+    """What the figures were measured on: CPU, thread count (llama.cpp's and the codec's), weight repack."""
     import llama_cpp
 
+    from .hardware import cpu_has_amx, weight_repack_enabled
+
     return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu": _cpu_model(), "amx": cpu_has_amx(), "weight_repack": weight_repack_enabled(),
+            "threads": n_threads or os.cpu_count(),
             "python": platform.python_version(), "llama_cpp_python": llama_cpp.__version__}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", errors="replace") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .detmath import matmul
+
 RIDGE = 1e-2  # ridge penalty relative to the mean eigenvalue of the features' Gram matrix
 # reduced-rank predictors (two factors, ``"k1"`` [n_features, rank] and ``"k1_out"`` [rank, n_channels]) where
 # they keep the gain: on the default model (scored on GPL-3, fortunes/wisdom and MPL-2.0) the keys' prediction
@@ -90,15 +92,15 @@ def forget_unused(bodies: dict, layer: int) -> None:
 
 def predict(bodies: dict, kind: str, layer: int, w: np.ndarray, w_out: np.ndarray | None = None) -> np.ndarray:
     """``features(bodies, kind, layer) @ w`` (``@ w_out`` for a reduced-rank predictor) without assembling the
-    features: one product per feature tensor, summed in feature order (the encoder and the decoder must compute
-    it the same way)."""
+    features: each output summed over the feature tensors' channels in feature order (``detmath.matmul``: the
+    encoder and every decoder compute the same bits)."""
     out, start = None, 0
     for key in feature_keys(kind, layer):
         x = bodies[key]
-        part = x @ w[start:start + x.shape[1]]
-        out = part if out is None else np.add(out, part, out=out)
+        part = w[start:start + x.shape[1]]
+        out = matmul(x, part) if out is None else matmul(x, part, out=out, accumulate=True)
         start += x.shape[1]
-    return out if w_out is None else out @ w_out
+    return out if w_out is None else matmul(out, w_out)
 
 
 def fit_predictors(samples: list[dict], ridge: float = RIDGE, ranks: dict | None = None) -> dict[str, np.ndarray]:

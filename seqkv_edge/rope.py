@@ -2,8 +2,9 @@
 
 llama.cpp caches keys *after* RoPE. Undone, a key channel's constant part (Qwen2's k_proj bias) is a
 constant again instead of a signal rotating with the position, so a lossy coder can subtract it. The
-rotation here is our own (float64 angles, float32 arithmetic); ``apply_rope(undo_rope(k))`` returns ``k``
-up to float32 rounding, whatever llama.cpp's own rounding of the angles was.
+rotation here is our own (float64 angles from basic operations only, ``detmath.rope_angles``, and float32
+arithmetic: the same bits on every CPU); ``apply_rope(undo_rope(k))`` returns ``k`` up to float32 rounding,
+whatever llama.cpp's own rounding of the angles was.
 
     >>> params = rope_params(llm)                                  # doctest: +SKIP
     >>> pre = undo_rope(keys, cell_positions, params)  # [n_cells, n_head_kv * head_dim]  # doctest: +SKIP
@@ -11,6 +12,8 @@ up to float32 rounding, whatever llama.cpp's own rounding of the angles was.
 from __future__ import annotations
 
 import numpy as np
+
+from .detmath import rope_angles
 
 # llama.h enum llama_rope_type
 ROPE_TYPE_NAMES = {-1: "none", 0: "norm", 2: "neox", 8: "mrope", 24: "vision", 40: "imrope"}
@@ -63,10 +66,8 @@ def _angles(positions: np.ndarray, rope: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _compute_angles(positions: np.ndarray, rope: dict) -> tuple[np.ndarray, np.ndarray]:
-    half = rope["n_rot"] // 2
-    inv_freq = rope["freq_base"] ** (-2.0 * np.arange(half) / rope["n_rot"])
-    theta = positions.astype(np.float64)[:, None] * rope["freq_scale"] * inv_freq[None, :]
-    return np.cos(theta).astype(np.float32)[:, None, :], np.sin(theta).astype(np.float32)[:, None, :]
+    cos, sin = rope_angles(positions, rope["n_rot"], rope["freq_base"], rope["freq_scale"])
+    return cos[:, None, :], sin[:, None, :]
 
 
 def _rotate(keys: np.ndarray, positions: np.ndarray, rope: dict, sign: float) -> np.ndarray:

@@ -30,6 +30,7 @@ FIXTURE_V2 = Path(__file__).parent / "fixtures" / "kv_lossy_v2.npz"
 FIXTURE_V3 = Path(__file__).parent / "fixtures" / "kv_lossy_v3.npz"
 FIXTURE_V4 = Path(__file__).parent / "fixtures" / "kv_lossy_v4.npz"
 FIXTURE_V4_P3 = Path(__file__).parent / "fixtures" / "kv_lossy_v4_profile3.npz"  # KV profile version 3
+FIXTURE_V5 = Path(__file__).parent / "fixtures" / "kv_lossy_v5.npz"
 
 
 def make_llama(path, type_k=F16, type_v=F16, flash_attn=False):
@@ -138,10 +139,10 @@ def test_rope_undo_redo_is_identity():
 
 def test_config_round_trip_and_validation():
     codec = KVLossyCodec(bits=2.0)
-    assert json.loads(json.dumps(codec.get_config())) == {"id": "kv_lossy", "bits": 2.0, "max_kl": None, "version": 4}
+    assert json.loads(json.dumps(codec.get_config())) == {"id": "kv_lossy", "bits": 2.0, "max_kl": None, "version": 5}
     assert get_codec(codec.get_config()) == codec
     assert get_codec(KVLossyCodec(max_kl=0.01).get_config()).max_kl == 0.01
-    for bad in ({}, {"bits": 2.0, "max_kl": 0.1}, {"bits": 0.0}, {"max_kl": -1.0}, {"bits": 2.0, "version": 5}):
+    for bad in ({}, {"bits": 2.0, "max_kl": 0.1}, {"bits": 0.0}, {"max_kl": -1.0}, {"bits": 2.0, "version": 6}):
         with pytest.raises(ValueError):
             KVLossyCodec(**bad)
 
@@ -296,9 +297,10 @@ def test_older_versions_are_still_written_on_request(tiny_model_path, version):
 
 
 @pytest.mark.parametrize("version,fixture,profile_version", [(2, FIXTURE_V2, 1), (3, FIXTURE_V3, 1),
-                                                              (4, FIXTURE_V4, 2), (4, FIXTURE_V4_P3, 3)])
+                                                              (4, FIXTURE_V4, 2), (4, FIXTURE_V4_P3, 3),
+                                                              (5, FIXTURE_V5, 3)])
 def test_profiled_format_fixtures_still_decode(tmp_path, monkeypatch, version, fixture, profile_version):
-    """Written by format versions 2 to 4 with a profile (stored in the fixture; version 3: the keys' predictors
+    """Written by format versions 2 to 5 with a profile (stored in the fixture; version 3: the keys' predictors
     reduced-rank); decoded values must never change."""
     monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
     fx = np.load(fixture)

@@ -106,7 +106,7 @@ def cmd_bench(args) -> int:
     unknown = tiers - {"snapshot", "tokens", "lossy"}
     if unknown:
         raise SystemExit(f"seqkv bench: unknown tiers {sorted(unknown)}; choose from snapshot,tokens,lossy")
-    report, ok = {"model": model_path, "env": environment()}, True
+    report, ok = {"model": model_path, "env": environment(args.threads)}, True
     print(f"model: {model_path}\nenv: {report['env']}")
     if "snapshot" in tiers:
         report["snapshot"], ok = _bench_snapshot(args, model_path)

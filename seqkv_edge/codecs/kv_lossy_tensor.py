@@ -26,6 +26,13 @@ the residuals of the profile's inter-layer prediction (``kv_predict``); the deco
 ``predict(decoded, kind, layer, W, W_out)`` (``W`` and, for a reduced-rank predictor of profile version 3, ``W_out``
 from the profile named by the digest; the previous layer's K and V and, for V, the same layer's K, decoded first).
 Layer 0's K (nothing before it) is never predicted.
+
+Payload format version 5: the layout of version 4. The arithmetic the decoder repeats (the predictions, the
+synthesis bases, the RoPE angles, the Hadamard rotation of quantized caches) runs through ``detmath``: fixed
+summation order, one IEEE operation at a time, no libm, so every CPU decodes the same bytes and the encoder's
+closed loop predicts exactly what they decode. Versions 1-4 decode through the same code (reproducible on every
+CPU from this release on; within float rounding of what earlier releases decoded, whose matrix products
+depended on the BLAS kernel of the CPU).
 """
 from __future__ import annotations
 
@@ -34,14 +41,15 @@ import threading
 
 import numpy as np
 
+from ..detmath import per_head
 from ..errors import CorruptDataError, ModelMismatchError, SeqKVError
 from ..kv_predict import feature_keys, predict
 from ..kv_profile import DIGEST_BYTES, KVProfile, profile_for_digest
 from ..rope import apply_rope, rope_supported, undo_rope
 from .kv_values import _native, rope_head_dim, store_values, tensor_values
 
-FORMAT_VERSION = 4
-VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+VERSIONS = (1, 2, 3, 4, 5)
 _HEADER = struct.Struct("<BBHIIII")
 _HEADER2 = struct.Struct("<IeI")  # format 2: n_recent, recent_divisor, recent_coded_bytes
 _FLAG_ROPE, _FLAG_ROTATED, _FLAG_RECENT, _FLAG_PREDICTED = 1, 2, 4, 8
@@ -52,16 +60,6 @@ N_SINK = 1
 N_RECENT, RECENT_DIVISOR = 128, 4.0
 # steps relative to the head rms: V tolerates ~3x the K step for the same KL (measured, DESIGN §3 model)
 _WEIGHT = {"k": 1.0, "v": 3.0}
-
-
-def _per_head(x: np.ndarray, matrices: np.ndarray, n_heads: int) -> np.ndarray:
-    """``x[:, head] @ matrices[head]`` for each head of ``x`` ``[n_cells, n_heads * head_dim]`` (BLAS matmul)."""
-    out = np.empty(x.shape, np.float32)
-    width = x.shape[1] // n_heads
-    for h in range(n_heads):
-        cols = slice(h * width, (h + 1) * width)
-        np.matmul(x[:, cols], matrices[h], out=out[:, cols])
-    return out
 
 
 def _streams(split: int):
@@ -100,7 +98,7 @@ class _Prepared:
         matrices = profile.matrices(self.kind, self.layer, self.n_heads, head_dim) if profile is not None else None
         self.digest = profile.digest if matrices is not None else None
         if matrices is not None and len(body):
-            body = _per_head(body, matrices[0], self.n_heads)
+            body = per_head(body, matrices[0], self.n_heads)
         self.body = np.ascontiguousarray(body, dtype=np.float32)
         squares = np.einsum("ij,ij->j", self.body, self.body) / max(len(body), 1)
         ms = squares.reshape(self.n_heads, -1).mean(axis=1) if len(body) else np.ones(self.n_heads)
@@ -322,7 +320,7 @@ def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, pr
             _add_prediction(body, tensor, found, decoded or {})
         if decoded is not None:
             decoded[tensor.kind, tensor.layer] = body
-        body = _per_head(body, matrices[1], n_heads)
+        body = per_head(body, matrices[1], n_heads)
     body += offset
     if n_sink:
         x = np.empty((n_cells, n_ch), np.float32)

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from ..detmath import matmul
 from ..errors import SeqKVError, UnsupportedStateError
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def tensor_values(tensor, rope: dict | None = None) -> np.ndarray:
     x = (q * d).reshape(n_cells, n_ch)
     rot = _rotation_size(tensor.kind, rope_head_dim(rope, tensor.kind))
     if rot:
-        x = (x.reshape(n_cells, -1, rot) @ _hadamard(rot)).reshape(n_cells, n_ch)
+        x = matmul(x.reshape(-1, rot), _hadamard(rot)).reshape(n_cells, n_ch)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -147,7 +148,7 @@ def store_values(tensor, x: np.ndarray, rope: dict | None = None) -> None:
     elif name in ("q8_0", "q4_0"):
         rot = _rotation_size(tensor.kind, rope_head_dim(rope, tensor.kind))
         if rot:
-            x = (x.reshape(x.shape[0], -1, rot) @ _hadamard(rot)).reshape(x.shape)
+            x = matmul(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, rot), _hadamard(rot)).reshape(x.shape)
         raw = (_quantize_q8_0 if name == "q8_0" else _quantize_q4_0)(np.ascontiguousarray(x, dtype=np.float32))
     else:
         raise UnsupportedStateError(f"{tensor.name}: the lossy KV codec writes f16, bf16, f32, q8_0 and q4_0 "

@@ -1,0 +1,79 @@
+"""The lossy decoder's float arithmetic, the same bits on every CPU (``native/detmath.h``).
+
+Matrix products sum in a fixed order, one IEEE operation at a time (numpy's BLAS picks its kernel, and with it
+the summation order, per CPU and thread count); RoPE angles come from basic float64 operations, not libm.
+Encoder and decoder both compute through here wherever the decoder recomputes what the encoder predicted.
+
+>>> import numpy as np
+>>> x, w = np.ones((3, 4), np.float32), np.full((4, 2), 0.5, np.float32)
+>>> matmul(x, w).tolist()
+[[2.0, 2.0], [2.0, 2.0], [2.0, 2.0]]
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .native import require
+
+__all__ = ["matmul", "per_head", "rope_angles"]
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def matmul(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, accumulate: bool = False) -> np.ndarray:
+    """``x @ w`` (``out += x @ w`` with ``accumulate``) for float32 ``x`` [n, k] and ``w`` [k, m], each output summed
+    over k in order. ``out`` (float32 [n, m], rows may be strided) receives the result."""
+    ffi, lib = require()
+    x, w = _f32(x), _f32(w)
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
+        raise ValueError(f"matmul: shapes {x.shape} and {w.shape} do not chain")
+    if out is None:
+        if accumulate:
+            raise ValueError("matmul: accumulate needs out")
+        out = np.empty((x.shape[0], w.shape[1]), np.float32)
+    if out.dtype != np.float32 or out.shape != (x.shape[0], w.shape[1]) or out.strides[1] != 4:
+        raise ValueError(f"matmul: out must be float32 {(x.shape[0], w.shape[1])} with contiguous rows")
+    if x.shape[0] and w.shape[1]:
+        lib.det_matmul(ffi.from_buffer("float[]", x), x.shape[0], x.shape[1], x.shape[1],
+                       ffi.from_buffer("float[]", w), w.shape[1], _row_pointer(ffi, out), out.strides[0] // 4,
+                       int(accumulate))
+    return out
+
+
+def _row_pointer(ffi, out: np.ndarray):
+    """A float pointer to ``out``'s first element (``out`` may be a strided column block of a larger array)."""
+    return ffi.cast("float *", out.__array_interface__["data"][0])
+
+
+def per_head(x: np.ndarray, matrices: np.ndarray, n_heads: int) -> np.ndarray:
+    """``x[:, head] @ matrices[head]`` for each head of ``x`` [n_cells, n_heads * head_dim]."""
+    ffi, lib = require()
+    x = _f32(x)
+    out = np.empty(x.shape, np.float32)
+    width = x.shape[1] // n_heads
+    matrices = _f32(matrices)
+    if matrices.shape != (n_heads, width, width):
+        raise ValueError(f"per_head: {matrices.shape} matrices for {n_heads} heads of {width}")
+    if not x.size:
+        return out
+    base_x, base_out = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out)
+    for h in range(n_heads):
+        lib.det_matmul(base_x + h * width, x.shape[0], width, x.shape[1], ffi.from_buffer("float[]", matrices[h]),
+                       width, base_out + h * width, x.shape[1], 0)
+    return out
+
+
+def rope_angles(positions: np.ndarray, n_rot: int, freq_base: float, freq_scale: float):
+    """(cos, sin) float32 [n_cells, n_rot // 2] of the RoPE angles ``pos * freq_scale * freq_base^(-2i / n_rot)``."""
+    ffi, lib = require()
+    if not (freq_base > 0 and n_rot >= 2):
+        raise ValueError(f"rope_angles: freq_base {freq_base}, n_rot {n_rot}")
+    pos = np.ascontiguousarray(positions, dtype=np.int32)
+    half = n_rot // 2
+    cos, sin = np.empty((len(pos), half), np.float32), np.empty((len(pos), half), np.float32)
+    if len(pos):
+        lib.det_rope_angles(ffi.from_buffer("int32_t[]", pos), len(pos), n_rot, float(freq_base), float(freq_scale),
+                            ffi.from_buffer("float[]", cos), ffi.from_buffer("float[]", sin))
+    return cos, sin
