@@ -30,7 +30,7 @@ import numpy as np
 from .chunks import ChunkCodec, default_codec, full_to_seq_state, seq_to_full_state
 from .errors import SeqKVError
 from .named_sessions import CACHE_PREFIX, bind_store, fetch_prefix, open_session_store
-from .state import parse_seq_state
+from .state import max_cell_bytes, parse_seq_state
 from .store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,8 @@ class SeqKVCache(llama_cpp.BaseLlamaCache):
             if self.store.longest_prefix(tokens).length < floor:
                 self.counters.skipped += 1
                 raise KeyError("the context already holds at least the stored prefix")
-        length, blob = fetch_prefix(self.store, tokens, self._digest, self.codec, min_length=floor)
+        length, blob = fetch_prefix(self.store, tokens, self._digest, self.codec, min_length=floor,
+                                    max_cell_bytes=max_cell_bytes(llm))
         if blob is None:
             self.counters.misses += 1
             raise KeyError("no stored prefix")

@@ -57,6 +57,10 @@ _LAYOUT_HEAD = struct.Struct("<IBHHHH")
 _TENSOR = struct.Struct("<BI")
 _RANGE = struct.Struct("<II")
 _U32 = struct.Struct("<I")
+_MAX_VOCAB = 1 << 24  # TokensPortableCodec's bound
+# a kv_lossless stream holds >= 3 bytes of side information per channel, or (stored) >= 0.56 bytes per value:
+# a chunk that declares more channels than this per stream byte is damaged, refused before decoding
+_CHANNELS_PER_STREAM_BYTE = 2
 
 
 @dataclass(frozen=True)
@@ -107,11 +111,16 @@ class ChunkLayout:
         specs = [_TENSOR.unpack_from(buf, pos + i * _TENSOR.size) for i in range(n_k + n_v)]
         pos += (n_k + n_v) * _TENSOR.size
         identity = bytes(buf[pos:pos + IDENTITY_BYTES])
-        if any(t not in GGML_TYPES for t, _ in specs) or not stream < n_stream or n_k == 0:
+        if (any(t not in GGML_TYPES or c == 0 for t, c in specs) or not stream < n_stream or n_k == 0
+                or not 1 <= n_vocab <= _MAX_VOCAB):
             raise CorruptDataError("chunk header describes an impossible cache layout")
         layout = cls(n_vocab, bool(flags & _V_TRANS), bool(flags & _HAS_V), bool(flags & _CELL_EXT),
                      n_stream, stream, tuple(specs[:n_k]), tuple(specs[n_k:]), identity)
         return layout, pos + IDENTITY_BYTES
+
+    def cell_bytes(self) -> int:
+        """Bytes one cell takes in the state blob: its K and V rows in every layer."""
+        return sum(_row_bytes(t, c) for t, c in self.k + self.v)
 
     def tensor_specs(self) -> list[tuple[int, bool, int]]:
         """(ggml type id, token_major, n_channels) per tensor, in blob order (K layers, then V)."""
@@ -187,7 +196,7 @@ def parse_chunk(payload) -> ParsedChunk:
     """Read a chunk's header and locate its streams (nothing is decoded)."""
     buf = memoryview(payload).cast("B")
     try:
-        if bytes(buf[:4]) != CHUNK_MAGIC:
+        if len(buf) < 5 or bytes(buf[:4]) != CHUNK_MAGIC:
             raise CorruptDataError("not a seqkv KV chunk (bad magic)")
         if buf[4] != CHUNK_VERSION:
             raise CorruptDataError(f"KV chunk format version {buf[4]}; this seqkv_edge reads {CHUNK_VERSION}")
@@ -204,7 +213,10 @@ def parse_chunk(payload) -> ParsedChunk:
                 pos += _EXT_BYTES * n_tokens
         if pos != len(buf) or any(len(p) == 0 for p in pieces):
             raise CorruptDataError(f"KV chunk is {len(buf)} bytes, its sections end at byte {pos}")
-    except (struct.error, ValueError) as error:
+        for (_, n_channels), piece in zip(layout.k + layout.v, pieces[1:]):
+            if n_channels > _CHANNELS_PER_STREAM_BYTE * len(piece):
+                raise CorruptDataError(f"a KV chunk tensor of {n_channels} channels is coded in {len(piece)} bytes")
+    except (struct.error, ValueError, IndexError) as error:
         raise CorruptDataError(f"KV chunk is truncated or damaged: {error}") from None
     return ParsedChunk(layout, start, n_tokens, pieces[0], ext if layout.has_cell_ext else None, pieces[1:])
 
@@ -291,14 +303,19 @@ class ChunkCodec:
         return SessionChunks(self, state, tokens, n_vocab, identity)
 
     def _decode_tokens(self, chunk: ParsedChunk) -> np.ndarray:
-        tokens = np.asarray(self.tokens(chunk.layout.n_vocab).decode(chunk.tokens), dtype=np.int32)
+        codec = self.tokens(chunk.layout.n_vocab)
+        tokens = np.asarray(codec.decode(chunk.tokens, max_tokens=chunk.n_tokens), dtype=np.int32)
         if tokens.shape[0] != chunk.n_tokens:
             raise CorruptDataError(f"a KV chunk holds {tokens.shape[0]} tokens, its header says {chunk.n_tokens}")
         return tokens
 
-    def rebuild(self, payloads: Sequence, n_tokens: int, identity: bytes | None = None) -> tuple[bytearray, np.ndarray]:
+    def rebuild(self, payloads: Sequence, n_tokens: int, identity: bytes | None = None, *,
+                node_ends: Sequence[int] | None = None,
+                max_cell_bytes: int | None = None) -> tuple[bytearray, np.ndarray]:
         """The seq-0 state blob and tokens of the first ``n_tokens`` tokens of a root-down node path.
 
+        ``node_ends`` (the trie's end of each node) and ``max_cell_bytes`` (``state.max_cell_bytes`` of
+        the live context) bound what the chunk headers may ask to allocate; both are checked first.
         Raises ModelMismatchError when a chunk was made by another model or cache layout than
         ``identity``, CorruptDataError when chunks do not join up or do not decode.
         """
@@ -311,12 +328,17 @@ class ChunkCodec:
                 "the stored KV chunks were made with another model or cache layout than this context's; "
                 "use one store per model and cache type")
         at = 0
-        for chunk in chunks:
+        for i, chunk in enumerate(chunks):
             if chunk.layout != layout or chunk.start != at:
                 raise CorruptDataError(f"stored chunks do not join up at token {at} (a chunk starts at {chunk.start})")
             at += chunk.n_tokens
+            if node_ends is not None and at != node_ends[i]:
+                raise CorruptDataError(f"a stored chunk ends at token {at}, its trie node at {node_ends[i]}")
         if at < n_tokens or at - chunks[-1].n_tokens >= n_tokens:
             raise CorruptDataError(f"chunks hold tokens [0, {at}); {n_tokens} requested")
+        if max_cell_bytes is not None and layout.cell_bytes() > max_cell_bytes:
+            raise CorruptDataError(f"stored KV chunks describe {layout.cell_bytes():,} bytes per cell; this "
+                                   f"context's cells hold at most {max_cell_bytes:,}")
         tokens = np.concatenate([self._decode_tokens(c) for c in chunks])[:n_tokens]
         ext = np.concatenate([c.ext for c in chunks])[: 3 * n_tokens] if layout.has_cell_ext else None
         blob, tensors = skeleton_layout(layout.skeleton(n_tokens, ext), has_cell_ext=layout.has_cell_ext,
@@ -343,7 +365,7 @@ class ChunkCodec:
         if chunk.start != node_start or chunk.n_tokens != node_len or not 0 < k < node_len:
             raise CorruptDataError(f"splitting a chunk of tokens [{chunk.start}, {chunk.start + chunk.n_tokens}) "
                                    f"as node [{node_start}, {node_start + node_len}) at {k}")
-        tokens = self._decode_tokens(chunk)
+        tokens = self._decode_tokens(chunk)  # node_len comes from the trie: it bounds what is allocated
         specs = chunk.layout.tensor_specs()
         decoded = [np.empty(_cells_shape(spec, node_len), np.uint8) for spec in specs]
         self.kv.decode_many([(c, s[0], s[1], s[2], out) for c, s, out in zip(chunk.kv, specs, decoded)])

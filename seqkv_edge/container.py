@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from .errors import CorruptDataError
+from .meta_schema import SESSION_META, check as check_meta
 from .varint import read_varint, write_varint
 
 MAGIC = b"SQKV"
@@ -151,8 +152,9 @@ def parse_container(data: Buffer, source: str = "session data") -> Container:
         return Container(version=version, meta={}, header=sections[0][1], sections=sections[1:])
     try:
         meta = json.loads(bytes(sections[0][1]))
-    except ValueError as exc:
-        raise CorruptDataError(f"{source}: META section is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise CorruptDataError(f"{source}: META section is not valid JSON ({type(exc).__name__}: {exc})") from None
+    check_meta(meta, SESSION_META, source)
     return Container(version=version, meta=meta, header=None, sections=sections[1:])
 
 

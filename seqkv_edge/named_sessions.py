@@ -38,14 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, meta_schema
 from .chunks import ChunkCodec, default_codec, split_payload
 from .codecs.tokens_portable import TokensPortableCodec
 from .timing import Clock
 from .errors import CorruptDataError, ModelMismatchError, SeqKVError, StoreFullError, StoreUnavailableError
 from .fileio import atomic_write
 from .fingerprint import model_fingerprint
-from .state import parse_seq_state, read_seq_state, write_seq_state
+from .state import max_cell_bytes, parse_seq_state, read_seq_state, write_seq_state
 from .store import SessionStore, open_store
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 CACHE_PREFIX = "llama-cache/"  # store sessions written by SeqKVCache (not named sessions)
 _RECORD_MAGIC = b"SKVN"
 _RECORD_VERSION = 1
+_RECORD_SCHEMA = {"n_tokens": meta_schema.COUNT, "n_vocab": meta_schema.COUNT,
+                  "model": meta_schema.SESSION_META["model"], "cache": meta_schema.SESSION_META["cache"]}
+_MAX_RECORD_TOKENS = 1 << 24  # above any model's context: a larger count is damage, refused before allocating
 
 
 @dataclass
@@ -154,8 +157,15 @@ def _unpack_record(data: bytes, name: str) -> tuple[dict, np.ndarray]:
     if buf[4] != _RECORD_VERSION:
         raise CorruptDataError(f"session {name!r} has record version {buf[4]}; this seqkv_edge reads {_RECORD_VERSION}")
     (n,) = struct.unpack_from("<I", buf, 5)
-    meta = json.loads(bytes(buf[9:9 + n]))
-    tokens = TokensPortableCodec(n_vocab=meta["n_vocab"]).decode(buf[9 + n:-4])
+    try:
+        meta = json.loads(bytes(buf[9:9 + n]))
+    except (ValueError, RecursionError) as exc:
+        raise CorruptDataError(f"the record of session {name!r} is not valid JSON ({type(exc).__name__})") from None
+    meta_schema.check(meta, _RECORD_SCHEMA, f"session {name!r}", "record")
+    if not 1 <= meta["n_vocab"] <= 1 << 24 or meta["n_tokens"] > _MAX_RECORD_TOKENS:
+        raise CorruptDataError(f"the record of session {name!r} claims {meta['n_tokens']} tokens of a "
+                               f"{meta['n_vocab']}-token vocabulary")
+    tokens = TokensPortableCodec(n_vocab=meta["n_vocab"]).decode(buf[9 + n:-4], max_tokens=meta["n_tokens"])
     tokens = np.asarray(tokens, dtype=np.int32)
     if tokens.shape[0] != meta["n_tokens"]:
         raise CorruptDataError(f"session {name!r}: {tokens.shape[0]} tokens decoded, the record says {meta['n_tokens']}")
@@ -317,9 +327,10 @@ def session_tokens(llm, store: SessionStore, name: str) -> np.ndarray:
 
 
 def fetch_prefix(store: SessionStore, tokens: np.ndarray, digest: bytes, codec: ChunkCodec | None = None,
-                 min_length: int = 1) -> tuple[int, bytearray | None]:
+                 min_length: int = 1, max_cell_bytes: int | None = None) -> tuple[int, bytearray | None]:
     """The longest stored KV prefix of ``tokens`` as a seq-0 state blob: ``(length, blob)``,
-    ``(0, None)`` when none of at least ``min_length`` tokens is stored."""
+    ``(0, None)`` when none of at least ``min_length`` tokens is stored. Pass ``max_cell_bytes``
+    (``state.max_cell_bytes(llm)``) so damaged chunks cannot ask for more memory than the context holds."""
     codec = codec or default_codec()
     for _ in range(3):  # nodes evicted between the lookup and the read: look up again
         match = store.longest_prefix(tokens)
@@ -329,7 +340,8 @@ def fetch_prefix(store: SessionStore, tokens: np.ndarray, digest: bytes, codec: 
             payloads = store.get_payloads(match.node_ids)
         except KeyError:
             continue
-        blob, kv_tokens = codec.rebuild(payloads, match.length, digest)
+        blob, kv_tokens = codec.rebuild(payloads, match.length, digest, node_ends=match.node_ends,
+                                        max_cell_bytes=max_cell_bytes)
         if not np.array_equal(kv_tokens, tokens[:match.length]):
             raise CorruptDataError("stored KV chunks hold other tokens than the trie path that leads to them")
         return match.length, blob
@@ -364,7 +376,7 @@ def load_named(llm, store: SessionStore, name: str, *, codec: ChunkCodec | None 
         raise ModelMismatchError(f"session {name!r} holds {n} tokens but this context has n_ctx={llm.n_ctx()}")
     digest = bind_store(store, llm)
     clock.lap("read_tokens")
-    length, blob = fetch_prefix(store, tokens, digest, codec)
+    length, blob = fetch_prefix(store, tokens, digest, codec, max_cell_bytes=max_cell_bytes(llm))
     clock.lap("decode")
     info = NamedSessionInfo(name, n, raw_bytes=len(blob) if blob is not None else 0, restored_tokens=length)
     if blob is not None:

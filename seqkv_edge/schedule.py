@@ -18,6 +18,9 @@ from .errors import CorruptDataError, SeqKVError
 from .varint import read_varint, write_varint
 
 NO_CUT = -1
+# eval calls a replay may make per cell of the context: a session that cut back and regenerated its whole
+# context 64 times; a schedule claiming more is damaged, refused before its runs are expanded
+MAX_CALLS_PER_CELL = 64
 Progress = Optional[Callable[[int, int], Optional[bool]]]
 
 
@@ -43,21 +46,32 @@ class Schedule:
         return write_varint(len(runs)) + b"".join(b"".join(map(write_varint, run)) for run in runs)
 
     @classmethod
-    def decode(cls, buf, runs: bool = True) -> "Schedule":
-        """Read a SCHEDULE_RUNS section, or with ``runs=False`` a version-1 SCHEDULE (one entry per call)."""
+    def decode(cls, buf, runs: bool = True, max_calls: int | None = None) -> "Schedule":
+        """Read a SCHEDULE_RUNS section, or with ``runs=False`` a version-1 SCHEDULE (one entry per call).
+
+        A schedule of more than ``max_calls`` eval calls is refused before its runs are expanded.
+        """
         buf = memoryview(buf)
         count, pos = read_varint(buf, 0, "schedule")
-        schedule = cls()
+        if count > len(buf):  # a run takes at least 2 bytes
+            raise CorruptDataError(f"schedule claims {count} runs in {len(buf)} bytes")
+        read = []
         for _ in range(count):
             size, pos = read_varint(buf, pos, "schedule")
             cut, pos = read_varint(buf, pos, "schedule")
             repeat, pos = read_varint(buf, pos, "schedule") if runs else (1, pos)
             if size == 0 or repeat == 0 or repeat > len(buf) * 128:
                 raise CorruptDataError("schedule holds an empty eval call or run")
-            schedule.sizes += [size] * repeat
-            schedule.cuts += [cut - 1] * repeat
+            read.append((size, cut - 1, repeat))
         if pos != len(buf):
             raise CorruptDataError("schedule section has trailing bytes")
+        n_calls = sum(repeat for _, _, repeat in read)
+        if max_calls is not None and n_calls > max_calls:
+            raise CorruptDataError(f"schedule holds {n_calls:,} eval calls; a replay here makes at most {max_calls:,}")
+        schedule = cls()
+        for size, cut, repeat in read:
+            schedule.sizes += [size] * repeat
+            schedule.cuts += [cut] * repeat
         return schedule
 
     @property

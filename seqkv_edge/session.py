@@ -23,9 +23,12 @@ from .container import Container, Kind, read_container, write_container
 from .timing import Clock
 from .errors import CorruptDataError, ModelMismatchError, SeqKVError
 from .fingerprint import build_info, model_fingerprint
-from .state import GGML_TYPES, parse_seq_state, read_seq_state, skeleton_layout, write_seq_state
+from .state import GGML_TYPES, max_cell_bytes, parse_seq_state, read_seq_state, skeleton_layout, write_seq_state
 
 log = logging.getLogger(__name__)
+
+_STATE_HEADER_BYTES = 1 << 16  # a state's headers beside its cells: magic, streams, per-layer types and sizes
+_HEAD_LAYOUT = ("n_head_kv", "head_dim_k", "head_dim_v", "n_rot")  # what the lossy decoder sizes its work by
 
 
 @dataclass
@@ -149,6 +152,7 @@ def check_model(container: Container, llm, source: str) -> None:
     n_tokens = container.meta.get("n_tokens", 0)
     if n_tokens > llm.n_ctx():
         raise ModelMismatchError(f"{source} holds {n_tokens} tokens but this context has n_ctx={llm.n_ctx()}")
+    _check_sizes(container.meta, llm, source)
     saved_cache, live_cache = container.meta.get("cache", {}), live_cache_layout(llm)
     if any(saved_cache.get(key) != value for key, value in live_cache.items()):
         raise ModelMismatchError(
@@ -156,6 +160,26 @@ def check_model(container: Container, llm, source: str) -> None:
             f"{_describe_cache(live_cache)}. Create the Llama with matching type_k/type_v and flash_attn "
             "(flash attention stores V untransposed)."
         )
+
+
+def _check_sizes(meta: dict, llm, source: str) -> None:
+    """Refuse sizes the live model cannot hold, before decoding allocates by them (only snapshot files
+    have them; a named session's record has none)."""
+    if "state_bytes" in meta:
+        limit = meta["n_tokens"] * max_cell_bytes(llm) + _STATE_HEADER_BYTES
+        if meta["state_bytes"] > limit:
+            raise CorruptDataError(f"{source} describes a {meta['state_bytes']:,}-byte state for {meta['n_tokens']} "
+                                   f"tokens; a state of that many tokens of this model takes at most {limit:,} bytes")
+    if meta.get("codecs", {}).get("kv", {}).get("id") == "kv_lossy":
+        from .rope import rope_params
+
+        saved, live = meta.get("rope") or {}, rope_params(llm)
+        if any(saved.get(key) != live[key] for key in _HEAD_LAYOUT):
+            raise ModelMismatchError(f"{source} describes heads {_heads(saved)}; this model has {_heads(live)}")
+
+
+def _heads(rope: dict) -> str:
+    return ", ".join(f"{key}={rope.get(key)}" for key in _HEAD_LAYOUT)
 
 
 def live_cache_layout(llm) -> dict:
@@ -179,10 +203,10 @@ def _describe_cache(cache: dict) -> str:
 def decode_state(container: Container, source: str) -> tuple[bytearray, np.ndarray]:
     """Decode a session file's tokens and rebuild its llama.cpp state blob (tensors decoded in place)."""
     meta, codecs = container.meta, container.meta.get("codecs", {})
-    tokens = get_codec(codecs["tokens"]).decode(container.payload(Kind.TOKENS))
+    tokens = _decode_bounded(codecs["tokens"], container.payload(Kind.TOKENS), meta["n_tokens"], source)
     if len(tokens) != meta["n_tokens"]:
         raise CorruptDataError(f"{source}: {len(tokens)} tokens decoded, the header says {meta['n_tokens']}")
-    skeleton = get_codec(codecs["skeleton"]).decode(container.payload(Kind.SKELETON))
+    skeleton = _decode_bounded(codecs["skeleton"], container.payload(Kind.SKELETON), meta["state_bytes"], source)
     blob, tensors = skeleton_layout(skeleton, expected_size=meta["state_bytes"], **meta.get("layout", {}))
     coded = container.payloads(Kind.KV)
     if len(coded) != len(tensors) or len(tensors) != len(meta["tensors"]):
@@ -191,12 +215,27 @@ def decode_state(container: Container, source: str) -> tuple[bytearray, np.ndarr
         if _tensor_meta(tensor) != described:
             raise CorruptDataError(f"{source}: tensor {described.get('name')} does not match the state layout")
     kv_codec = get_codec(codecs["kv"])
+    if codecs["kv"]["id"] not in ("kv_lossless", "kv_lossy"):
+        raise CorruptDataError(f"{source}: codec {codecs['kv']['id']!r} does not code KV tensors")
     if codecs["kv"]["id"] == "kv_lossy":
         streams = [st for sec in parse_seq_state(blob, **meta.get("layout", {})).sections for st in sec.streams]
-        kv_codec.decode_state(coded, tensors, [st.positions for st in streams if st.cell_count], meta.get("rope"))
+        try:
+            kv_codec.decode_state(coded, tensors, [st.positions for st in streams if st.cell_count], meta.get("rope"))
+        except (ValueError, IndexError, TypeError, KeyError) as exc:  # payload fields the lossy decoder trusted
+            raise CorruptDataError(f"{source}: a lossy KV payload does not decode ({type(exc).__name__}: {exc})") from None
     else:
         kv_codec.decode_many([(c, t.ggml_type.id, t.token_major, t.n_channels, t.data) for c, t in zip(coded, tensors)])
     return blob, tokens
+
+
+def _decode_bounded(config: dict, payload, limit: int, source: str):
+    """Decode a side section with the codec its config names, refusing more than ``limit`` items."""
+    codec = get_codec(config)
+    if not isinstance(codec, (TokensPortableCodec, ZstdCodec)):
+        raise CorruptDataError(f"{source}: codec {config['id']!r} does not code this section")
+    if isinstance(codec, TokensPortableCodec):
+        return codec.decode(payload, max_tokens=limit)
+    return codec.decode(payload, max_size=limit)
 
 
 def load(llm, path: Union[str, Path], progress=None) -> SessionInfo:

@@ -30,6 +30,7 @@ _MAX_SEQ = 256  # LLAMA_MAX_SEQ: bounds n_stream, n_seq_id and seq ids
 _MAX_ROW_BYTES = 1 << 20  # plausibility bound on one cell's K or V bytes in one layer (real models: < 64 KiB)
 _ROPE_TYPES_WITH_CELL_EXT = (8, 40)  # GGML_ROPE_TYPE_MROPE, GGML_ROPE_TYPE_IMROPE: cells keep (x, y, tok)
 _CELL_EXT_DTYPE = np.dtype([("x", "<i4"), ("y", "<i4"), ("tok", "<i4")])  # llama_kv_cell_ext
+_CELL_BYTES = 24  # a cell's metadata in a seq state: pos, n_seq_id, ext, one seq id
 
 
 class GGMLType(NamedTuple):
@@ -380,6 +381,20 @@ def model_state_options(model) -> dict:
     memory = "hybrid" if lib.llama_model_is_hybrid(ptr) else "recurrent" if lib.llama_model_is_recurrent(ptr) else "kv"
     return {"arch": model_arch(model), "memory": memory, "n_swa": int(lib.llama_model_n_swa(ptr)),
             "has_cell_ext": int(lib.llama_model_rope_type(ptr)) in _ROPE_TYPES_WITH_CELL_EXT}
+
+
+def max_cell_bytes(llm) -> int:
+    """The most bytes one cell of a ``llama_cpp.Llama``'s context can take in a sequence state: K and V of
+    every layer at the live cache types (heads of the GGUF's key/value length) plus the cell metadata of
+    each KV section. Decoders check a file's sizes against it before they allocate."""
+    lib, ptr = _lib(), _model_ptr(llm)
+    n_embd, n_head = int(lib.llama_model_n_embd(ptr)), max(int(lib.llama_model_n_head(ptr)), 1)
+    arch = llm.metadata.get("general.architecture", "")
+    head_dims = [int(llm.metadata.get(f"{arch}.attention.{key}_length", n_embd // n_head)) for key in ("key", "value")]
+    width = max(n_embd, n_head * max(head_dims))  # values per cell and layer in K, and in V
+    params = llm.context_params
+    row = max(-(-width // t.block_size) * t.type_size for t in (GGML_TYPES[params.type_k], GGML_TYPES[params.type_v]))
+    return int(lib.llama_model_n_layer(ptr)) * 2 * row + 2 * _CELL_BYTES
 
 
 def read_seq_state(ctx, seq_id: int = 0, out: bytearray | None = None) -> bytearray | memoryview:

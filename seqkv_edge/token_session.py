@@ -30,7 +30,7 @@ from .container import Container, Kind, write_container
 from .errors import CorruptDataError, ModelMismatchError, SeqKVError
 from .fingerprint import build_info, model_fingerprint
 from .timing import Clock
-from .schedule import Progress, Schedule, replay, report
+from .schedule import MAX_CALLS_PER_CELL, Progress, Schedule, replay, report
 from .varint import read_varint, write_varint
 
 log = logging.getLogger(__name__)
@@ -155,12 +155,15 @@ def load(llm, container: Container, source: str, progress: Progress = None) -> s
                 "between machines."
             )
         log.warning("%s: another llama.cpp build; restoring from the portable copy by batched prefill", source)
-        return _prefill(llm, portable.decode(fallback[0]), header, source, progress, "prefill (fallback)")
+        tokens = portable.decode(fallback[0], max_tokens=header["n_tokens"])
+        return _prefill(llm, tokens, header, source, progress, "prefill (fallback)")
     if tier == "portable":
-        return _prefill(llm, portable.decode(container.payload(Kind.TOKENS)), header, source, progress, "prefill")
+        tokens = portable.decode(container.payload(Kind.TOKENS), max_tokens=header["n_tokens"])
+        return _prefill(llm, tokens, header, source, progress, "prefill")
     if tier == "hybrid":
-        schedule = read_schedule(container)
-        replay(llm, schedule, portable.decode(container.payload(Kind.TOKENS)),
+        schedule = read_schedule(container, max_calls=MAX_CALLS_PER_CELL * llm.n_ctx())
+        n_plain = schedule.n_evaluated - len(schedule.sizes) + 1  # every call after the first has one model-coded token
+        replay(llm, schedule, portable.decode(container.payload(Kind.TOKENS), max_tokens=n_plain),
                bytes(container.payload(Kind.MODEL_TOKENS)), progress)
         _check_count(llm, header, source)
         return "exact replay"
@@ -168,11 +171,11 @@ def load(llm, container: Container, source: str, progress: Progress = None) -> s
     return "one-token replay"
 
 
-def read_schedule(container: Container) -> Schedule:
+def read_schedule(container: Container, max_calls: int | None = None) -> Schedule:
     """The hybrid schedule: run-length coded (format 2) or one entry per call (format 1)."""
     if container.payloads(Kind.SCHEDULE):
-        return Schedule.decode(container.payload(Kind.SCHEDULE), runs=False)
-    return Schedule.decode(container.payload(Kind.SCHEDULE_RUNS))
+        return Schedule.decode(container.payload(Kind.SCHEDULE), runs=False, max_calls=max_calls)
+    return Schedule.decode(container.payload(Kind.SCHEDULE_RUNS), max_calls=max_calls)
 
 
 def _prefill(llm, tokens: np.ndarray, header: dict, source: str, progress: Progress, how: str) -> str:

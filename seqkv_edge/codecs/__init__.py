@@ -19,13 +19,16 @@ def register_codec(cls: type[Codec]) -> type[Codec]:
 
 def get_codec(config: dict) -> Codec:
     """Rebuild a codec from ``config`` (as returned by ``Codec.get_config``)."""
-    codec_id = config.get("id")
-    if codec_id not in _REGISTRY:
+    codec_id = config.get("id") if isinstance(config, dict) else None
+    if not isinstance(codec_id, str) or codec_id not in _REGISTRY:
         raise CorruptDataError(
             f"unknown codec {codec_id!r} (known: {sorted(_REGISTRY)}); "
             "the file was written by a newer seqkv_edge or is damaged"
         )
-    return _REGISTRY[codec_id].from_config(config)
+    try:
+        return _REGISTRY[codec_id].from_config(config)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # the constructor refused a field
+        raise CorruptDataError(f"the stored config of codec {codec_id!r} is damaged: {exc}") from None
 
 
 def registered_codecs() -> list[str]:

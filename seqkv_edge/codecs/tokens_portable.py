@@ -135,8 +135,12 @@ class TokensPortableCodec(Codec):
         log.debug("tokens_portable: %d tokens -> %d bytes", len(tokens), len(stream))
         return stream
 
-    def decode(self, buf, out=None) -> np.ndarray:
-        tokens, end = self.decode_prefix(buf)
+    def decode(self, buf, out=None, max_tokens: int | None = None) -> np.ndarray:
+        """The tokens of a stream; a stream that claims more than ``max_tokens`` (e.g. the context's n_ctx,
+        or a count the caller knows) is refused before anything is allocated."""
+        if out is not None:
+            max_tokens = len(out) if max_tokens is None else min(max_tokens, len(out))
+        tokens, end = self.decode_prefix(buf, max_tokens)
         size = len(memoryview(buf).cast("B"))
         if end != size:
             raise CorruptDataError(f"{self.codec_id}: {size - end} bytes follow the end of the stream")
@@ -145,7 +149,7 @@ class TokensPortableCodec(Codec):
             return out
         return tokens
 
-    def decode_prefix(self, buf) -> tuple[np.ndarray, int]:
+    def decode_prefix(self, buf, max_tokens: int | None = None) -> tuple[np.ndarray, int]:
         """Decodes the stream at the start of ``buf``; returns ``(tokens, bytes it spans)``."""
         view = memoryview(buf).cast("B")
         n_tokens, pos = read_varint(view, 0, self.codec_id)
@@ -157,6 +161,9 @@ class TokensPortableCodec(Codec):
             raise CorruptDataError(
                 f"{self.codec_id}: a count of {n_tokens} tokens in {len(payload)} bytes is impossible"
             )
+        if max_tokens is not None and n_tokens > max_tokens:
+            raise CorruptDataError(f"{self.codec_id}: the stream holds {n_tokens} tokens, at most {max_tokens} "
+                                   "expected here")
         tokens = np.empty(n_tokens, dtype=np.int32)
         consumed = _decode_payload(payload, n_tokens, self.n_vocab, tokens)
         if tokens_crc(tokens) != crc:

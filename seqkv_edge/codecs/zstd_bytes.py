@@ -22,9 +22,19 @@ class ZstdCodec(Codec):
     def encode(self, buf) -> bytes:
         return zstandard.ZstdCompressor(level=self.level).compress(memoryview(buf).cast("B"))
 
-    def decode(self, buf, out=None) -> bytes:
+    def decode(self, buf, out=None, max_size: int | None = None) -> bytes:
+        """The bytes of one frame; a frame that states more than ``max_size`` bytes (or ``len(out)``) is
+        refused before anything is allocated."""
+        data = bytes(buf)
+        if out is not None:
+            max_size = len(memoryview(out).cast("B")) if max_size is None else min(max_size, len(out))
         try:
-            data = zstandard.ZstdDecompressor().decompress(bytes(buf))
+            size = zstandard.frame_content_size(data)
+            if size < 0:
+                raise CorruptDataError("zstd frame does not state its size")
+            if max_size is not None and size > max_size:
+                raise CorruptDataError(f"zstd frame states {size:,} bytes, at most {max_size:,} expected here")
+            data = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
         except zstandard.ZstdError as exc:
             raise CorruptDataError(f"zstd stream does not decode: {exc}") from None
         if out is not None:
