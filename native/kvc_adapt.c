@@ -20,12 +20,12 @@ int kvc_adapt_init(KvcAdapt *a, int A, const KvcCtx *prior)
     if (!mem)
         return -1;
     a->count = (uint32_t *)mem;
-    a->tab.enc = (uint64_t *)(mem + (size_t)A * 4);
+    a->tab.enc = mem + (size_t)A * 4;
     a->tab.dec = (uint32_t *)(mem + (size_t)A * 12);
     a->tab.bucket = (uint16_t *)(mem + (size_t)A * 16 + 4);
     a->total = 0;
     for (int s = 0; s < A; s++) {
-        uint32_t freq = (uint32_t)(prior->enc[s] >> 32);
+        uint32_t freq = (uint32_t)(kvc_enc_get(prior->enc, s) >> 32);
         a->count[s] = 1 + (uint32_t)(((uint64_t)freq * KVC_ADAPT_PRIOR) >> KVC_PROB_BITS);
         a->total += a->count[s];
     }
@@ -64,7 +64,7 @@ void kvc_adapt_rebuild(KvcAdapt *a, int A)
     uint32_t run = 0;
     for (int s = 0; s < A; s++) { /* rank == symbol */
         a->tab.dec[s] = run | (uint32_t)s << KVC_DEC_SYM_SHIFT;
-        a->tab.enc[s] = run | (uint64_t)freq[s] << 32;
+        kvc_enc_set(a->tab.enc, s, run | (uint64_t)freq[s] << 32);
         run += freq[s];
     }
     a->tab.dec[A] = run;

@@ -22,6 +22,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "rans.h"
 
@@ -102,11 +103,24 @@ typedef struct {
  * symbols, whose tiny frequencies crowd the decoder's buckets, all sit at the end. Each side
  * finds everything about a symbol in one load: the encoder by symbol, the decoder by rank. */
 typedef struct {
-    uint64_t *enc;        /* encoder: start | freq << 32 of each symbol [A] */
+    uint8_t *enc;         /* encoder: start | freq << 32 of each symbol [A], 8 bytes each at a 4-byte
+                             aligned offset: read and written through kvc_enc_get / kvc_enc_set */
     uint32_t *dec;        /* decoder: start | symbol << KVC_DEC_SYM_SHIFT by rank [A + 1];
                              dec[A] = KVC_PROB_ONE (the end of the last symbol) */
     uint16_t *bucket;     /* decoder: rank holding slot b << KVC_BUCKET_SHIFT [2^BUCKET_BITS] */
 } KvcCtx;                 /* enc == NULL until built */
+
+static inline uint64_t kvc_enc_get(const uint8_t *enc, int sym)
+{
+    uint64_t v;
+    memcpy(&v, enc + (size_t)sym * 8, 8);
+    return v;
+}
+
+static inline void kvc_enc_set(uint8_t *enc, int sym, uint64_t v)
+{
+    memcpy(enc + (size_t)sym * 8, &v, 8);
+}
 
 #define KVC_DEC_SYM_SHIFT (KVC_PROB_BITS + 1) /* start may be KVC_PROB_ONE (the end marker) */
 #define KVC_DEC_START(e) ((e) & ((1u << KVC_DEC_SYM_SHIFT) - 1))

@@ -204,7 +204,7 @@ INLINE int64_t code_elem(Coder *cd, Member *m, Rans64State *x, const int j0, con
         h = read_elem(m, elem, raw_bits, &raw, &extra);
         sym = kind == KVC_KIND_FLOAT ? kvc_sym_float(m->ch, &map, h, nb, exp_bits) : kvc_sym_int(&map, h, nb);
         KvcStep *st = &cd->steps[cd->n];
-        uint64_t se = tab->enc[sym];
+        uint64_t se = kvc_enc_get(tab->enc, sym);
         st[0].start = (raw << KVC_PROB_BITS) + (uint32_t)se;
         st[0].fss = (uint32_t)(se >> 32) | (scale << 24) | ((uint32_t)(j0 % KVC_N_STATES) << 29);
         if (extra_bits) {

@@ -173,7 +173,7 @@ static void prepare(KvcCtxSet *set, KvcCtx *t, const KvcFormat *f, const KvcChan
     uint32_t prob[KVC_MAX_A], cum[KVC_MAX_A + 1];
     int A = set->A;
     uint8_t *p = set->mem + (size_t)(t - set->ctx) * set->per_ctx;
-    t->enc = (uint64_t *)p;
+    t->enc = p;
     t->dec = (uint32_t *)(p + (size_t)A * 8);
     t->bucket = (uint16_t *)(p + (size_t)A * 8 + ((size_t)A + 1) * 4);
     if (f->kind == KVC_KIND_FLOAT)
@@ -185,7 +185,7 @@ static void prepare(KvcCtxSet *set, KvcCtx *t, const KvcFormat *f, const KvcChan
     quantize(cum, prob, order, A);
     for (int r = 0; r < A; r++) {
         t->dec[r] = cum[r] | (uint32_t)order[r] << KVC_DEC_SYM_SHIFT;
-        t->enc[order[r]] = cum[r] | (uint64_t)(cum[r + 1] - cum[r]) << 32;
+        kvc_enc_set(t->enc, order[r], cum[r] | (uint64_t)(cum[r + 1] - cum[r]) << 32);
     }
     t->dec[A] = KVC_PROB_ONE;
     kvc_fill_buckets(t, KVC_BUCKET_BITS);

@@ -156,6 +156,12 @@ void kvc_plan_free(KvcPlan *plan)
     plan->lanes = NULL;
 }
 
+int64_t kvc_side_min_size(int ggml_type, int64_t n_channels)
+{
+    int blocks = ggml_type == KVC_TYPE_Q8_0 || ggml_type == KVC_TYPE_Q4_0;
+    return 3 * (n_channels + (blocks ? n_channels / 32 : 0));
+}
+
 int64_t kvc_side_size(const KvcPlan *plan)
 {
     int64_t size = 0;

@@ -54,6 +54,8 @@ void kvc_plan_free(KvcPlan *plan);
 
 /* Side information of every section (after the header): size, write, read. */
 int64_t kvc_side_size(const KvcPlan *plan);
+/* The fewest side-information bytes a coded tensor of n_channels has (3 per channel, block scales included). */
+int64_t kvc_side_min_size(int ggml_type, int64_t n_channels);
 void kvc_side_write(const KvcPlan *plan, uint8_t *dst);
 int kvc_side_read(KvcPlan *plan, const uint8_t *src);
 

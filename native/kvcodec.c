@@ -371,6 +371,9 @@ int kvc_decode(const uint8_t *src, int64_t src_len, int ggml_type, int token_maj
         if (dst_len)
             memcpy(dst, src + KVC_HEADER_SIZE, (size_t)dst_len);
     } else {
+        /* per-channel scratch is sized by n_channels: first check the stream can describe that many */
+        if (h.total - KVC_HEADER_SIZE < kvc_side_min_size(ggml_type, n_channels))
+            return KVC_ERR_CORRUPT;
         KvcPlan plan;
         rc = kvc_plan_init(&plan, ggml_type, token_major, n_channels, n_tokens, dst);
         if (rc == KVC_OK)
