@@ -7,8 +7,8 @@ Layout (format versions 1 and 2; 2 only adds the SCHEDULE_RUNS section kind)::
     end                      kind 0  | length 0       | crc32 of every section crc, u32
 
 Section kinds are listed in :class:`Kind`. A reader refuses unknown versions, checks every
-checksum, and treats a missing end marker as truncation. Writes are atomic: a temporary file in
-the same directory is written, fsynced, then renamed over the target.
+checksum, and treats a missing end marker as truncation. Writes are atomic (``fileio.atomic_writer``):
+a uniquely named temporary file in the same directory is written, fsynced, then renamed over the target.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from .errors import CorruptDataError
+from .fileio import atomic_writer
 from .meta_schema import SESSION_META, check as check_meta
 from .varint import read_varint, write_varint
 
@@ -74,41 +75,17 @@ def write_container(path: Union[str, Path], meta: Union[dict, bytes], sections: 
     ``meta`` is a JSON-safe dict (META section) or the bytes of a compact HEADER section.
     """
     first = (Kind.HEADER, meta) if isinstance(meta, (bytes, bytearray)) else (Kind.META, encode_meta(meta))
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     crcs = bytearray()
-    try:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + bytes([FORMAT_VERSION, 0]))
-            for kind, payload in [first, *sections]:
-                crc = zlib.crc32(payload)
-                f.write(bytes([kind]) + write_varint(len(payload)))
-                f.write(payload)
-                f.write(struct.pack("<I", crc))
-                crcs += struct.pack("<I", crc)
-            f.write(bytes([Kind.END, 0]) + struct.pack("<I", zlib.crc32(crcs)))
-            f.flush()
-            os.fsync(f.fileno())
-            size = f.tell()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return size
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_writer(path) as f:
+        f.write(MAGIC + bytes([FORMAT_VERSION, 0]))
+        for kind, payload in [first, *sections]:
+            crc = zlib.crc32(payload)
+            f.write(bytes([kind]) + write_varint(len(payload)))
+            f.write(payload)
+            f.write(struct.pack("<I", crc))
+            crcs += struct.pack("<I", crc)
+        f.write(bytes([Kind.END, 0]) + struct.pack("<I", zlib.crc32(crcs)))
+        return f.tell()
 
 
 def parse_container(data: Buffer, source: str = "session data") -> Container:

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import struct
+import tempfile
 import types
 import urllib.parse
 import zlib
@@ -43,7 +44,7 @@ from .chunks import ChunkCodec, default_codec, split_payload
 from .codecs.tokens_portable import TokensPortableCodec
 from .timing import Clock
 from .errors import CorruptDataError, ModelMismatchError, SeqKVError, StoreFullError, StoreUnavailableError
-from .fileio import atomic_write
+from .fileio import atomic_write, fsync_dir
 from .fingerprint import model_fingerprint
 from .state import max_cell_bytes, parse_seq_state, read_seq_state, write_seq_state
 from .store import SessionStore, open_store
@@ -235,14 +236,18 @@ class _DirCatalog(Catalog):
 
     def _set_identity_if_absent(self, data: bytes) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".identity.tmp{os.getpid()}"
-        tmp.write_bytes(data)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".identity.", suffix=".tmp")  # unique per writer
         try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             os.link(tmp, self.dir / "identity.json")  # atomic, and fails when another writer was first
+            fsync_dir(self.dir)
         except FileExistsError:
             pass
         finally:
-            tmp.unlink()
+            os.unlink(tmp)
 
 
 class _RedisCatalog(Catalog):

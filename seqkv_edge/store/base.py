@@ -125,17 +125,21 @@ class SessionStore(StoreBackend):
         """Keep nodes from eviction and deletion, in every process, while the block runs
         (at most ``ttl_s`` seconds, so a crashed reader cannot pin them forever)."""
         token = uuid.uuid4().hex
-        self._lease([int(i) for i in node_ids], token, time.time() + ttl_s)
+        with self._lock:  # backends share one connection between threads: one transaction at a time
+            self._lease([int(i) for i in node_ids], token, time.time() + ttl_s)
         try:
             yield
         finally:
-            self._release(token)
+            with self._lock:
+                self._release(token)
 
     def list_sessions(self) -> list[str]:
-        return sorted(self._sessions())
+        with self._lock:
+            return sorted(self._sessions())
 
     def node_stats(self, node_ids: Sequence[int]) -> list[NodeStats]:
-        rows = self._node_rows([int(i) for i in node_ids])
+        with self._lock:
+            rows = self._node_rows([int(i) for i in node_ids])
         missing = [i for i in node_ids if int(i) not in rows]
         if missing:
             raise KeyError(f"no trie nodes {missing}")
@@ -184,7 +188,8 @@ class SessionStore(StoreBackend):
         Returns the number of nodes dropped.
         """
         dropped = self._retry(self._plan_gc)
-        self._housekeeping()
+        with self._lock:
+            self._housekeeping()
         return dropped
 
     def evict(self, budget_bytes: int) -> list[str]:

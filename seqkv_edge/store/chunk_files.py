@@ -52,7 +52,9 @@ class ChunkFiles:
     def write(self, node_id: int, version: int, payload: bytes, dirs: set) -> Path:
         """Write a chunk under its final name (through tmp/); adds its directory to ``dirs``."""
         final = self.path(node_id, version)
-        final.parent.mkdir(exist_ok=True)
+        if not final.parent.is_dir():
+            final.parent.mkdir(exist_ok=True)
+            dirs.add(final.parent.parent)  # the new folder's entry in blobs/ must reach the disk too
         temp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
         with open(temp, "wb") as handle:
             handle.write(payload)

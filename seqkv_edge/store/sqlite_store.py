@@ -103,10 +103,11 @@ class SQLiteStore(SessionStore):
         self._refresh()
 
     def close(self) -> None:
-        try:
-            self._flush_use()
-        finally:
-            self._db.close()
+        with self._lock:
+            try:
+                self._flush_use()
+            finally:
+                self._db.close()
 
     # ---- transactions and errors --------------------------------------------------------
 
