@@ -203,10 +203,9 @@ def bench_ttft(args, workdir: Path) -> dict:
 def run_dedup_bench(args) -> dict:
     """Run the parts not in ``args.skip``; returns their figures (``format_report`` prints them)."""
     skip = {part for part in args.skip.split(",") if part}
-    if not getattr(args, "model", None):
-        from .models import default_model_path
+    from .models import model_path
 
-        args.model = default_model_path()
+    args.model = model_path(getattr(args, "model", None))
     workdir = Path(tempfile.mkdtemp(prefix="seqkv-dedup-"))
     result = {"model": args.model}
     try:

@@ -28,6 +28,7 @@ import zstandard
 from tqdm import tqdm
 
 from . import __version__
+from .models import MODEL_HELP
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,9 @@ def add_report_args(parser: argparse.ArgumentParser) -> None:
 
 def report_main(args) -> int:
     """Run the report (``args``: report, report_lengths, report_cache_types, model, text, n_ctx, threads)."""
-    if getattr(args, "model", None):
-        model_path = args.model
-    else:
-        from .models import default_model_path
+    from .models import model_path as find_model
 
-        model_path = default_model_path()
+    model_path = find_model(getattr(args, "model", None))
     lengths = sorted({int(n) for n in str(args.report_lengths).split(",") if n.strip()})
     cache_types = [t for t in str(getattr(args, "report_cache_types", "q8_0,q4_0")).split(",") if t]
     result = run_report(model_path, Path(args.report), lengths, text=getattr(args, "text", None),
@@ -279,7 +277,7 @@ def main(argv=None) -> int:
     parser.add_argument("report", metavar="DIR")
     parser.add_argument("--report-lengths", default=",".join(map(str, DEFAULT_LENGTHS)))
     parser.add_argument("--report-cache-types", default="q8_0,q4_0")
-    parser.add_argument("--model")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--text")
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=None)

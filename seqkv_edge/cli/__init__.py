@@ -13,14 +13,17 @@ import tempfile
 from pathlib import Path
 
 from ..errors import SeqKVError
+from ..models import MODEL_HELP
 
 
 def _model_path(args) -> str:
-    if args.model:
-        return args.model
-    from ..models import default_model_path
+    """``--model NAME|PATH``: a known model's name (``seqkv_edge.models``), a GGUF path, or the default model."""
+    from ..models import model_path
 
-    return default_model_path()
+    try:
+        return model_path(getattr(args, "model", None))
+    except ValueError as error:
+        raise SystemExit(f"seqkv: {error}") from None
 
 
 def cmd_inspect(args) -> int:
@@ -175,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="save, restore and continue a ~1,500-token session on the default model")
-    demo.add_argument("--model", help="GGUF model path (default: the packaged Qwen2.5-Coder-0.5B)")
+    demo.add_argument("--model", help=MODEL_HELP)
     demo.add_argument("--tokens", type=int, default=1500)
     demo.add_argument("--n-ctx", type=int, default=4096)
     demo.add_argument("--out", help="where to keep the session file (default: a temporary directory)")
@@ -188,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=cmd_inspect)
 
     bench = sub.add_parser("bench", help="sizes and times against llama.cpp's raw state, zstd and re-prefill")
-    bench.add_argument("--model")
+    bench.add_argument("--model", help=MODEL_HELP)
     bench.add_argument("--text", help="English plain text (default: /usr/share/common-licenses/GPL-3)")
     bench.add_argument("--tokens", type=int, default=2000)
     bench.add_argument("--n-ctx", type=int, default=4096)

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..models import MODEL_HELP
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("calibrate", help="measure per-head KV sensitivity; write the lossy tier's step weights")
-    p.add_argument("--model", help="GGUF path (default: the default model)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--texts", help="comma list of calibration texts (default: kv_weights.PROBE_TEXTS)")
     p.add_argument("--probe-step", type=float, default=None, help="probe step, times the 2-bit step (default 8)")
     p.add_argument("--shrink", type=float, default=None, help="share of the fitted log-weights kept (default 0.5)")

@@ -10,6 +10,7 @@ from ..chat import (DEFAULT_SYSTEM, TEMPLATES, TIERS, ChatSession, Sampling, Ses
                     pick_template)
 from ..config import SeqKV
 from ..errors import SeqKVError
+from ..models import MODEL_HELP
 
 HELP = """commands:
   /save          save the session now (it is also saved after every answer)
@@ -47,12 +48,9 @@ def _tier_name(config: SeqKV) -> str:
 def run_chat(args) -> int:
     from ..llama import Llama
 
-    if args.model:
-        model_path = args.model
-    else:
-        from ..models import default_model_path
+    from . import _model_path
 
-        model_path = default_model_path()
+    model_path = _model_path(args)
     config = TIERS[args.tier]()
     print(f"loading {model_path} ...", file=sys.stderr, flush=True)
     import llama_cpp
@@ -137,7 +135,7 @@ def command(chat: ChatSession, line: str, tier: str) -> Optional[str]:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``seqkv chat``."""
     parser = subparsers.add_parser("chat", help="terminal chat, saved compressed after every turn, resumed on start")
-    parser.add_argument("--model", help="GGUF model path (default: the packaged Qwen2.5-Coder-0.5B)")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--session", default="default", help="session name (default: %(default)s)")
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=None)

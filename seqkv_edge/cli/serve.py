@@ -5,18 +5,16 @@ import argparse
 import signal
 import sys
 
+from ..models import MODEL_HELP
 from ..serve import STATS_PATH, create_app, default_store
 
 
 def run_serve(args) -> int:
     import uvicorn
 
-    if args.model:
-        model_path = args.model
-    else:
-        from ..models import default_model_path
+    from . import _model_path
 
-        model_path = default_model_path()
+    model_path = _model_path(args)
     store = args.store or default_store()
     app, server = create_app(model_path, store, budget_bytes=args.budget_bytes, n_ctx=args.n_ctx,
                              n_threads=args.threads, chat_format=args.chat_format)
@@ -41,7 +39,7 @@ def _exit_on_signal(signum, frame):
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``seqkv serve``."""
     parser = subparsers.add_parser("serve", help="OpenAI-compatible server whose prompt cache is the SeqKV store")
-    parser.add_argument("--model", help="GGUF model path (default: the packaged Qwen2.5-Coder-0.5B)")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--store", help="store directory or redis:// URL (default: $SEQKV_HOME/server-store)")
