@@ -64,6 +64,9 @@ def create_app(model_path: str, store_location: str, *, budget_bytes=None, n_ctx
     server = _Server(open_session_store(store_location, budget_bytes=budget_bytes, n_threads=n_threads),
                      budget_bytes)
     server.install(server_app._llama_proxy)
+    if not server_app._llama_proxy().metadata.get("tokenizer.chat_template") and not chat_format:
+        log.warning("%s has no chat template (a base model): /v1/chat/completions answers may be empty; use "
+                    "/v1/completions, an instruct model, or --chat-format", model_path)
 
     @app.get(STATS_PATH)
     def seqkv_stats() -> dict:

@@ -68,6 +68,10 @@ def run_chat(args) -> int:
         print(f"[new session {chat.name}; saved to {chat.path(chat.name)} after every answer]", flush=True)
     print(f"[model {Path(model_path).name}, template {chat.template.name}, storage {_tier_name(config)}; /help]",
           flush=True)
+    if not llm.metadata.get("tokenizer.chat_template") and args.template == "auto":
+        print("[this model has no chat template (a base model, not an instruct one): it continues a plain "
+              "User:/Assistant: transcript and may not answer like a chat model; use an instruct model for chat]",
+              flush=True)
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
