@@ -1,0 +1,53 @@
+/*
+ * segcode.h -- the segment coder: int32 indices of an [n_cells, n_channels] tensor (row-major), coded in
+ * independent segments of SEGC_CELLS cells x SEGC_CHANNELS channels (format constants, never a property
+ * of the hardware), so any number of CPU threads or GPU threads code it in parallel, to the same bytes.
+ *
+ * Stream (little-endian):
+ *   u32 magic SEGC_MAGIC ("SGC1"), u16 version SEGC_VERSION, u16 flags (0),
+ *   u32 n_cells, u32 n_channels,
+ *   u32 size[n_segments]      the byte count of each segment body (the size table),
+ *   the segment bodies, in segment order (segcode_core.h describes one body).
+ * Segment s covers cell block s / n_channel_blocks and channel block s % n_channel_blocks; edge
+ * segments are smaller. n_segments = ceil(n_cells / SEGC_CELLS) * ceil(n_channels / SEGC_CHANNELS).
+ *
+ * Every function returns a negative SEGC_ERR_* code on failure. Decoders read nothing outside
+ * [src, src + src_len) and allocate only what the caller's n_cells x n_channels implies; a stream
+ * describing another shape is SEGC_ERR_MISMATCH. n_threads <= 0 means one; the bytes never depend on it.
+ */
+#ifndef SEQKV_SEGCODE_H
+#define SEQKV_SEGCODE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "segcode_core.h"
+
+#define SEGC_MAGIC 0x31434753u /* "SGC1" */
+#define SEGC_VERSION 1
+#define SEGC_HEADER_SIZE 16
+#define SEGC_MAX_THREADS 64
+
+int64_t segc_segment_count(uint32_t n_cells, uint32_t n_channels);
+/* capacity segc_encode needs at dst (it uses dst as scratch; the result is compacted in place) */
+int64_t segc_encode_bound(uint32_t n_cells, uint32_t n_channels);
+/* returns the stream's byte count */
+int64_t segc_encode(const int32_t *q, uint32_t n_cells, uint32_t n_channels, uint8_t *dst, int64_t dst_cap,
+                    int n_threads);
+/* quantizes x (x * inv_step[channel], rounded) segment by segment as it codes */
+int64_t segc_encode_f32(const float *x, const float *inv_step, uint32_t n_cells, uint32_t n_channels,
+                        uint8_t *dst, int64_t dst_cap, int n_threads);
+/* returns the byte count the stream took (streams are self-delimiting) */
+int64_t segc_decode(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels, int32_t *q,
+                    int n_threads);
+/* decodes and dequantizes: x = index * step[channel] */
+int64_t segc_decode_f32(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
+                        const float *step, float *x, int n_threads);
+int segc_stream_info(const uint8_t *src, int64_t src_len, uint32_t *n_cells, uint32_t *n_channels);
+/* byte offsets of each segment body from src (n_segments + 1 entries: the last is the stream's size) */
+int64_t segc_segment_offsets(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
+                             uint64_t *offsets);
+int segc_quantize(const float *x, const float *inv_step, uint32_t n_cells, uint32_t n_channels, int32_t *q);
+int segc_dequantize(const int32_t *q, const float *step, uint32_t n_cells, uint32_t n_channels, float *x);
+
+#endif /* SEQKV_SEGCODE_H */
