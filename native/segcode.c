@@ -9,25 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void segc_store_le32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
-
-static uint32_t segc_load_le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-
 int64_t segc_segment_count(uint32_t n_cells, uint32_t n_channels)
 {
     if (n_cells == 0 || n_channels == 0)
         return SEGC_ERR_ARGUMENT;
-    return (int64_t)((n_cells + (uint64_t)SEGC_CELLS - 1) / SEGC_CELLS) *
-           (int64_t)((n_channels + (uint64_t)SEGC_CHANNELS - 1) / SEGC_CHANNELS);
+    return (int64_t)segc_segment_total(n_cells, n_channels);
 }
 
 static int64_t segc_table_end(int64_t n_segments)
@@ -152,11 +138,7 @@ static int64_t segc_encode_job(segc_job *job, int n_threads, int need_scratch, i
             rc = job->result[s]; /* the first failing segment: the same error whatever the thread count */
     if (rc == SEGC_OK) {
         uint8_t *out = job->dst + segc_table_end(n_seg);
-        segc_store_le32(job->dst, SEGC_MAGIC);
-        job->dst[4] = SEGC_VERSION;
-        job->dst[5] = job->dst[6] = job->dst[7] = 0;
-        segc_store_le32(job->dst + 8, job->n_cells);
-        segc_store_le32(job->dst + 12, job->n_channels);
+        segc_write_header(job->dst, job->n_cells, job->n_channels);
         for (s = 0; s < n_seg; s++) { /* compact the slots in order: each moves down, never over a later one */
             segc_store_le32(job->dst + SEGC_HEADER_SIZE + 4 * s, (uint32_t)job->result[s]);
             memmove(out, segc_slot(job, s), (size_t)job->result[s]);
@@ -190,39 +172,13 @@ int64_t segc_encode_f32(const float *x, const float *inv_step, uint32_t n_cells,
 
 int segc_stream_info(const uint8_t *src, int64_t src_len, uint32_t *n_cells, uint32_t *n_channels)
 {
-    if (!src || src_len < SEGC_HEADER_SIZE)
-        return SEGC_ERR_CORRUPT;
-    if (segc_load_le32(src) != SEGC_MAGIC || src[4] != SEGC_VERSION || src[5] || src[6] || src[7])
-        return SEGC_ERR_CORRUPT;
-    *n_cells = segc_load_le32(src + 8);
-    *n_channels = segc_load_le32(src + 12);
-    return SEGC_OK;
+    return src ? segc_read_header(src, src_len, n_cells, n_channels) : SEGC_ERR_ARGUMENT;
 }
 
 int64_t segc_segment_offsets(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
                              uint64_t *offsets)
 {
-    uint32_t got_cells, got_channels;
-    int64_t n_seg = segc_segment_count(n_cells, n_channels), s;
-    int rc = segc_stream_info(src, src_len, &got_cells, &got_channels);
-    if (n_seg < 0)
-        return n_seg;
-    if (rc != SEGC_OK)
-        return rc;
-    if (got_cells != n_cells || got_channels != n_channels)
-        return SEGC_ERR_MISMATCH;
-    if (src_len < segc_table_end(n_seg))
-        return SEGC_ERR_CORRUPT;
-    uint64_t at = (uint64_t)segc_table_end(n_seg);
-    for (s = 0; s < n_seg; s++) {
-        uint32_t size = segc_load_le32(src + SEGC_HEADER_SIZE + 4 * s);
-        if (size == 0 || size > SEGC_SEGMENT_BOUND || at + size > (uint64_t)src_len)
-            return SEGC_ERR_CORRUPT;
-        offsets[s] = at;
-        at += size;
-    }
-    offsets[n_seg] = at;
-    return (int64_t)at;
+    return src && offsets ? segc_parse_offsets(src, src_len, n_cells, n_channels, offsets) : SEGC_ERR_ARGUMENT;
 }
 
 static int64_t segc_decode_int(const segc_job *job, int64_t seg, int32_t *scratch)

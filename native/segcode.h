@@ -23,9 +23,6 @@
 
 #include "segcode_core.h"
 
-#define SEGC_MAGIC 0x31434753u /* "SGC1" */
-#define SEGC_VERSION 1
-#define SEGC_HEADER_SIZE 16
 #define SEGC_MAX_THREADS 64
 
 int64_t segc_segment_count(uint32_t n_cells, uint32_t n_channels);

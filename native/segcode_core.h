@@ -15,9 +15,11 @@
  *   states  SEGC_LANES u32 little-endian initial decoder states (lane 0 first), absent when the table
  *           gives one literal symbol probability one (a constant segment);
  *   words   u16 little-endian renormalisation words, shared by the lanes in decoding order.
- * Value i of the segment in row-major order (i = row * w + column) is coded by lane i % SEGC_LANES:
- * the lanes interleave in one stream, in the order a warp of SEGC_LANES threads decodes one row slice
- * per step. Symbols: zigzag z of the index; z < SEGC_LITERALS is its own symbol, a larger z of bit length
+ * Value i of the segment in row-major order (i = row * w + column) is coded by lane i % SEGC_LANES.
+ * The lanes share one word stream; the decoder takes the values in groups of SEGC_LANES consecutive
+ * ones, in two passes per group: every lane's symbol (and its renormalisation word, lane order), then
+ * every escaped lane's raw bits (and word, lane order). So a warp of SEGC_LANES threads can decode a
+ * group in two steps, each locating its words with one ballot and a prefix count. Symbols: zigzag z of the index; z < SEGC_LITERALS is its own symbol, a larger z of bit length
  * e + 1 is symbol SEGC_LITERALS + e - 4 followed by its e low bits, raw. rANS: 32-bit states in
  * [2^16, 2^32), 16-bit renormalisation, frequencies at scale 2^SEGC_SCALE_BITS.
  */
@@ -63,6 +65,7 @@ typedef long long int64_t;
 #define SEGC_ERR_MISMATCH -5
 #define SEGC_ERR_CAPACITY -6
 #define SEGC_ERR_THREAD -7
+#define SEGC_ERR_DEVICE -8 /* a CUDA runtime call failed */
 
 /* ---- symbols ---------------------------------------------------------------------------------------- */
 
@@ -295,16 +298,30 @@ SEGC_FN int32_t segc_encode_block(const int32_t *q, uint32_t stride, uint32_t h,
     for (s = 0; s < SEGC_LANES; s++)
         x[s] = SEGC_RANS_L;
     uint8_t *end = slot + SEGC_SEGMENT_BOUND, *p = end;
-    uint32_t i = h * w;
-    for (r = h; r-- > 0;)
-        for (k = w; k-- > 0;) {
-            uint32_t lane = --i % SEGC_LANES;
-            uint32_t z = segc_zigzag(q[(uint64_t)r * stride + k]);
-            s = segc_symbol(z, &n_raw);
-            if (n_raw)
-                segc_enc_put_raw(&x[lane], &p, z & ((1u << n_raw) - 1u), n_raw);
-            segc_enc_put(&x[lane], &p, cum[s], freq[s]);
+    uint32_t n = h * w, base = (n - 1) / SEGC_LANES * SEGC_LANES, z[SEGC_LANES], j;
+    for (;; base -= SEGC_LANES) { /* groups last to first, each in the reverse of the decoder's two passes */
+        uint32_t m = n - base < SEGC_LANES ? n - base : SEGC_LANES;
+        r = base / w;
+        k = base % w;
+        for (j = 0; j < m; j++) {
+            z[j] = segc_zigzag(q[(uint64_t)r * stride + k]);
+            if (++k == w) {
+                k = 0;
+                r++;
+            }
         }
+        for (j = m; j-- > 0;) {
+            s = segc_symbol(z[j], &n_raw);
+            if (n_raw)
+                segc_enc_put_raw(&x[j], &p, z[j] & ((1u << n_raw) - 1u), n_raw);
+        }
+        for (j = m; j-- > 0;) {
+            s = segc_symbol(z[j], &n_raw);
+            segc_enc_put(&x[j], &p, cum[s], freq[s]);
+        }
+        if (base == 0)
+            break;
+    }
     for (s = SEGC_LANES; s-- > 0;) {
         p -= 4;
         p[0] = (uint8_t)x[s];
@@ -313,8 +330,8 @@ SEGC_FN int32_t segc_encode_block(const int32_t *q, uint32_t stride, uint32_t h,
         p[3] = (uint8_t)(x[s] >> 24);
     }
     uint32_t body = (uint32_t)(end - p);
-    for (i = 0; i < body; i++) /* forward copy: the destination lies below the source */
-        slot[table_len + i] = p[i];
+    for (j = 0; j < body; j++) /* forward copy: the destination lies below the source */
+        slot[table_len + j] = p[j];
     return (int32_t)(table_len + body);
 }
 
@@ -348,11 +365,12 @@ SEGC_FN int32_t segc_decode_block(const uint8_t *body, uint32_t size, uint32_t h
         if (x[s] < SEGC_RANS_L)
             return SEGC_ERR_CORRUPT;
     }
-    uint32_t lane = 0;
-    for (r = 0; r < h; r++) {
-        int32_t *row = q + (uint64_t)r * stride;
-        for (k = 0; k < w; k++) {
-            uint32_t v = x[lane];
+    uint32_t n = h * w, base, j, sym[SEGC_LANES];
+    r = k = 0;
+    for (base = 0; base < n; base += SEGC_LANES) {
+        uint32_t m = n - base < SEGC_LANES ? n - base : SEGC_LANES;
+        for (j = 0; j < m; j++) { /* pass 1: the group's symbols, lane by lane */
+            uint32_t v = x[j];
             uint32_t slot = v & (SEGC_TOTFREQ - 1u);
             s = t.bucket[slot >> SEGC_BUCKET_SHIFT];
             while (t.cum[s + 1] <= slot)
@@ -364,9 +382,13 @@ SEGC_FN int32_t segc_decode_block(const uint8_t *body, uint32_t size, uint32_t h
                 v = (v << 16) | (uint32_t)p[0] | ((uint32_t)p[1] << 8);
                 p += 2;
             }
-            uint32_t z = s;
-            if (s >= SEGC_LITERALS) {
-                uint32_t e = s - SEGC_LITERALS + 4;
+            x[j] = v;
+            sym[j] = s;
+        }
+        for (j = 0; j < m; j++) { /* pass 2: raw bits of the escaped ones, lane by lane */
+            uint32_t z = sym[j];
+            if (z >= SEGC_LITERALS) {
+                uint32_t e = z - SEGC_LITERALS + 4, v = x[j];
                 z = (1u << e) | (v & ((1u << e) - 1u));
                 v >>= e;
                 if (v < SEGC_RANS_L) {
@@ -377,10 +399,13 @@ SEGC_FN int32_t segc_decode_block(const uint8_t *body, uint32_t size, uint32_t h
                 }
                 if (z > 2u * SEGC_MAX_ABS)
                     return SEGC_ERR_CORRUPT;
+                x[j] = v;
             }
-            x[lane] = v;
-            row[k] = segc_unzigzag(z);
-            lane = (lane + 1) & (SEGC_LANES - 1);
+            q[(uint64_t)r * stride + k] = segc_unzigzag(z);
+            if (++k == w) {
+                k = 0;
+                r++;
+            }
         }
     }
     if (p != end)
@@ -410,6 +435,78 @@ SEGC_FN int32_t segc_quantize_value(float x, float inv_step)
 SEGC_FN float segc_dequantize_value(int32_t q, float step)
 {
     return (float)q * step; /* exact conversion (|q| < 2^24), one rounded multiply */
+}
+
+/* ---- the stream around the segments (segcode.h) ----------------------------------------------------- */
+
+#define SEGC_MAGIC 0x31434753u /* "SGC1" */
+#define SEGC_VERSION 1
+#define SEGC_HEADER_SIZE 16
+
+SEGC_FN uint32_t segc_load_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+SEGC_FN void segc_store_le32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+SEGC_FN uint64_t segc_segment_total(uint32_t n_cells, uint32_t n_channels)
+{
+    return (uint64_t)((n_cells + (uint64_t)SEGC_CELLS - 1) / SEGC_CELLS) *
+           ((n_channels + (uint64_t)SEGC_CHANNELS - 1) / SEGC_CHANNELS);
+}
+
+SEGC_FN void segc_write_header(uint8_t *dst, uint32_t n_cells, uint32_t n_channels)
+{
+    segc_store_le32(dst, SEGC_MAGIC);
+    dst[4] = SEGC_VERSION;
+    dst[5] = dst[6] = dst[7] = 0;
+    segc_store_le32(dst + 8, n_cells);
+    segc_store_le32(dst + 12, n_channels);
+}
+
+SEGC_FN int32_t segc_read_header(const uint8_t *src, int64_t src_len, uint32_t *n_cells, uint32_t *n_channels)
+{
+    if (src_len < SEGC_HEADER_SIZE)
+        return SEGC_ERR_CORRUPT;
+    if (segc_load_le32(src) != SEGC_MAGIC || src[4] != SEGC_VERSION || src[5] || src[6] || src[7])
+        return SEGC_ERR_CORRUPT;
+    *n_cells = segc_load_le32(src + 8);
+    *n_channels = segc_load_le32(src + 12);
+    return SEGC_OK;
+}
+
+/* Byte offset of every segment body (n_segments + 1 entries: the last is the stream's size) of a stream
+ * that must describe an n_cells x n_channels tensor; returns that size or a negative error. */
+SEGC_FN int64_t segc_parse_offsets(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
+                                   uint64_t *offsets)
+{
+    uint32_t got_cells, got_channels;
+    uint64_t n_seg = segc_segment_total(n_cells, n_channels), s, at = SEGC_HEADER_SIZE + 4 * n_seg;
+    int32_t rc = segc_read_header(src, src_len, &got_cells, &got_channels);
+    if (n_seg == 0)
+        return SEGC_ERR_ARGUMENT;
+    if (rc != SEGC_OK)
+        return rc;
+    if (got_cells != n_cells || got_channels != n_channels)
+        return SEGC_ERR_MISMATCH;
+    if ((uint64_t)src_len < at)
+        return SEGC_ERR_CORRUPT;
+    for (s = 0; s < n_seg; s++) {
+        uint32_t size = segc_load_le32(src + SEGC_HEADER_SIZE + 4 * s);
+        if (size == 0 || size > SEGC_SEGMENT_BOUND || at + size > (uint64_t)src_len)
+            return SEGC_ERR_CORRUPT;
+        offsets[s] = at;
+        at += size;
+    }
+    offsets[n_seg] = at;
+    return (int64_t)at;
 }
 
 #endif /* SEQKV_SEGCODE_CORE_H */

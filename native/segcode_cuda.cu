@@ -1,0 +1,330 @@
+/*
+ * segcode_cuda.cu -- CUDA kernels of the segment coder (segcode.h) and a host API over them.
+ *
+ * The kernels run segcode_core.h, the same per-segment code as the CPU build, one thread per segment,
+ * so both give the same bytes. Build (nothing outside this folder is needed):
+ *   nvcc -O3 --fmad=false -Xcompiler -fPIC -shared -arch=sm_90 native/segcode_cuda.cu -o libsegcode_cuda.so
+ * --fmad=false matters for segc_quantize_value (a multiply then a subtract must not fuse); the rest is
+ * integer code. With -DSEGC_EMULATE it builds as plain C++ with no CUDA at all: each kernel then runs on
+ * the host over an emulated grid, one thread after the other, through the same host API (segc_cuda_*),
+ * which is how CI runs the kernels without a GPU.
+ *
+ * Host API: every function returns a byte count or SEGC_OK, or a negative SEGC_ERR_* code; ms, when not
+ * NULL, receives three timings in milliseconds: host->device copies, kernels, device->host copies.
+ */
+#include "segcode_core.h"
+
+#if !defined(__CUDACC_RTC__)
+#include <stdlib.h>
+#include <string.h>
+#endif
+
+#if defined(SEGC_EMULATE)
+struct segc_dim3 {
+    unsigned x;
+};
+static segc_dim3 blockIdx, threadIdx, blockDim, gridDim;
+#define __global__
+#endif
+
+#define SEGC_ENCODE_BLOCK 64 /* threads per block of the per-segment kernels */
+#define SEGC_PACK_BLOCK 256
+
+extern "C" {
+
+__global__ void segc_encode_kernel(const int32_t *q, uint32_t n_cells, uint32_t n_channels, uint32_t n_segments,
+                                   uint8_t *slots, int32_t *sizes)
+{
+    uint32_t seg = blockIdx.x * blockDim.x + threadIdx.x, cell0, ch0, h, w;
+    if (seg >= n_segments)
+        return;
+    segc_segment_geometry(n_cells, n_channels, seg, &cell0, &ch0, &h, &w);
+    sizes[seg] = segc_encode_block(q + (uint64_t)cell0 * n_channels + ch0, n_channels, h, w,
+                                   slots + (uint64_t)seg * SEGC_SEGMENT_BOUND);
+}
+
+/* one block per segment: its size-table entry and its body, from its slot to its place in the stream */
+__global__ void segc_pack_kernel(const uint8_t *slots, const int32_t *sizes, const uint64_t *offsets,
+                                 uint32_t n_segments, uint8_t *dst)
+{
+    uint32_t seg = blockIdx.x;
+    if (seg >= n_segments)
+        return;
+    const uint8_t *from = slots + (uint64_t)seg * SEGC_SEGMENT_BOUND;
+    uint8_t *to = dst + offsets[seg];
+    if (threadIdx.x == 0)
+        segc_store_le32(dst + SEGC_HEADER_SIZE + 4 * (uint64_t)seg, (uint32_t)sizes[seg]);
+    for (uint32_t i = threadIdx.x; i < (uint32_t)sizes[seg]; i += blockDim.x)
+        to[i] = from[i];
+}
+
+__global__ void segc_decode_kernel(const uint8_t *src, const uint64_t *offsets, uint32_t n_cells,
+                                   uint32_t n_channels, uint32_t n_segments, int32_t *q, int32_t *status)
+{
+    uint32_t seg = blockIdx.x * blockDim.x + threadIdx.x, cell0, ch0, h, w;
+    if (seg >= n_segments)
+        return;
+    segc_segment_geometry(n_cells, n_channels, seg, &cell0, &ch0, &h, &w);
+    status[seg] = segc_decode_block(src + offsets[seg], (uint32_t)(offsets[seg + 1] - offsets[seg]), h, w,
+                                    q + (uint64_t)cell0 * n_channels + ch0, n_channels);
+}
+
+__global__ void segc_quantize_kernel(const float *x, const float *inv_step, uint64_t n, uint32_t n_channels,
+                                     int32_t *q)
+{
+    uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        q[i] = segc_quantize_value(x[i], inv_step[i % n_channels]);
+}
+
+__global__ void segc_dequantize_kernel(const int32_t *q, const float *step, uint64_t n, uint32_t n_channels,
+                                       float *x)
+{
+    uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        x[i] = segc_dequantize_value(q[i], step[i % n_channels]);
+}
+
+} /* extern "C" */
+
+#if !defined(__CUDACC_RTC__)
+
+/* ---- device memory, copies, launches and timers: CUDA runtime, or the host when emulating ----------- */
+
+#if defined(SEGC_EMULATE)
+#define SEGC_LAUNCH(kernel, grid, block, ...)                                                                  \
+    do {                                                                                                       \
+        gridDim.x = (unsigned)(grid);                                                                          \
+        blockDim.x = (unsigned)(block);                                                                        \
+        for (blockIdx.x = 0; blockIdx.x < gridDim.x; blockIdx.x++)                                             \
+            for (threadIdx.x = 0; threadIdx.x < blockDim.x; threadIdx.x++)                                     \
+                kernel(__VA_ARGS__);                                                                           \
+    } while (0)
+static int segc_dev_alloc(void **p, uint64_t n)
+{
+    *p = malloc(n ? (size_t)n : 1);
+    return *p ? 0 : -1;
+}
+static void segc_dev_free(void *p) { free(p); }
+static int segc_to_dev(void *d, const void *h, uint64_t n) { memcpy(d, h, (size_t)n); return 0; }
+static int segc_to_host(void *h, const void *d, uint64_t n) { memcpy(h, d, (size_t)n); return 0; }
+static int segc_launched(void) { return 0; }
+typedef int segc_timer;
+static void segc_timer_mark(segc_timer *t) { (void)t; }
+static void segc_timers_read(segc_timer *t, double *ms) { (void)t; if (ms) ms[0] = ms[1] = ms[2] = 0.0; }
+#define SEGC_TIMER_INIT {0, 0, 0, 0}
+#define SEGC_TIMERS_FREE(t) ((void)(t))
+#else
+#include <cuda_runtime.h>
+#define SEGC_LAUNCH(kernel, grid, block, ...) kernel<<<(unsigned)(grid), (unsigned)(block)>>>(__VA_ARGS__)
+static int segc_dev_alloc(void **p, uint64_t n) { return cudaMalloc(p, n ? (size_t)n : 1) == cudaSuccess ? 0 : -1; }
+static void segc_dev_free(void *p) { if (p) cudaFree(p); }
+static int segc_to_dev(void *d, const void *h, uint64_t n)
+{
+    return cudaMemcpy(d, h, (size_t)n, cudaMemcpyHostToDevice) == cudaSuccess ? 0 : -1;
+}
+static int segc_to_host(void *h, const void *d, uint64_t n)
+{
+    return cudaMemcpy(h, d, (size_t)n, cudaMemcpyDeviceToHost) == cudaSuccess ? 0 : -1;
+}
+static int segc_launched(void) { return cudaGetLastError() == cudaSuccess ? 0 : -1; }
+typedef cudaEvent_t segc_timer;
+static void segc_timer_mark(segc_timer *t)
+{
+    if (cudaEventCreate(t) == cudaSuccess)
+        cudaEventRecord(*t, 0);
+    else
+        *t = 0;
+}
+/* four marks: start, copies in done, kernels done, copies out done */
+static void segc_timers_read(segc_timer *t, double *ms)
+{
+    float span;
+    cudaEventSynchronize(t[3]);
+    for (int i = 0; i < 3 && ms; i++)
+        ms[i] = t[i] && t[i + 1] && cudaEventElapsedTime(&span, t[i], t[i + 1]) == cudaSuccess ? span : -1.0;
+}
+#define SEGC_TIMER_INIT {0, 0, 0, 0}
+#define SEGC_TIMERS_FREE(t) do { for (int i_ = 0; i_ < 4; i_++) if ((t)[i_]) cudaEventDestroy((t)[i_]); } while (0)
+#endif
+
+#define SEGC_GRID(n, block) (((uint64_t)(n) + (block) - 1) / (block))
+
+extern "C" {
+
+int64_t segc_cuda_encode_bound(uint32_t n_cells, uint32_t n_channels)
+{
+    uint64_t n_seg = segc_segment_total(n_cells, n_channels);
+    return n_seg ? (int64_t)(SEGC_HEADER_SIZE + n_seg * (4 + (uint64_t)SEGC_SEGMENT_BOUND)) : SEGC_ERR_ARGUMENT;
+}
+
+/* Codes q (host, int32 [n_cells, n_channels]) or, when x is not NULL, quantizes x (host, float32) with
+ * inv_step first; the stream goes to dst (host, dst_cap bytes). */
+static int64_t segc_cuda_encode_any(const int32_t *q, const float *x, const float *inv_step, uint32_t n_cells,
+                                    uint32_t n_channels, uint8_t *dst, int64_t dst_cap, double *ms)
+{
+    uint64_t n_seg = segc_segment_total(n_cells, n_channels), n = (uint64_t)n_cells * n_channels, total, s;
+    void *d_q = 0, *d_x = 0, *d_scale = 0, *d_slots = 0, *d_sizes = 0, *d_offsets = 0, *d_dst = 0;
+    int32_t *sizes = 0;
+    uint64_t *offsets = 0;
+    int64_t rc = SEGC_OK;
+    segc_timer t[4] = SEGC_TIMER_INIT;
+    if (n_seg == 0 || (!q && !(x && inv_step)) || !dst)
+        return SEGC_ERR_ARGUMENT;
+    sizes = (int32_t *)malloc(sizeof(int32_t) * n_seg);
+    offsets = (uint64_t *)malloc(sizeof(uint64_t) * (n_seg + 1));
+    if (!sizes || !offsets)
+        rc = SEGC_ERR_MEMORY;
+    else if (segc_dev_alloc(&d_q, 4 * n) || segc_dev_alloc(&d_slots, n_seg * SEGC_SEGMENT_BOUND) ||
+             segc_dev_alloc(&d_sizes, 4 * n_seg) || segc_dev_alloc(&d_offsets, 8 * (n_seg + 1)) ||
+             (x && (segc_dev_alloc(&d_x, 4 * n) || segc_dev_alloc(&d_scale, 4 * (uint64_t)n_channels))))
+        rc = SEGC_ERR_DEVICE;
+    if (rc == SEGC_OK) {
+        segc_timer_mark(&t[0]);
+        if (x ? segc_to_dev(d_x, x, 4 * n) || segc_to_dev(d_scale, inv_step, 4 * (uint64_t)n_channels)
+              : segc_to_dev(d_q, q, 4 * n))
+            rc = SEGC_ERR_DEVICE;
+        segc_timer_mark(&t[1]);
+    }
+    if (rc == SEGC_OK) {
+        if (x)
+            SEGC_LAUNCH(segc_quantize_kernel, SEGC_GRID(n, 256), 256, (const float *)d_x, (const float *)d_scale,
+                        n, n_channels, (int32_t *)d_q);
+        SEGC_LAUNCH(segc_encode_kernel, SEGC_GRID(n_seg, SEGC_ENCODE_BLOCK), SEGC_ENCODE_BLOCK,
+                    (const int32_t *)d_q, n_cells, n_channels, (uint32_t)n_seg, (uint8_t *)d_slots,
+                    (int32_t *)d_sizes);
+        if (segc_launched() || segc_to_host(sizes, d_sizes, 4 * n_seg))
+            rc = SEGC_ERR_DEVICE;
+    }
+    total = SEGC_HEADER_SIZE + 4 * n_seg;
+    for (s = 0; s < n_seg && rc == SEGC_OK; s++) { /* lowest failing segment first, as on the CPU */
+        if (sizes[s] < 0)
+            rc = sizes[s];
+        offsets[s] = total;
+        total += (uint64_t)(sizes[s] < 0 ? 0 : sizes[s]);
+    }
+    if (rc == SEGC_OK && total > (uint64_t)dst_cap)
+        rc = SEGC_ERR_CAPACITY;
+    if (rc == SEGC_OK && (segc_dev_alloc(&d_dst, total) || segc_to_dev(d_offsets, offsets, 8 * n_seg)))
+        rc = SEGC_ERR_DEVICE;
+    if (rc == SEGC_OK) {
+        SEGC_LAUNCH(segc_pack_kernel, n_seg, SEGC_PACK_BLOCK, (const uint8_t *)d_slots, (const int32_t *)d_sizes,
+                    (const uint64_t *)d_offsets, (uint32_t)n_seg, (uint8_t *)d_dst);
+        if (segc_launched())
+            rc = SEGC_ERR_DEVICE;
+        segc_timer_mark(&t[2]);
+    }
+    if (rc == SEGC_OK) {
+        if (segc_to_host(dst + SEGC_HEADER_SIZE, (uint8_t *)d_dst + SEGC_HEADER_SIZE, total - SEGC_HEADER_SIZE))
+            rc = SEGC_ERR_DEVICE;
+        segc_timer_mark(&t[3]);
+        segc_write_header(dst, n_cells, n_channels);
+        segc_timers_read(t, ms);
+    }
+    SEGC_TIMERS_FREE(t);
+    segc_dev_free(d_q);
+    segc_dev_free(d_x);
+    segc_dev_free(d_scale);
+    segc_dev_free(d_slots);
+    segc_dev_free(d_sizes);
+    segc_dev_free(d_offsets);
+    segc_dev_free(d_dst);
+    free(sizes);
+    free(offsets);
+    return rc == SEGC_OK ? (int64_t)total : rc;
+}
+
+int64_t segc_cuda_encode(const int32_t *q, uint32_t n_cells, uint32_t n_channels, uint8_t *dst, int64_t dst_cap,
+                         double *ms)
+{
+    return segc_cuda_encode_any(q, 0, 0, n_cells, n_channels, dst, dst_cap, ms);
+}
+
+int64_t segc_cuda_encode_f32(const float *x, const float *inv_step, uint32_t n_cells, uint32_t n_channels,
+                             uint8_t *dst, int64_t dst_cap, double *ms)
+{
+    return x && inv_step ? segc_cuda_encode_any(0, x, inv_step, n_cells, n_channels, dst, dst_cap, ms)
+                         : SEGC_ERR_ARGUMENT;
+}
+
+/* Decodes src (host) into q (host, int32) or, when step is not NULL, into x (host, float32) dequantized. */
+static int64_t segc_cuda_decode_any(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
+                                    int32_t *q, const float *step, float *x, double *ms)
+{
+    uint64_t n_seg = segc_segment_total(n_cells, n_channels), n = (uint64_t)n_cells * n_channels, s;
+    void *d_src = 0, *d_offsets = 0, *d_q = 0, *d_status = 0, *d_scale = 0, *d_x = 0;
+    uint64_t *offsets = 0;
+    int32_t *status = 0;
+    int64_t rc = SEGC_OK, total = 0;
+    segc_timer t[4] = SEGC_TIMER_INIT;
+    if (n_seg == 0 || !src || (!q && !(step && x)))
+        return SEGC_ERR_ARGUMENT;
+    /* sized by the caller's shape; the size table is checked on the host before any kernel runs */
+    offsets = (uint64_t *)malloc(sizeof(uint64_t) * (n_seg + 1));
+    status = (int32_t *)malloc(sizeof(int32_t) * n_seg);
+    if (!offsets || !status)
+        rc = SEGC_ERR_MEMORY;
+    else
+        rc = total = segc_parse_offsets(src, src_len, n_cells, n_channels, offsets);
+    if (rc >= 0) {
+        rc = SEGC_OK;
+        if (segc_dev_alloc(&d_src, (uint64_t)total) || segc_dev_alloc(&d_offsets, 8 * (n_seg + 1)) ||
+            segc_dev_alloc(&d_q, 4 * n) || segc_dev_alloc(&d_status, 4 * n_seg) ||
+            (step && (segc_dev_alloc(&d_scale, 4 * (uint64_t)n_channels) || segc_dev_alloc(&d_x, 4 * n))))
+            rc = SEGC_ERR_DEVICE;
+    }
+    if (rc == SEGC_OK) {
+        segc_timer_mark(&t[0]);
+        if (segc_to_dev(d_src, src, (uint64_t)total) || segc_to_dev(d_offsets, offsets, 8 * (n_seg + 1)) ||
+            (step && segc_to_dev(d_scale, step, 4 * (uint64_t)n_channels)))
+            rc = SEGC_ERR_DEVICE;
+        segc_timer_mark(&t[1]);
+    }
+    if (rc == SEGC_OK) {
+        SEGC_LAUNCH(segc_decode_kernel, SEGC_GRID(n_seg, SEGC_ENCODE_BLOCK), SEGC_ENCODE_BLOCK,
+                    (const uint8_t *)d_src, (const uint64_t *)d_offsets, n_cells, n_channels, (uint32_t)n_seg,
+                    (int32_t *)d_q, (int32_t *)d_status);
+        if (step)
+            SEGC_LAUNCH(segc_dequantize_kernel, SEGC_GRID(n, 256), 256, (const int32_t *)d_q,
+                        (const float *)d_scale, n, n_channels, (float *)d_x);
+        if (segc_launched())
+            rc = SEGC_ERR_DEVICE;
+        segc_timer_mark(&t[2]);
+    }
+    if (rc == SEGC_OK) {
+        if (segc_to_host(status, d_status, 4 * n_seg) ||
+            (step ? segc_to_host(x, d_x, 4 * n) : segc_to_host(q, d_q, 4 * n)))
+            rc = SEGC_ERR_DEVICE;
+        segc_timer_mark(&t[3]);
+        segc_timers_read(t, ms);
+    }
+    for (s = 0; s < n_seg && rc == SEGC_OK; s++)
+        if (status[s] != SEGC_OK)
+            rc = status[s];
+    SEGC_TIMERS_FREE(t);
+    segc_dev_free(d_src);
+    segc_dev_free(d_offsets);
+    segc_dev_free(d_q);
+    segc_dev_free(d_status);
+    segc_dev_free(d_scale);
+    segc_dev_free(d_x);
+    free(offsets);
+    free(status);
+    return rc == SEGC_OK ? total : rc;
+}
+
+int64_t segc_cuda_decode(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels, int32_t *q,
+                         double *ms)
+{
+    return segc_cuda_decode_any(src, src_len, n_cells, n_channels, q, 0, 0, ms);
+}
+
+int64_t segc_cuda_decode_f32(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
+                             const float *step, float *x, double *ms)
+{
+    return step && x ? segc_cuda_decode_any(src, src_len, n_cells, n_channels, 0, step, x, ms) : SEGC_ERR_ARGUMENT;
+}
+
+} /* extern "C" */
+
+#endif /* !__CUDACC_RTC__ */
