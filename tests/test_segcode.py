@@ -1,0 +1,161 @@
+"""Segment coder (seqkv_edge.segcode, native/segcode*): frozen format, round trips, threads, hostile input."""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seqkv_edge import segcode
+from seqkv_edge.errors import CorruptDataError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MANIFEST = json.loads((FIXTURES / "segcode_v1_manifest.json").read_text())
+CASES = sorted(MANIFEST["cases"])
+
+
+def _fixture(name):
+    case = MANIFEST["cases"][name]
+    stream = (FIXTURES / f"segcode_v1_{name}.bin").read_bytes()
+    data = np.load(FIXTURES / f"segcode_v1_{name}.npy")
+    return case, stream, data
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fixture_streams_are_frozen(name):
+    case, stream, data = _fixture(name)
+    assert hashlib.sha256(stream).hexdigest() == case["sha256"]
+    assert list(data.shape) == case["shape"]
+    if case["kind"] == "int32":
+        assert segcode.encode(data, threads=1) == stream
+        assert segcode.encode(data, threads=2) == stream
+        assert np.array_equal(segcode.decode(stream, *data.shape), data)
+    else:
+        inv_step = np.load(FIXTURES / f"segcode_v1_{name}_inv_step.npy")
+        assert segcode.encode_f32(data, inv_step, threads=2) == stream
+        q = segcode.quantize(data, inv_step)
+        assert segcode.encode(q) == stream
+        assert np.array_equal(segcode.decode(stream, *data.shape), q)
+        step = (1.0 / inv_step).astype(np.float32)
+        assert np.array_equal(segcode.decode_f32(stream, *data.shape, step), q.astype(np.float32) * step)
+
+
+def _laplace(shape, scale, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.clip(np.round(rng.laplace(0.0, scale, size=shape)), -32767, 32767).astype(np.int32)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 200), (700, 1), (256, 64), (257, 65), (1000, 130)])
+@pytest.mark.parametrize("scale", [0.0, 0.4, 3.0, 900.0, 1e6])
+def test_round_trip_exact(shape, scale):
+    q = _laplace(shape, scale)
+    stream = segcode.encode(q)
+    assert segcode.stream_info(stream) == shape
+    assert np.array_equal(segcode.decode(stream, *shape), q)
+
+
+def test_bytes_do_not_depend_on_thread_count():
+    q = _laplace((1500, 200), 2.0, seed=5)
+    streams = {segcode.encode(q, threads=t) for t in (1, 2, 3, 8, 64, 500)}
+    assert len(streams) == 1
+    stream = streams.pop()
+    for t in (1, 2, 7, 64):
+        assert np.array_equal(segcode.decode(stream, 1500, 200, threads=t), q)
+
+
+def test_segments_are_independent():
+    """A segment's body depends only on its own block: changing one block changes one body."""
+    q = _laplace((600, 150), 2.0, seed=6)
+    other = q.copy()
+    other[300:400, 70:90] += 1  # inside segment (cell block 1, channel block 1)
+    a, b = segcode.segment_offsets(segcode.encode(q), 600, 150), None
+    sa, sb = segcode.encode(q), segcode.encode(other)
+    b = segcode.segment_offsets(sb, 600, 150)
+    bodies_a = [sa[a[i]:a[i + 1]] for i in range(len(a) - 1)]
+    bodies_b = [sb[b[i]:b[i + 1]] for i in range(len(b) - 1)]
+    differing = [i for i, (x, y) in enumerate(zip(bodies_a, bodies_b)) if x != y]
+    assert differing == [1 * 3 + 1]
+
+
+def test_constant_segments_cost_their_table_only():
+    q = np.zeros((512, 128), dtype=np.int32)
+    stream = segcode.encode(q)
+    assert len(stream) == 16 + 4 * 4 + 4 * 1  # header, size table, a one-byte table per segment
+    assert np.array_equal(segcode.decode(stream, 512, 128), q)
+
+
+def test_out_of_range_index_is_refused():
+    q = np.zeros((10, 10), dtype=np.int32)
+    q[3, 3] = 32768
+    with pytest.raises(ValueError, match="outside"):
+        segcode.encode(q)
+
+
+def test_quantize_rounds_ties_away_from_zero_and_clamps():
+    x = np.array([[0.5, -0.5, 1.5, -2.5, 0.49999997, 1e9, -1e9, np.nan, 2.4999998]], dtype=np.float32)
+    q = segcode.quantize(x, np.ones(x.shape[1], dtype=np.float32))
+    assert q.tolist() == [[1, -1, 2, -3, 0, 32767, -32767, 0, 2]]
+    step = np.full(x.shape[1], 0.1, dtype=np.float32)
+    assert np.array_equal(segcode.dequantize(q, step), q.astype(np.float32) * step)
+
+
+def test_decode_refuses_another_shape():
+    stream = segcode.encode(_laplace((300, 70), 1.0))
+    with pytest.raises(CorruptDataError, match="another shape"):
+        segcode.decode(stream, 300, 71)
+
+
+def test_truncated_streams_raise_cleanly():
+    q = _laplace((300, 130), 2.0, seed=7)
+    stream = segcode.encode(q)
+    for n in [0, 3, 15, 16, 20, 40, len(stream) // 2, len(stream) - 2, len(stream) - 1]:
+        with pytest.raises(CorruptDataError):
+            segcode.decode(stream[:n], 300, 130)
+
+
+def test_mutated_streams_raise_or_decode_without_crashing():
+    q = _laplace((300, 130), 2.0, seed=8)
+    stream = bytearray(segcode.encode(q))
+    rng = np.random.default_rng(9)
+    caught = 0
+    for trial in range(400):
+        bad = bytearray(stream)
+        for pos in rng.integers(0, len(bad), size=1 + trial % 4):
+            bad[pos] ^= 1 << int(rng.integers(0, 8))
+        try:
+            out = segcode.decode(bytes(bad), 300, 130, threads=2)
+        except CorruptDataError:
+            caught += 1
+        else:
+            assert np.abs(out).max() <= segcode.MAX_ABS + 1
+    assert caught > 300  # lanes must end in their initial state: damage is almost always detected
+
+
+def test_hostile_size_table_is_refused():
+    q = _laplace((300, 130), 2.0, seed=10)
+    stream = bytearray(segcode.encode(q))
+    for size in (0, 0xFFFFFFFF, 65729, len(stream)):
+        bad = bytearray(stream)
+        bad[16:20] = int(size).to_bytes(4, "little")
+        with pytest.raises(CorruptDataError):
+            segcode.decode(bytes(bad), 300, 130)
+    bad = bytearray(stream)
+    bad[8:12] = (2**32 - 1).to_bytes(4, "little")  # a header claiming a huge tensor: the caller's shape rules
+    with pytest.raises(CorruptDataError, match="another shape"):
+        segcode.decode(bytes(bad), 300, 130)
+
+
+def test_trailing_bytes_are_not_part_of_the_stream():
+    q = _laplace((100, 100), 1.0, seed=11)
+    stream = segcode.encode(q)
+    assert np.array_equal(segcode.decode(stream + b"\x00" * 7, 100, 100), q)
+    assert segcode.segment_offsets(stream + b"xx", 100, 100)[-1] == len(stream)
+
+
+def test_decode_into_out_and_wrong_out():
+    q = _laplace((50, 60), 1.0)
+    out = np.empty((50, 60), dtype=np.int32)
+    assert segcode.decode(segcode.encode(q), 50, 60, out=out) is out
+    assert np.array_equal(out, q)
+    with pytest.raises(ValueError):
+        segcode.decode(segcode.encode(q), 50, 60, out=np.empty((50, 60), dtype=np.int64))

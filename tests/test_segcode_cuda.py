@@ -1,0 +1,95 @@
+"""The segment coder's CUDA kernels without a GPU: the kernel source run on an emulated grid gives the CPU
+coder's bytes, and nvcc's machine code for them holds no fused multiply-add or approximate instruction."""
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seqkv_edge import segcode, segcode_cuda
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MANIFEST = json.loads((FIXTURES / "segcode_v1_manifest.json").read_text())
+NVCC = shutil.which("nvcc")
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    if not shutil.which("g++"):
+        pytest.skip("g++ is needed to build the kernels' host emulation")
+    return segcode_cuda.CudaSegcode(segcode_cuda.build(tmp_path_factory.mktemp("segcode_emu"), emulate=True))
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["cases"]))
+def test_emulated_kernels_give_the_golden_bytes(emulated, name):
+    case = MANIFEST["cases"][name]
+    stream = (FIXTURES / f"segcode_v1_{name}.bin").read_bytes()
+    data = np.load(FIXTURES / f"segcode_v1_{name}.npy")
+    if case["kind"] == "int32":
+        produced = emulated.encode(data)
+        expected = data
+    else:
+        inv_step = np.load(FIXTURES / f"segcode_v1_{name}_inv_step.npy")
+        produced = emulated.encode_f32(data, inv_step)
+        expected = segcode.quantize(data, inv_step)
+        step = (1.0 / inv_step).astype(np.float32)
+        assert np.array_equal(emulated.decode_f32(stream, *data.shape, step),
+                              segcode.decode_f32(stream, *data.shape, step))
+    assert hashlib.sha256(produced).hexdigest() == case["sha256"]
+    assert np.array_equal(emulated.decode(stream, *data.shape), expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_emulated_kernels_and_cpu_decode_each_other(emulated, seed):
+    rng = np.random.default_rng(100 + seed)
+    shape = (int(rng.integers(1, 700)), int(rng.integers(1, 300)))
+    scale = float(rng.choice([0.2, 1.0, 4.0, 60.0, 5000.0]))
+    q = np.clip(np.round(rng.laplace(0.0, scale, size=shape)), -32767, 32767).astype(np.int32)
+    from_kernels, from_cpu = emulated.encode(q), segcode.encode(q, threads=2)
+    assert from_kernels == from_cpu
+    assert np.array_equal(segcode.decode(from_kernels, *shape), q)
+    assert np.array_equal(emulated.decode(from_cpu, *shape), q)
+
+
+def test_emulated_kernels_refuse_damaged_streams(emulated):
+    q = np.round(np.random.default_rng(1).laplace(0.0, 2.0, size=(300, 130))).astype(np.int32)
+    stream = segcode.encode(q)
+    for bad in (stream[: len(stream) // 2], stream[:16] + b"\xff" * (len(stream) - 16)):
+        with pytest.raises(RuntimeError, match="corrupt"):
+            emulated.decode(bad, 300, 130)
+    with pytest.raises(RuntimeError, match="another shape"):
+        emulated.decode(stream, 301, 130)
+
+
+def _machine_code_tools():
+    if not NVCC:
+        pytest.skip("nvcc is not installed")
+    if not (segcode_cuda._tool("cuobjdump") and segcode_cuda._tool("nvdisasm")):
+        pytest.skip("cuobjdump / nvdisasm are not installed (nvidia-cuda-cuobjdump, nvidia-cuda-nvdisasm)")
+
+
+def test_kernels_machine_code_is_exact_on_every_architecture(tmp_path):
+    _machine_code_tools()
+    report = segcode_cuda.machine_code_report(segcode_cuda.build(tmp_path))
+    assert report["sass_archs"] == ["sm_80", "sm_90"]
+    assert report["ptx_targets"] == ["sm_75"]
+    assert report["fused_multiply_add"] == [] and report["ptx_forbidden"] == []
+    assert report["mufu"] == report["integer_division_seeds"]
+    assert report["ok"]
+
+
+def test_machine_code_check_catches_a_fused_multiply_add(tmp_path):
+    """The check is not vacuous: a contracted a * b + c built the default way is reported."""
+    _machine_code_tools()
+    source = tmp_path / "fma.cu"
+    source.write_text('extern "C" __global__ void axpy(const float *a, const float *b, float *c)\n'
+                      "{ unsigned i = threadIdx.x; c[i] = a[i] * b[i] + c[i]; }\n")
+    library = tmp_path / "libfma.so"
+    subprocess.run([NVCC, "-O3", "-Xcompiler", "-fPIC", "-shared", "-gencode", "arch=compute_75,code=compute_75",
+                    "-gencode", "arch=compute_90,code=sm_90", str(source), "-o", str(library)],
+                   check=True, capture_output=True)
+    report = segcode_cuda.machine_code_report(library)
+    assert report["fused_multiply_add"] and report["ptx_forbidden"] and not report["ok"]
