@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from seqkv_edge import native  # noqa: E402
 from seqkv_edge.codecs.kv_lossless import KVLosslessCodec  # noqa: E402
 from seqkv_edge.models import seqkv_home  # noqa: E402
-from seqkv_edge.state import parse_seq_state  # noqa: E402
+from seqkv_edge.state.blob import parse_seq_state  # noqa: E402
 
 DUMP_LAYOUTS = {  # file name: (ggml cache type, flash attention)
     "seq_nofa_f16.bin": (1, False), "seq_fa_f16.bin": (1, True), "seq_fa_q8_0.bin": (8, True), "seq_fa_q4_0.bin": (2, True),
@@ -45,10 +45,10 @@ def load_tensors(blob: bytes):
 
 def make_dumps(directory: Path, n_tokens: int = 2000) -> None:
     """Write the default dumps: the default model's state after n_tokens of the GPL-3 text, per cache layout."""
-    from seqkv_edge.bench import prefill
     from seqkv_edge.hardware import load_plain_llama
     from seqkv_edge.models import default_model_path
-    from seqkv_edge.state import read_seq_state
+    from seqkv_edge.sessions.prefill import prefill
+    from seqkv_edge.state.blob import read_seq_state
     from seqkv_edge.textdata import read_text
 
     directory.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ def main() -> int:
     parser.add_argument("--model", default=None)
     args = parser.parse_args()
     from seqkv_edge import Llama
-    from seqkv_edge.bench import environment
+    from seqkv_edge.bench.snapshots import environment
     from seqkv_edge.models import default_model_path
     from seqkv_edge.textdata import read_text
 

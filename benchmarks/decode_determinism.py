@@ -29,7 +29,7 @@ def new_llama(model_path: str, n_ctx: int):
 
 
 def restored_digest(session: str, model_path: str, n_ctx: int) -> str:
-    from seqkv_edge.state import read_seq_state
+    from seqkv_edge.state.blob import read_seq_state
 
     llm = new_llama(model_path, n_ctx)
     llm.load_session(session)

@@ -3,7 +3,7 @@
     python benchmarks/lossy_kl_table.py [--model M] [--scales 0.12,0.2,...] [--texts T1,T2,...] [--version 4]
 
 For each text: one 1,000-token session of the default model, coded at each step scale (format ``--version``,
-model profile and its step weights on), restored and scored on the next 256 tokens (``seqkv_edge.quality``);
+model profile and its step weights on), restored and scored on the next 256 tokens (``seqkv_edge.calibrate.quality``);
 prints the bits and KL per scale and text, then ``_KL_TABLE_PROFILE`` as ``codecs/kv_lossy.py`` holds it (the
 mean KL of the texts at each scale).
 """
@@ -18,11 +18,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seqkv_edge.codecs import kv_lossy  # noqa: E402
-from seqkv_edge.codecs.kv_lossy import FORMAT_VERSION, KVLossyCodec  # noqa: E402
-from seqkv_edge.kv_profile import load_or_build_profile  # noqa: E402
+from seqkv_edge.calibrate.profile import load_or_build_profile  # noqa: E402
+from seqkv_edge.calibrate.quality import QualityBench  # noqa: E402
+from seqkv_edge.codecs.kv_lossy import codec as kv_lossy  # noqa: E402
+from seqkv_edge.codecs.kv_lossy.codec import FORMAT_VERSION, KVLossyCodec  # noqa: E402
 from seqkv_edge.models import default_model_path  # noqa: E402
-from seqkv_edge.quality import QualityBench  # noqa: E402
 
 SCALES = (0.12, 0.2, 0.3, 0.45, 0.65, 0.9, 1.3)
 TEXTS = ("/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/MPL-2.0", "/usr/share/games/fortunes/people")

@@ -1,6 +1,6 @@
 """Rate-quality of lossy KV snapshots, side by side on the same KV and the same harness.
 
-The same run as ``seqkv bench --tiers lossy`` (``seqkv_edge.bench_lossy``), with the options of a study: older
+The same run as ``seqkv bench --tiers lossy`` (``seqkv_edge.bench.lossy``), with the options of a study: older
 formats beside the current one, only our rows, chosen rates.
 
     python benchmarks/lossy_rate_quality.py [--model M] [--text T] [--out DIR] [--quick] [--v2] [--v1]
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seqkv_edge.bench_lossy import OURS_BITS, TURBO_BITS, run_lossy_bench, write_curve  # noqa: E402
+from seqkv_edge.bench.lossy import OURS_BITS, TURBO_BITS, run_lossy_bench, write_curve  # noqa: E402
 
 
 def main(argv=None) -> int:

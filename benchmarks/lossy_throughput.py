@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from codec_throughput import best_time, dump_paths  # noqa: E402
 
-from seqkv_edge.codecs.kv_lossy import FORMAT_VERSION, KVLossyCodec  # noqa: E402
-from seqkv_edge.kv_profile import load_or_build_profile  # noqa: E402
+from seqkv_edge.calibrate.profile import load_or_build_profile  # noqa: E402
+from seqkv_edge.codecs.kv_lossy.codec import FORMAT_VERSION, KVLossyCodec  # noqa: E402
 from seqkv_edge.models import default_model_path  # noqa: E402
-from seqkv_edge.state import parse_seq_state, skeleton_layout  # noqa: E402
+from seqkv_edge.state.blob import parse_seq_state, skeleton_layout  # noqa: E402
 
 F16_DUMPS = ("seq_fa_f16.bin", "seq_nofa_f16.bin")
 
@@ -38,7 +38,7 @@ F16_DUMPS = ("seq_fa_f16.bin", "seq_nofa_f16.bin")
 def model_setup(model_path: str):
     """(rope parameters, KV profile) of the model the dumps come from."""
     from seqkv_edge.hardware import load_plain_llama as Llama
-    from seqkv_edge.rope import rope_params
+    from seqkv_edge.state.rope import rope_params
 
     llm = Llama(model_path=model_path, n_ctx=64, n_threads=1, verbose=False)
     rope = rope_params(llm)

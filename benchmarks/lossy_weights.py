@@ -1,10 +1,10 @@
-"""Lossy KV tier with and without the model's per-head step weights (``seqkv_edge.kv_weights``), on several texts.
+"""Lossy KV tier with and without the model's per-head step weights (``seqkv_edge.calibrate.weights``), on several texts.
 
     python benchmarks/lossy_weights.py [--model M] [--bits 2] [--texts T1,T2,...] [--weights FILE] [--version 4]
 
 For each text: one 1,000-token session, coded at ``--bits`` with the model profile, uniform steps vs the
 weights (the shipped or calibrated ones, or ``--weights FILE`` from ``seqkv calibrate --out``), restored and
-scored on the next 256 tokens (``seqkv_edge.quality``); then the averages. The default texts are none of the
+scored on the next 256 tokens (``seqkv_edge.calibrate.quality``); then the averages. The default texts are none of the
 calibration texts of ``seqkv calibrate`` or of the KV profile's predictors. ``--version 3``: the payload format
 without inter-layer prediction.
 """
@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seqkv_edge.codecs.kv_lossy import FORMAT_VERSION, KVLossyCodec  # noqa: E402
-from seqkv_edge.kv_profile import load_or_build_profile  # noqa: E402
+from seqkv_edge.calibrate.profile import load_or_build_profile  # noqa: E402
+from seqkv_edge.calibrate.quality import QualityBench  # noqa: E402
+from seqkv_edge.codecs.kv_lossy.codec import FORMAT_VERSION, KVLossyCodec  # noqa: E402
 from seqkv_edge.models import default_model_path  # noqa: E402
-from seqkv_edge.quality import QualityBench  # noqa: E402
 
 TEXTS = ("/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/MPL-2.0",
          "/usr/share/common-licenses/Apache-2.0", "/usr/share/games/fortunes/literature",

@@ -17,7 +17,11 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from seqkv_edge.codecs.tokens_model import ModelTokenDecoder, ModelTokenEncoder, ideal_bits
+from seqkv_edge.codecs.tokens_model import (
+    ModelTokenDecoder,
+    ModelTokenEncoder,
+    ideal_bits,
+)
 from seqkv_edge.codecs.tokens_portable import TokensPortableCodec
 from seqkv_edge.models import default_model_path
 

@@ -8,7 +8,7 @@ About 6 minutes on 2 cores with the default lengths (250, 500, 1000 tokens).
 """
 import sys
 
-from seqkv_edge.report import main
+from seqkv_edge.bench.report import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:] or ["seqkv-report"]))

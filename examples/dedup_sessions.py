@@ -9,7 +9,7 @@ import argparse
 import tempfile
 
 from seqkv_edge import Llama, SeqKV
-from seqkv_edge.named_sessions import load_named, open_session_store, save_named
+from seqkv_edge.sessions.named import load_named, open_session_store, save_named
 from seqkv_edge.textdata import read_text
 
 QUESTIONS = ["Summarise the preamble.", "What does 'convey' mean here?", "Can I sell copies?"]

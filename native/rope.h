@@ -1,6 +1,6 @@
 /*
  * rope.h -- rotary position embedding of cached keys, in place: undone before lossy coding, redone after
- * decoding (seqkv_edge/rope.py computes the angles).
+ * decoding (seqkv_edge/state/rope.py computes the angles).
  */
 #ifndef SEQKV_ROPE_H
 #define SEQKV_ROPE_H

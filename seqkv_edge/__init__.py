@@ -7,11 +7,13 @@
 __version__ = "0.1.0"
 
 from .config import SeqKV  # noqa: E402
-from .errors import (  # noqa: E402
+from .errors import (
     CorruptDataError,
     ModelMismatchError,
     ModelNotInstalledError,
+    ScheduleUnavailableError,
     SeqKVError,
+    SessionCancelled,
     StoreFullError,
     StoreUnavailableError,
     UnsupportedStateError,
@@ -34,6 +36,8 @@ __all__ = [
     "CorruptDataError",
     "ModelMismatchError",
     "ModelNotInstalledError",
+    "ScheduleUnavailableError",
+    "SessionCancelled",
     "UnsupportedStateError",
     "StoreFullError",
     "StoreUnavailableError",

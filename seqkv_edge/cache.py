@@ -9,7 +9,7 @@ of the key without removing it.
 
 ``LlamaState.llama_state`` is the whole-context state (``llama_state_get_data``: architecture
 name, then the memory section); entries are converted to and from the sequence-0 state the
-chunks hold (:func:`seqkv_edge.chunks.full_to_seq_state`).
+chunks hold (:func:`seqkv_edge.container.chunks.full_to_seq_state`).
 
 >>> llm = llama_cpp.Llama(model_path=path, n_ctx=4096)                    # doctest: +SKIP
 >>> llm.set_cache(SeqKVCache(open_session_store("prompt-cache/"), llm))  # doctest: +SKIP
@@ -27,10 +27,15 @@ from typing import Sequence
 import llama_cpp
 import numpy as np
 
-from .chunks import ChunkCodec, default_codec, full_to_seq_state, seq_to_full_state
+from .container.chunks import (
+    ChunkCodec,
+    default_codec,
+    full_to_seq_state,
+    seq_to_full_state,
+)
 from .errors import SeqKVError
-from .named_sessions import CACHE_PREFIX, bind_store, fetch_prefix, open_session_store
-from .state import max_cell_bytes, parse_seq_state
+from .sessions.named import CACHE_PREFIX, bind_store, fetch_prefix, open_session_store
+from .state.blob import max_cell_bytes, parse_seq_state
 from .store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -51,7 +56,7 @@ class SeqKVCache(llama_cpp.BaseLlamaCache):
     """Prompt cache for ``llama_cpp.Llama.set_cache`` backed by a session store.
 
     Args:
-        store: a store from :func:`~seqkv_edge.named_sessions.open_session_store`, or a location
+        store: a store from :func:`~seqkv_edge.sessions.named.open_session_store`, or a location
             (directory or ``redis://`` URL) to open one.
         llm: the Llama the cache serves (held weakly): states are built for its context, and the
             store is checked to serve its model and cache layout.
@@ -139,7 +144,7 @@ class SeqKVCache(llama_cpp.BaseLlamaCache):
             self.store.evict(self.capacity_bytes)
 
     def _state(self, llm, tokens: np.ndarray, blob) -> llama_cpp.LlamaState:
-        from .state import model_arch
+        from .state.blob import model_arch
 
         full = seq_to_full_state(model_arch(llm).encode(), blob)
         input_ids = np.zeros(llm.input_ids.shape[0], dtype=np.intc)

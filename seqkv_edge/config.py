@@ -79,17 +79,18 @@ class SeqKV:
         if self.n_threads is not None and self.n_threads < 1:
             raise ValueError(f"SeqKV(n_threads={self.n_threads}): must be >= 1")
 
-    def save(self, llm, path, progress=None):
-        """Save ``llm``'s session to ``path`` with these settings (the ``kv_compressor`` protocol)."""
-        from .session import save
+    def save(self, llm, target, progress=None):
+        """Save ``llm``'s session to ``target`` with these settings (the ``kv_compressor`` protocol): a file path,
+        or, with ``store``, a plain name (``sessions.core``)."""
+        from .sessions.core import save
 
-        return save(llm, path, self, progress)
+        return save(llm, target, self, progress)
 
-    def load(self, llm, path, progress=None):
-        """Restore a session file into ``llm`` (the ``kv_compressor`` protocol)."""
-        from .session import load
+    def load(self, llm, target, progress=None):
+        """Restore a session file or store name into ``llm`` (the ``kv_compressor`` protocol)."""
+        from .sessions.core import load
 
-        return load(llm, path, progress)
+        return load(llm, target, self, progress)
 
     @property
     def threads(self) -> int:

@@ -27,3 +27,12 @@ class StoreFullError(StoreUnavailableError):
 
 class ModelNotInstalledError(SeqKVError):
     """The default model's packages are missing or do not assemble to the expected file."""
+
+
+class SessionCancelled(SeqKVError):
+    """A progress callback asked to stop a restore; the context was put back as it was."""
+
+
+class ScheduleUnavailableError(SeqKVError):
+    """A ``tokens="hybrid"`` session cannot be saved: its eval schedule was not recorded from the start, or the
+    context was changed outside eval (e.g. a snapshot was loaded); save it with portable tokens instead."""

@@ -6,10 +6,11 @@ from typing import Optional, Union
 
 import llama_cpp
 
-from . import session
 from .config import SeqKV
 from .hardware import model_loading
-from .schedule import Progress, ScheduleRecorder
+from .sessions.base import SessionInfo
+from .sessions.prefill import Progress
+from .sessions.schedule import ScheduleRecorder
 
 
 class Llama(llama_cpp.Llama):
@@ -57,20 +58,16 @@ class Llama(llama_cpp.Llama):
             self.schedule_recorder.before_eval(self.n_tokens, tokens, self._ctx.get_logits)
         super().eval(tokens)
 
-    def save_session(self, path: Union[str, Path], progress: Progress = None) -> session.SessionInfo:
+    def save_session(self, path: Union[str, Path], progress: Progress = None) -> SessionInfo:
         """Save this context's session to ``path`` (atomic write); returns sizes and timings.
 
         With ``SeqKV(store=...)``, a plain name (no path separator, no ``.seqkv`` suffix) saves into the
         store, deduplicated against every other session there. ``progress(done, total)`` is called during
         long work (the one-token pass of ``tokens="model"``).
         """
-        from . import named_sessions
-
-        if self.session_store is not None and named_sessions.is_session_name(path):
-            return named_sessions.save_named(self, self.session_store, path, codec=self.cache.codec)
         return self.kv_compressor.save(self, path, progress)
 
-    def load_session(self, path: Union[str, Path], progress: Progress = None) -> session.SessionInfo:
+    def load_session(self, path: Union[str, Path], progress: Progress = None) -> SessionInfo:
         """Restore a session saved by ``save_session``; generation continues exactly where it stopped.
 
         Tokens-only sessions are recomputed: ``progress(done, total)`` is called as tokens are replayed and
@@ -78,10 +75,6 @@ class Llama(llama_cpp.Llama):
         type, flash_attn setting or llama.cpp build, too small n_ctx) or ``CorruptDataError`` (truncated or
         damaged file); on any error the context is left as it was.
         """
-        from . import named_sessions
-
-        if self.session_store is not None and named_sessions.is_session_name(path):
-            return named_sessions.load_named(self, self.session_store, path, codec=self.cache.codec)
         return self.kv_compressor.load(self, path, progress)
 
     def __getstate__(self):

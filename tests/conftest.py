@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from tiny_model import write_tiny_gguf
 
 

@@ -17,9 +17,9 @@ DIGESTS = FIXTURES / "kv_lossy_decoded_sha256.json"
 
 def decode_fixture(name: str) -> bytes:
     """The state bytes fixture ``name`` decodes to (its payloads into its skeleton, with its own KV profile)."""
-    from seqkv_edge.codecs.kv_lossy import KVLossyCodec
-    from seqkv_edge.kv_profile import KVProfile
-    from seqkv_edge.state import skeleton_layout
+    from seqkv_edge.codecs.kv_lossy.codec import KVLossyCodec
+    from seqkv_edge.codecs.kv_lossy.profile import KVProfile
+    from seqkv_edge.state.blob import skeleton_layout
 
     fx = np.load(FIXTURES / f"{name}.npz")
     rope = json.loads(str(fx["rope"]))

@@ -1,9 +1,9 @@
-"""Reading the fields of a lossy KV payload (seqkv_edge.codecs.kv_lossy's documented layout) in tests."""
+"""Reading the fields of a lossy KV payload (seqkv_edge.codecs.kv_lossy.codec's documented layout) in tests."""
 from __future__ import annotations
 
 import numpy as np
 
-from seqkv_edge.codecs.kv_lossy_tensor import _HEADER, _HEADER2
+from seqkv_edge.codecs.kv_lossy.tensor import _HEADER, _HEADER2
 
 
 def fields_at(payload) -> dict:

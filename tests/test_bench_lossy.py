@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from seqkv_edge.bench.turboquant_peer import NORM_BITS, turboquant_vectors
 from seqkv_edge.cli import main
-from seqkv_edge.codecs.kv_lossy import FORMAT_VERSION
-from seqkv_edge.turboquant_peer import NORM_BITS, turboquant_vectors
+from seqkv_edge.codecs.kv_lossy.codec import FORMAT_VERSION
 
 TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 4
 

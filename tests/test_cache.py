@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from redis_server import RedisServer, redis_available  # noqa: E402
 
 from seqkv_edge.cache import SeqKVCache  # noqa: E402
-from seqkv_edge.named_sessions import open_session_store  # noqa: E402
-from seqkv_edge.state import read_seq_state  # noqa: E402
+from seqkv_edge.sessions.named import open_session_store  # noqa: E402
+from seqkv_edge.state.blob import read_seq_state  # noqa: E402
 
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 6
 
@@ -102,7 +102,7 @@ def test_capacity_evicts(tiny_model_path, store):
 
 @pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
 def test_redis_backed_cache(tiny_model_path):
-    from seqkv_edge.chunks import split_payload
+    from seqkv_edge.container.chunks import split_payload
     from seqkv_edge.store import RedisStore
 
     with RedisServer() as server:

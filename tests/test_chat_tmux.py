@@ -29,7 +29,7 @@ class Terminal:
     def __init__(self, socket: str, name: str, home: Path, model: str, *args: str):
         self.socket, self.name = socket, name
         env = f"SEQKV_HOME={home} PYTHONPATH={REPO} PYTHONUNBUFFERED=1"
-        command = f"exec env {env} {sys.executable} -m seqkv_edge.chat --model {model} {' '.join(args)}"
+        command = f"exec env {env} {sys.executable} -m seqkv_edge chat --model {model} {' '.join(args)}"
         self.tmux("new-session", "-d", "-s", name, "-x", "160", "-y", "50", command)
         self.pid = int(self.tmux("display-message", "-p", "-t", name, "#{pane_pid}").strip())
 

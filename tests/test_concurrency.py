@@ -4,11 +4,11 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from test_store_sqlite import ints, put, splitter
 
-from seqkv_edge.container import Kind, read_container, write_container
+from seqkv_edge.container.session_file import Kind, read_container, write_container
 from seqkv_edge.errors import CorruptDataError
 from seqkv_edge.store import SQLiteStore
-from test_store_sqlite import ints, put, splitter
 
 ROUNDS = 300
 

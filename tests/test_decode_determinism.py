@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from lossy_fixtures import DIGESTS, NAMES, decoded_digests
+
 from seqkv_edge import detmath
 from seqkv_edge.native import require
 

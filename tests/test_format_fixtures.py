@@ -9,11 +9,11 @@ import pytest
 
 from seqkv_edge import Llama, SeqKV
 from seqkv_edge.codecs.tokens_portable import TokensPortableCodec
-from seqkv_edge.container import Kind, read_container
+from seqkv_edge.container.session_file import Kind, read_container
 from seqkv_edge.fingerprint import model_fingerprint
-from seqkv_edge.session import decode_state
-from seqkv_edge.state import read_seq_state
-from seqkv_edge.token_session import build_hash, decode_header, read_schedule
+from seqkv_edge.sessions.snapshot import decode_state
+from seqkv_edge.sessions.tokens import build_hash, decode_header, read_schedule
+from seqkv_edge.state.blob import read_seq_state
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VERSIONS = [1, 2]

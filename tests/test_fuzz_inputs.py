@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqkv_edge.chunks import ChunkCodec, parse_chunk
 from seqkv_edge.codecs.tokens_portable import TokensPortableCodec
-from seqkv_edge.container import MAGIC, Kind, parse_container
+from seqkv_edge.codecs.varint import write_varint
+from seqkv_edge.container.chunks import ChunkCodec, parse_chunk
+from seqkv_edge.container.session_file import MAGIC, Kind, parse_container
 from seqkv_edge.errors import SeqKVError
-from seqkv_edge.session import decode_state
-from seqkv_edge.state import parse_seq_state
-from seqkv_edge.token_session import decode_header, read_schedule
-from seqkv_edge.varint import write_varint
+from seqkv_edge.sessions.snapshot import decode_state
+from seqkv_edge.sessions.tokens import decode_header, read_schedule
+from seqkv_edge.state.blob import parse_seq_state
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SEED = 18

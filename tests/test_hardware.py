@@ -9,7 +9,13 @@ import textwrap
 import pytest
 
 from seqkv_edge import hardware
-from seqkv_edge.hardware import REPACK_ENV, build_has_amx, cpu_has_amx, model_loading, weight_repack_enabled
+from seqkv_edge.hardware import (
+    REPACK_ENV,
+    build_has_amx,
+    cpu_has_amx,
+    model_loading,
+    weight_repack_enabled,
+)
 
 SPR_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile amx_int8\n"
 ZEN_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"

@@ -54,11 +54,11 @@ def run_crafted(tmp_path, body: str) -> str:
 
 SNAPSHOT = """
 import os
-from seqkv_edge import SeqKV, session
-from seqkv_edge.container import Kind, read_container, write_container
+from seqkv_edge import SeqKV
+from seqkv_edge.container.session_file import Kind, read_container, write_container
 tmp = os.environ["TMP_DIR"]
 llm = tiny_llm(tmp)
-session.save(llm, tmp + "/real.seqkv", SeqKV())
+SeqKV().save(llm, tmp + "/real.seqkv")
 real = read_container(tmp + "/real.seqkv")
 sections = [(kind, bytes(payload)) for kind, payload in real.sections]
 meta = real.meta
@@ -70,7 +70,7 @@ def replace(kind, payload):
 
 def test_a_skeleton_describing_a_huge_state_is_refused(tmp_path):
     out = run_crafted(tmp_path, SNAPSHOT + """
-from seqkv_edge.chunks import ChunkLayout
+from seqkv_edge.container.chunks import ChunkLayout
 from seqkv_edge.codecs.zstd_bytes import ZstdCodec
 # one f32 layer of 1 MiB rows (the parser's per-row bound) over 8,192 cells: 16 GiB of K and V
 layout = ChunkLayout(259, True, True, False, 1, 0, ((0, 262144),), ((0, 262144),), bytes(8))
@@ -81,7 +81,7 @@ meta = {**meta, "state_bytes": len(skeleton) + 2 * nbytes, "tensors": [
      "n_channels": 262144, "nbytes": nbytes} for kind in "kv"]}
 write_container(tmp + "/crafted.seqkv", meta, replace(Kind.SKELETON, ZstdCodec().encode(skeleton)))
 print("file bytes", os.path.getsize(tmp + "/crafted.seqkv"))
-expect_refusal(lambda: session.load(llm, tmp + "/crafted.seqkv"))
+expect_refusal(lambda: SeqKV().load(llm, tmp + "/crafted.seqkv"))
 """)
     assert "REFUSED CorruptDataError" in out
 
@@ -94,7 +94,7 @@ assert frame[4] & 0xC0 == 0  # a one-byte content size: widen it to eight bytes 
 crafted = frame[:4] + bytes([frame[4] | 0xC0]) + struct.pack("<Q", 8 << 30) + frame[6:]
 assert zstandard.frame_content_size(crafted) == 8 << 30
 write_container(tmp + "/crafted.seqkv", meta, replace(Kind.SKELETON, crafted))
-expect_refusal(lambda: session.load(llm, tmp + "/crafted.seqkv"))
+expect_refusal(lambda: SeqKV().load(llm, tmp + "/crafted.seqkv"))
 """)
     assert "REFUSED CorruptDataError" in out
 
@@ -102,12 +102,12 @@ expect_refusal(lambda: session.load(llm, tmp + "/crafted.seqkv"))
 def test_token_counts_beyond_the_context_are_refused_before_allocating(tmp_path):
     out = run_crafted(tmp_path, SNAPSHOT + """
 import zlib
-from seqkv_edge.varint import write_varint
+from seqkv_edge.codecs.varint import write_varint
 payload = np.random.default_rng(0).integers(0, 256, 131072, dtype=np.uint8).tobytes()
 n_claimed = (1 << 31) - 1  # 8 GiB of int32, within 16,384 tokens per payload byte
 stream = write_varint(n_claimed) + zlib.crc32(b"").to_bytes(4, "little") + payload
 write_container(tmp + "/crafted.seqkv", meta, replace(Kind.TOKENS, stream))
-expect_refusal(lambda: session.load(llm, tmp + "/crafted.seqkv"))
+expect_refusal(lambda: SeqKV().load(llm, tmp + "/crafted.seqkv"))
 """)
     assert "REFUSED CorruptDataError" in out
 
@@ -115,27 +115,27 @@ expect_refusal(lambda: session.load(llm, tmp + "/crafted.seqkv"))
 def test_a_schedule_of_billions_of_calls_is_refused(tmp_path):
     out = run_crafted(tmp_path, """
 import os
-from seqkv_edge import SeqKV, session
-from seqkv_edge.container import Kind, read_container, write_container
-from seqkv_edge.varint import write_varint
+from seqkv_edge import SeqKV
+from seqkv_edge.container.session_file import Kind, read_container, write_container
+from seqkv_edge.codecs.varint import write_varint
 tmp = os.environ["TMP_DIR"]
 llm = tiny_llm(tmp)
-session.save(llm, tmp + "/real.seqkv", SeqKV(kv="none", tokens="hybrid"))
+SeqKV(kv="none", tokens="hybrid").save(llm, tmp + "/real.seqkv")
 real = read_container(tmp + "/real.seqkv")
 n_runs = 4000
 run = write_varint(1) + write_varint(0) + write_varint(2_000_000)  # within 128 calls per section byte
 runs = write_varint(n_runs) + run * n_runs  # 20 KB: 8 G eval calls, 128 GB as Python lists
 sections = [(k, runs if k == Kind.SCHEDULE_RUNS else bytes(p)) for k, p in real.sections]
 write_container(tmp + "/crafted.seqkv", bytes(real.header), sections)
-expect_refusal(lambda: session.load(llm, tmp + "/crafted.seqkv"))
+expect_refusal(lambda: SeqKV().load(llm, tmp + "/crafted.seqkv"))
 """)
     assert "REFUSED CorruptDataError" in out
 
 
 CHUNKS = """
 import os
-from seqkv_edge.chunks import ChunkCodec, _LAYOUT_HEAD, _TENSOR
-from seqkv_edge.state import parse_seq_state, read_seq_state, max_cell_bytes
+from seqkv_edge.container.chunks import ChunkCodec, _LAYOUT_HEAD, _TENSOR
+from seqkv_edge.state.blob import parse_seq_state, read_seq_state, max_cell_bytes
 tmp = os.environ["TMP_DIR"]
 llm = tiny_llm(tmp)
 n = llm.n_tokens

@@ -8,16 +8,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from seqkv_edge.codecs import get_codec
-from seqkv_edge.codecs.kv_lossy import KVLossyCodec, tensor_values
-from seqkv_edge.errors import CorruptDataError, ModelMismatchError
-from seqkv_edge.kv_profile import (KVProfile, coded_bodies, metric_bases, profile_from_state, query_metric,
-                                   with_predictors)
-from seqkv_edge.rope import apply_rope, rope_params, undo_rope
-from seqkv_edge.state import parse_seq_state, read_seq_state, skeleton_layout, write_seq_state
-
 from lossy_payload import fields_at, steps_of
+
+from seqkv_edge.calibrate.profile import (
+    KVProfile,
+    coded_bodies,
+    metric_bases,
+    profile_from_state,
+    query_metric,
+    with_predictors,
+)
+from seqkv_edge.codecs import get_codec
+from seqkv_edge.codecs.kv_lossy.codec import KVLossyCodec, tensor_values
+from seqkv_edge.errors import CorruptDataError, ModelMismatchError
+from seqkv_edge.state.blob import (
+    parse_seq_state,
+    read_seq_state,
+    skeleton_layout,
+    write_seq_state,
+)
+from seqkv_edge.state.rope import apply_rope, rope_params, undo_rope
 
 F32, F16, Q4_0, Q8_0, BF16 = 0, 1, 2, 8, 30
 TEXT = b"The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. " * 2
@@ -339,7 +349,7 @@ def test_query_metric_bases_whiten_scores_and_decorrelate():
 
 
 def test_profile_is_built_from_the_model_once_and_cached(tiny_model_path, tmp_path, monkeypatch):
-    from seqkv_edge.kv_profile import load_or_build_profile
+    from seqkv_edge.calibrate.profile import load_or_build_profile
 
     monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
     text = tmp_path / "calibration.txt"
@@ -355,7 +365,7 @@ def test_profile_is_built_from_the_model_once_and_cached(tiny_model_path, tmp_pa
 def test_native_format_3_coder_round_trips_indices_with_escapes():
     """lossy3_encode quantizes and codes; lossy3_decode gives back index * step exactly, outliers (escapes) and
     all-zero channels included; lossy3_cost predicts the coded size; damaged streams are refused."""
-    from seqkv_edge.codecs.kv_values import _native
+    from seqkv_edge.state.values import _native
 
     ffi, lib = _native()
     rng = np.random.default_rng(3)

@@ -4,9 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from seqkv_edge.calibrate.profile import load_or_build_profile
+from seqkv_edge.codecs.kv_lossy.predict import (
+    coding_order,
+    feature_keys,
+    features,
+    fit_predictors,
+    predict,
+)
+from seqkv_edge.codecs.kv_lossy.profile import KVProfile, profile_dir
 from seqkv_edge.fingerprint import model_fingerprint
-from seqkv_edge.kv_predict import coding_order, feature_keys, features, fit_predictors, predict
-from seqkv_edge.kv_profile import KVProfile, load_or_build_profile, profile_dir
 
 
 def synthetic_bodies(rng, n_rows=20000, n_layers=3, width=8, innovation=1.0):

@@ -1,4 +1,4 @@
-"""Per-layer step weights of the lossy tier (seqkv_edge.kv_weights): allocation, storage beside the KV profile,
+"""Per-layer step weights of the lossy tier (seqkv_edge.calibrate.weights): allocation, storage beside the KV profile,
 their effect on the coded steps, and ``seqkv calibrate`` end to end on the tiny model."""
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from lossy_payload import steps_of
 
-from seqkv_edge import kv_weights
-from seqkv_edge.codecs.kv_lossy import KVLossyCodec
+from seqkv_edge.calibrate import weights as kv_weights
+from seqkv_edge.calibrate.profile import load_or_build_profile
+from seqkv_edge.codecs.kv_lossy.codec import KVLossyCodec
 from seqkv_edge.errors import CorruptDataError
 from seqkv_edge.fingerprint import model_fingerprint
-from seqkv_edge.kv_profile import load_or_build_profile
-from seqkv_edge.rope import rope_params
-from seqkv_edge.state import parse_seq_state, read_seq_state
-
-from lossy_payload import steps_of
+from seqkv_edge.state.blob import parse_seq_state, read_seq_state
+from seqkv_edge.state.rope import rope_params
 
 GRID = 2.0 ** kv_weights.GRID_OCTAVES
 
@@ -129,7 +128,7 @@ def test_seqkv_calibrate_probes_every_tensor_and_writes_weights(tiny_model_path,
     assert "step weights written to" in out and out.count("\nk") >= n_layer * n_head
 
     # --sensitivity: the same sensitivities, the current coder's grids, no probes
-    from seqkv_edge.quality import QualityBench
+    from seqkv_edge.calibrate.quality import QualityBench
 
     monkeypatch.setattr(QualityBench, "evaluate", lambda *a, **k: pytest.fail("re-derived weights probed"))
     source = tmp_path / "kv_profiles" / f"{model_fingerprint(tiny_model_path)}.weights.json"

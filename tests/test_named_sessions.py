@@ -14,8 +14,13 @@ from redis_server import RedisServer, redis_available  # noqa: E402
 from tiny_model import write_tiny_gguf  # noqa: E402
 
 from seqkv_edge import Llama, ModelMismatchError, SeqKV  # noqa: E402
-from seqkv_edge.chunks import ChunkCodec, full_to_seq_state, parse_chunk, seq_to_full_state  # noqa: E402
-from seqkv_edge.named_sessions import (  # noqa: E402
+from seqkv_edge.container.chunks import (  # noqa: E402
+    ChunkCodec,
+    full_to_seq_state,
+    parse_chunk,
+    seq_to_full_state,
+)
+from seqkv_edge.sessions.named import (
     delete_named,
     is_session_name,
     list_named,
@@ -23,7 +28,7 @@ from seqkv_edge.named_sessions import (  # noqa: E402
     open_session_store,
     save_named,
 )
-from seqkv_edge.state import parse_seq_state, read_seq_state  # noqa: E402
+from seqkv_edge.state.blob import parse_seq_state, read_seq_state  # noqa: E402
 
 F16, Q8_0 = 1, 8
 PROMPT = b"The quick brown fox jumps over the lazy dog. " * 6
@@ -179,8 +184,8 @@ def test_delete_list_and_names(tiny_model_path, store):
 @pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
 def test_redis_store_round_trip_and_replay(tiny_model_path):
     with RedisServer() as server:
+        from seqkv_edge.container.chunks import split_payload
         from seqkv_edge.store import RedisStore
-        from seqkv_edge.chunks import split_payload
 
         store = RedisStore(server.url, namespace=uuid.uuid4().hex[:8], split_payload=split_payload)
         llm = make_llama(tiny_model_path)

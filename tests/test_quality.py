@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from seqkv_edge.calibrate.quality import QualityBench, compare, run_quality
 from seqkv_edge.cli.quality import main
-from seqkv_edge.quality import QualityBench, compare, run_quality
 
 TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 4
 
@@ -18,7 +18,7 @@ def text_path(tmp_path_factory):
 
 
 def test_lossless_restore_scores_zero_and_lossy_scores_damage(tiny_model_path, text_path):
-    from seqkv_edge.codecs.kv_lossy import KVLossyCodec
+    from seqkv_edge.codecs.kv_lossy.codec import KVLossyCodec
 
     bench = QualityBench(tiny_model_path, text_path, n_context=96, n_eval=48, n_greedy=8)
     exact = bench.evaluate(bench.blob)

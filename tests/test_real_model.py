@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from seqkv_edge import Llama, SeqKV
-from seqkv_edge.state import read_seq_state
+from seqkv_edge.state.blob import read_seq_state
 from seqkv_edge.textdata import read_text
 
 pytestmark = pytest.mark.real_model
@@ -81,8 +81,8 @@ def test_model_tokens_round_trip(real_model_path, tmp_path):
 
 def test_default_model_ships_its_lossy_step_weights(real_model_path, tmp_path, monkeypatch):
     """Found by the model's fingerprint without any calibration here; finer steps where it measured sensitive."""
+    from seqkv_edge.calibrate.weights import load_weights
     from seqkv_edge.fingerprint import model_fingerprint
-    from seqkv_edge.kv_weights import load_weights
 
     monkeypatch.setenv("SEQKV_HOME", str(tmp_path))  # nothing calibrated: the shipped file
     weights = load_weights(model_fingerprint(real_model_path))

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from seqkv_edge.report import add_report_args, report_main  # noqa: E402
+from seqkv_edge.bench.report import add_report_args, report_main  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

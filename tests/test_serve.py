@@ -35,7 +35,7 @@ class Server:
         env = {**os.environ, "SEQKV_HOME": str(home), "PYTHONPATH": str(REPO)}
         self.log = open(log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "seqkv_edge.serve", "--model", model, "--store", str(store), "--port",
+            [sys.executable, "-m", "seqkv_edge", "serve", "--model", model, "--store", str(store), "--port",
              str(self.port), "--n-ctx", "2048", "--threads", "2"],
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120)

@@ -6,11 +6,11 @@ import pickle
 
 import numpy as np
 import pytest
+from tiny_model import write_tiny_gguf
 
 from seqkv_edge import CorruptDataError, Llama, ModelMismatchError, SeqKV
-from seqkv_edge.container import read_container
-from seqkv_edge.state import read_seq_state
-from tiny_model import write_tiny_gguf
+from seqkv_edge.container.session_file import read_container
+from seqkv_edge.state.blob import read_seq_state
 
 F32, F16, Q4_0, Q8_0, BF16 = 0, 1, 2, 8, 30
 PROMPT = b"The quick brown fox jumps over the lazy dog. " * 6

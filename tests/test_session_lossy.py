@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from seqkv_edge import Llama, SeqKV
-from seqkv_edge.container import read_container
-from seqkv_edge.state import parse_seq_state, read_seq_state
+from seqkv_edge.container.session_file import read_container
+from seqkv_edge.state.blob import parse_seq_state, read_seq_state
 
 PROMPT = b"The lossy tier keeps what matters and drops the noise. " * 4
 F16, Q8_0, Q4_0 = 1, 8, 2

@@ -1,4 +1,4 @@
-"""seqkv_edge.state on real llama.cpp blobs of tiny generated models: parse, rebuild byte-exactly, restore."""
+"""seqkv_edge.state.blob on real llama.cpp blobs of tiny generated models: parse, rebuild byte-exactly, restore."""
 from __future__ import annotations
 
 import struct
@@ -8,13 +8,23 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
 gguf = pytest.importorskip("gguf")
+import tiny_model  # noqa: E402
 from llama_cpp import llama_cpp as C  # noqa: E402
 
-import tiny_model  # noqa: E402
-from seqkv_edge.errors import CorruptDataError, ModelMismatchError, UnsupportedStateError  # noqa: E402
-from seqkv_edge.state import (  # noqa: E402
-    GGML_TYPES, build_seq_state, model_arch, model_state_options, parse_seq_state, read_seq_state,
-    skeleton_layout, write_seq_state,
+from seqkv_edge.errors import (  # noqa: E402
+    CorruptDataError,
+    ModelMismatchError,
+    UnsupportedStateError,
+)
+from seqkv_edge.state.blob import (
+    GGML_TYPES,
+    build_seq_state,
+    model_arch,
+    model_state_options,
+    parse_seq_state,
+    read_seq_state,
+    skeleton_layout,
+    write_seq_state,
 )
 
 F32, F16 = llama_cpp.GGML_TYPE_F32, llama_cpp.GGML_TYPE_F16

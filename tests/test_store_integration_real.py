@@ -6,8 +6,8 @@ import pytest
 
 from seqkv_edge.cache import SeqKVCache
 from seqkv_edge.hardware import load_plain_llama
-from seqkv_edge.named_sessions import load_named, open_session_store, save_named
-from seqkv_edge.state import read_seq_state
+from seqkv_edge.sessions.named import load_named, open_session_store, save_named
+from seqkv_edge.state.blob import read_seq_state
 from seqkv_edge.textdata import read_text
 
 pytestmark = pytest.mark.real_model

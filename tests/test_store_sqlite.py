@@ -14,7 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqkv_edge.errors import CorruptDataError, SeqKVError, StoreFullError, StoreUnavailableError
+from seqkv_edge.errors import (
+    CorruptDataError,
+    SeqKVError,
+    StoreFullError,
+    StoreUnavailableError,
+)
 from seqkv_edge.store import SQLiteStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from seqkv_edge import CorruptDataError, Llama, ModelMismatchError, SeqKV
-from seqkv_edge.container import Kind, read_container, write_container
-from seqkv_edge.schedule import SessionCancelled
-from seqkv_edge.state import read_seq_state
+from seqkv_edge.container.session_file import Kind, read_container, write_container
+from seqkv_edge.errors import SessionCancelled
+from seqkv_edge.state.blob import read_seq_state
 
 PROMPT = b"Once upon a time there was a small model that wanted to remember everything. "
 
@@ -163,7 +163,7 @@ def test_compact_header(tiny_model_path, tmp_path):
 
 def test_other_batch_schedule_is_detected(tiny_model_path, tmp_path):
     """Replaying with other batch boundaries gives other logits: the model-coded tokens must not decode."""
-    from seqkv_edge.schedule import Schedule
+    from seqkv_edge.sessions.schedule import Schedule
 
     llm = make(tiny_model_path, tokens="hybrid")
     chat(llm, n_new=20)

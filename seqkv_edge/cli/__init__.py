@@ -27,7 +27,7 @@ def _model_path(args) -> str:
 
 
 def cmd_inspect(args) -> int:
-    from ..container import read_container
+    from ..container.session_file import read_container
 
     container = read_container(args.file)
     if container.header is not None:
@@ -64,7 +64,7 @@ def cmd_inspect(args) -> int:
 
 
 def _inspect_tokens_only(args, container) -> int:
-    from ..token_session import decode_header
+    from ..sessions.tokens import decode_header
 
     header = decode_header(container.header, args.file)
     header["build"] = header["build"].hex()
@@ -82,22 +82,22 @@ def _inspect_tokens_only(args, container) -> int:
 
 
 def _kind_label(kind: int) -> str:
-    from ..container import Kind
+    from ..container.session_file import Kind
 
     return Kind(kind).name if kind in Kind._value2member_map_ else f"kind-{kind}"
 
 
 def cmd_bench(args) -> int:
-    from ..bench import environment
+    from ..bench.snapshots import environment
 
     if args.report:
-        from ..report import report_main
+        from ..bench.report import report_main
 
         status = report_main(args)
         print(f"wrote {Path(args.report) / 'report.md'} (plots and report.json beside it)")
         return status
     if args.dedup:
-        from ..bench_dedup import format_report, run_dedup_bench
+        from ..bench.dedup import format_report, run_dedup_bench
 
         result = run_dedup_bench(args)
         print(format_report(result))
@@ -114,7 +114,7 @@ def cmd_bench(args) -> int:
     if "snapshot" in tiers:
         report["snapshot"], ok = _bench_snapshot(args, model_path)
     if "tokens" in tiers:
-        from .. import bench_tokens
+        from ..bench import tokens as bench_tokens
 
         result = bench_tokens.run(model_path, args.tokens, args.answer_tokens, args.n_ctx)
         print(f"\ntoken tiers (texts: {', '.join(f'{k} ({v})' for k, v in bench_tokens.TEXTS.items())}; "
@@ -132,7 +132,7 @@ def cmd_bench(args) -> int:
 
 
 def _bench_lossy(args, model_path: str) -> list[dict]:
-    from ..bench_lossy import run_lossy_bench, write_curve
+    from ..bench.lossy import run_lossy_bench, write_curve
 
     print("\nlossy KV snapshots: rate vs quality against the exact f16 cache (mean KL in nats per token)")
     rows = run_lossy_bench(model_path, args.text, n_context=args.lossy_context, n_eval=args.lossy_eval,
@@ -143,7 +143,7 @@ def _bench_lossy(args, model_path: str) -> list[dict]:
 
 
 def _bench_snapshot(args, model_path: str):
-    from ..bench import bench_cache_type, format_table
+    from ..bench.snapshots import bench_cache_type, format_table
     from ..llama import Llama
     from ..textdata import read_text
 
@@ -170,7 +170,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..bench_dedup import add_dedup_arguments
+    from ..bench.dedup import add_dedup_arguments
     from .store import add_store_parser
 
     parser = argparse.ArgumentParser(prog="seqkv", description="Sequence-level KV cache compression for llama.cpp")
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     lossy.add_argument("--curve-dir", default=".", help="where lossy_rate_quality.json/.csv go (default: here)")
     add_dedup_arguments(bench)
     bench.set_defaults(func=cmd_bench)
-    from .. import report
+    from ..bench import report
     from . import calibrate, chat, serve
 
     report.add_report_args(bench)

@@ -11,7 +11,7 @@ from ..models import MODEL_HELP
 def add_parser(sub) -> None:
     p = sub.add_parser("calibrate", help="measure per-head KV sensitivity; write the lossy tier's step weights")
     p.add_argument("--model", help=MODEL_HELP)
-    p.add_argument("--texts", help="comma list of calibration texts (default: kv_weights.PROBE_TEXTS)")
+    p.add_argument("--texts", help="comma list of calibration texts (default: calibrate.weights.PROBE_TEXTS)")
     p.add_argument("--probe-step", type=float, default=None, help="probe step, times the 2-bit step (default 8)")
     p.add_argument("--shrink", type=float, default=None, help="share of the fitted log-weights kept (default 0.5)")
     p.add_argument("--n-context", type=int, default=1000)
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_calibrate(args) -> int:
-    from .. import kv_weights
+    from ..calibrate import weights as kv_weights
     from ..fingerprint import model_fingerprint
     from . import _model_path
 
@@ -56,7 +56,7 @@ def _regrid(args, model, texts, shrink: float) -> int:
     """``--sensitivity FILE``: the weights from stored sensitivities and the current coder's grids."""
     import json
 
-    from .. import kv_weights
+    from ..calibrate import weights as kv_weights
     from ..errors import CorruptDataError
     from ..fingerprint import model_fingerprint
 

@@ -1,4 +1,4 @@
-"""``seqkv chat``: the terminal front end of :class:`seqkv_edge.chat.ChatSession`."""
+"""``seqkv chat``: the terminal front end of :class:`seqkv_edge.apps.chat.ChatSession`."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +6,16 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..chat import (DEFAULT_SYSTEM, TEMPLATES, TIERS, ChatSession, Sampling, SessionStatus, check_name,
-                    pick_template)
+from ..apps.chat import (
+    DEFAULT_SYSTEM,
+    TEMPLATES,
+    TIERS,
+    ChatSession,
+    Sampling,
+    SessionStatus,
+    check_name,
+    pick_template,
+)
 from ..config import SeqKV
 from ..errors import SeqKVError
 from ..models import MODEL_HELP
@@ -47,7 +55,6 @@ def _tier_name(config: SeqKV) -> str:
 
 def run_chat(args) -> int:
     from ..llama import Llama
-
     from . import _model_path
 
     model_path = _model_path(args)

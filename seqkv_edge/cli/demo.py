@@ -8,8 +8,8 @@ from pathlib import Path
 
 import zstandard
 
-from ..bench import prefill
 from ..config import SeqKV
+from ..sessions.prefill import prefill
 from ..textdata import read_text
 
 SYSTEM = "You are a careful assistant who answers questions about software licenses."

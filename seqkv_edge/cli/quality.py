@@ -1,11 +1,11 @@
-"""``seqkv quality``: save a session lossily, restore it, measure the damage (``seqkv_edge.quality``), print JSON."""
+"""``seqkv quality``: save a session lossily, restore it, measure the damage (``seqkv_edge.calibrate.quality``), print JSON."""
 from __future__ import annotations
 
 import argparse
 import json
 
+from ..calibrate.quality import run_quality
 from ..models import MODEL_HELP
-from ..quality import run_quality
 
 
 def main(argv=None) -> int:

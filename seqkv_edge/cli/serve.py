@@ -1,12 +1,12 @@
-"""``seqkv serve``: start the OpenAI-compatible server with the SeqKV store as prompt cache (``seqkv_edge.serve``)."""
+"""``seqkv serve``: start the OpenAI-compatible server with the SeqKV store as prompt cache (``seqkv_edge.apps.serve``)."""
 from __future__ import annotations
 
 import argparse
 import signal
 import sys
 
+from ..apps.serve import STATS_PATH, create_app, default_store
 from ..models import MODEL_HELP
-from ..serve import STATS_PATH, create_app, default_store
 
 
 def run_serve(args) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..named_sessions import delete_named, list_named, open_session_store
+from ..sessions.named import delete_named, list_named, open_session_store
 
 
 def _open(args):

@@ -1,39 +1,9 @@
-"""Codec registry: ``get_codec(config)`` rebuilds any registered codec from its stored config."""
+"""Codecs: everything that turns KV tensors or tokens into bytes and back (contracts in ``base``, the registry in
+``registry``). Importing the package registers the built-in codecs."""
 from __future__ import annotations
 
-from ..errors import CorruptDataError
 from .base import Codec
-
-_REGISTRY: dict[str, type[Codec]] = {}
-
-
-def register_codec(cls: type[Codec]) -> type[Codec]:
-    """Class decorator: make ``cls`` reachable from its ``codec_id``."""
-    if not cls.codec_id:
-        raise ValueError(f"{cls.__name__} has no codec_id")
-    if _REGISTRY.get(cls.codec_id, cls) is not cls:
-        raise ValueError(f"codec id {cls.codec_id!r} is already registered")
-    _REGISTRY[cls.codec_id] = cls
-    return cls
-
-
-def get_codec(config: dict) -> Codec:
-    """Rebuild a codec from ``config`` (as returned by ``Codec.get_config``)."""
-    codec_id = config.get("id") if isinstance(config, dict) else None
-    if not isinstance(codec_id, str) or codec_id not in _REGISTRY:
-        raise CorruptDataError(
-            f"unknown codec {codec_id!r} (known: {sorted(_REGISTRY)}); "
-            "the file was written by a newer seqkv_edge or is damaged"
-        )
-    try:
-        return _REGISTRY[codec_id].from_config(config)
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # the constructor refused a field
-        raise CorruptDataError(f"the stored config of codec {codec_id!r} is damaged: {exc}") from None
-
-
-def registered_codecs() -> list[str]:
-    return sorted(_REGISTRY)
-
+from .registry import get_codec, register_codec, registered_codecs
 
 __all__ = ["Codec", "register_codec", "get_codec", "registered_codecs"]
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import native
 from ..errors import UnsupportedStateError
-from . import register_codec
+from .registry import register_codec
 from .base import Codec
 
 logger = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ import logging
 import numpy as np
 
 from ..errors import CorruptDataError, SeqKVError
-from . import register_codec
+from .registry import register_codec
 from .base import Codec
 from .tokens_portable import (
     DEFAULT_N_VOCAB,

@@ -25,10 +25,10 @@ import zlib
 
 import numpy as np
 
-from ..varint import read_varint, write_varint  # noqa: F401 (re-exported)
 from ..errors import CorruptDataError, SeqKVError
-from . import register_codec
+from .registry import register_codec
 from .base import Codec
+from .varint import read_varint, write_varint  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import zstandard
 
 from ..errors import CorruptDataError
-from . import register_codec
+from .registry import register_codec
 from .base import Codec
 
 

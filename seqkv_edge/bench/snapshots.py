@@ -1,0 +1,118 @@
+"""``seqkv bench``: our session files against llama.cpp's raw state, zstd and re-prefill.
+
+For each KV cache type it prefills the same text, then times and sizes:
+``Llama.save_state``/``load_state`` (raw llama.cpp state), zstd-3 of that state, our
+``save_session``/``load_session``, and re-prefilling the tokens; and checks the restored
+state is bit-identical to the original.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from typing import Optional
+
+import zstandard
+
+from ..config import SeqKV
+from ..sessions.prefill import prefill
+from ..state.blob import read_seq_state
+
+log = logging.getLogger(__name__)
+
+CACHE_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
+
+
+def _new_llama(model_path: str, cache_type: str, n_ctx: int, n_threads: Optional[int]):
+    from ..llama import Llama
+
+    type_id = CACHE_TYPES[cache_type]
+    return Llama(
+        model_path=model_path, n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), verbose=False,
+        type_k=type_id, type_v=type_id, flash_attn=cache_type != "f16",
+        kv_compressor=SeqKV(n_threads=n_threads),
+    )
+
+
+def bench_cache_type(model_path, tokens, cache_type, workdir, n_ctx, n_threads, progress=True) -> dict:
+    llm = _new_llama(model_path, cache_type, n_ctx, n_threads)
+    prefill_s = prefill(llm, tokens, desc=f"prefill {cache_type}" if progress else None)
+    original = bytes(read_seq_state(llm.ctx))
+
+    t = time.perf_counter()
+    raw = llm.save_state()
+    save_state_s = time.perf_counter() - t
+    zstd3 = len(zstandard.ZstdCompressor(level=3).compress(raw.llama_state))
+    path = workdir / f"bench_{cache_type}.seqkv"
+    info = llm.save_session(path)
+    del llm
+
+    fresh = _new_llama(model_path, cache_type, n_ctx, n_threads)
+    t = time.perf_counter()
+    fresh.load_state(raw)
+    load_state_s = time.perf_counter() - t
+    fresh.reset()
+    restored = fresh.load_session(path)
+    exact = bytes(read_seq_state(fresh.ctx)) == original
+    del fresh
+    return {
+        "cache_type": cache_type,
+        "tokens": len(tokens),
+        "raw_state_bytes": raw.llama_state_size,
+        "seq_state_bytes": info.raw_bytes,
+        "zstd3_bytes": zstd3,
+        "file_bytes": info.file_bytes,
+        "ratio_vs_raw": info.raw_bytes / info.file_bytes,
+        "ratio_vs_zstd3": zstd3 / info.file_bytes,
+        "zstd3_ratio": raw.llama_state_size / zstd3,
+        "save_state_s": save_state_s,
+        "load_state_s": load_state_s,
+        "save_session_s": info.seconds["total"],
+        "load_session_s": restored.seconds["total"],
+        "encode_mb_s": info.raw_bytes / 1e6 / max(info.seconds["encode"], 1e-9),
+        "decode_mb_s": info.raw_bytes / 1e6 / max(restored.seconds["decode"], 1e-9),
+        "prefill_s": prefill_s,
+        "restore_speedup_vs_prefill": prefill_s / restored.seconds["total"],
+        "bit_exact": exact,
+        "save_steps_s": info.seconds,
+        "load_steps_s": restored.seconds,
+    }
+
+
+COLUMNS = [
+    ("cache", "cache_type", "{}"), ("tokens", "tokens", "{}"), ("raw state B", "seq_state_bytes", "{:,}"),
+    ("ours B", "file_bytes", "{:,}"), ("ratio", "ratio_vs_raw", "{:.4f}x"), ("zstd-3", "zstd3_ratio", "{:.4f}x"),
+    ("vs zstd", "ratio_vs_zstd3", "{:.3f}x"), ("save_state", "save_state_s", "{:.3f}s"),
+    ("save_session", "save_session_s", "{:.3f}s"), ("load_state", "load_state_s", "{:.3f}s"),
+    ("load_session", "load_session_s", "{:.3f}s"), ("re-prefill", "prefill_s", "{:.2f}s"),
+    ("vs prefill", "restore_speedup_vs_prefill", "{:.0f}x"), ("exact", "bit_exact", "{}"),
+]
+
+
+def format_table(rows: list[dict]) -> str:
+    cells = [[name for name, _, _ in COLUMNS]] + [[fmt.format(r[key]) for _, key, fmt in COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def environment(n_threads: Optional[int] = None) -> dict:
+    """What the figures were measured on: CPU, thread count (llama.cpp's and the codec's), weight repack."""
+    import llama_cpp
+
+    from ..hardware import cpu_has_amx, weight_repack_enabled
+
+    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu": _cpu_model(), "amx": cpu_has_amx(), "weight_repack": weight_repack_enabled(),
+            "threads": n_threads or os.cpu_count(),
+            "python": platform.python_version(), "llama_cpp_python": llama_cpp.__version__}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", errors="replace") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()

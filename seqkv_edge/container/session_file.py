@@ -1,0 +1,155 @@
+"""The session file format: a versioned, little-endian sequence of checksummed sections.
+
+Layout (format versions 1 and 2; 2 only adds the SCHEDULE_RUNS section kind)::
+
+    b"SQKV" u8 version u8 flags
+    section*                 kind u8 | length uleb128 | payload | crc32(payload) u32
+    end                      kind 0  | length 0       | crc32 of every section crc, u32
+
+Section kinds are listed in :class:`Kind`. A reader refuses unknown versions, checks every
+checksum, and treats a missing end marker as truncation. Writes are atomic (``fileio.atomic_writer``):
+a uniquely named temporary file in the same directory is written, fsynced, then renamed over the target.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import mmap
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+from ..codecs.varint import read_varint, write_varint
+from ..errors import CorruptDataError
+from ..fileio import atomic_writer
+from .meta_schema import SESSION_META
+from .meta_schema import check as check_meta
+
+MAGIC = b"SQKV"
+FORMAT_VERSION = 2  # 2: hybrid schedules are run-length coded (SCHEDULE_RUNS); version 1 files still read
+SUPPORTED_VERSIONS = (1, 2)
+Buffer = Union[bytes, bytearray, memoryview]
+
+
+class Kind(enum.IntEnum):
+    END = 0
+    META = 1  # JSON: fingerprints, versions, codec configs, tensor layout
+    TOKENS = 2  # coded token ids
+    SKELETON = 3  # the state blob's non-tensor bytes (headers, cell metadata), coded
+    KV = 4  # one coded KV tensor; order given by META["tensors"]
+    HEADER = 5  # compact binary header of token-only sessions, instead of META
+    SCHEDULE = 6  # the eval calls that built the context (hybrid tier), one entry per call (version 1)
+    SCHEDULE_RUNS = 9  # the same, run-length coded (version 2: a generated answer is one run)
+    MODEL_TOKENS = 7  # tokens coded with the model's own predictions
+    FALLBACK = 8  # a portable copy of the tokens, for builds that cannot replay the model
+
+
+@dataclass
+class Container:
+    """A parsed session file: its JSON meta and its sections in file order (payloads are views)."""
+
+    version: int
+    meta: dict  # the JSON META section; empty for files with a compact HEADER
+    header: Optional[memoryview]  # the compact HEADER section, when the file has one
+    sections: list[tuple[int, memoryview]] = field(default_factory=list)
+
+    def payloads(self, kind: int) -> list[memoryview]:
+        return [payload for k, payload in self.sections if k == kind]
+
+    def payload(self, kind: int) -> memoryview:
+        found = self.payloads(kind)
+        if len(found) != 1:
+            raise CorruptDataError(f"expected one {Kind(kind).name} section, found {len(found)}")
+        return found[0]
+
+
+def encode_meta(meta: dict) -> bytes:
+    return json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
+
+
+def write_container(path: Union[str, Path], meta: Union[dict, bytes], sections: Iterable[tuple[int, Buffer]]) -> int:
+    """Atomically write a session file; returns its size in bytes.
+
+    ``meta`` is a JSON-safe dict (META section) or the bytes of a compact HEADER section.
+    """
+    first = (Kind.HEADER, meta) if isinstance(meta, (bytes, bytearray)) else (Kind.META, encode_meta(meta))
+    crcs = bytearray()
+    with atomic_writer(path) as f:
+        f.write(MAGIC + bytes([FORMAT_VERSION, 0]))
+        for kind, payload in [first, *sections]:
+            crc = zlib.crc32(payload)
+            f.write(bytes([kind]) + write_varint(len(payload)))
+            f.write(payload)
+            f.write(struct.pack("<I", crc))
+            crcs += struct.pack("<I", crc)
+        f.write(bytes([Kind.END, 0]) + struct.pack("<I", zlib.crc32(crcs)))
+        return f.tell()
+
+
+def parse_container(data: Buffer, source: str = "session data") -> Container:
+    """Parse and verify a session file held in memory (bytes, mmap or memoryview)."""
+    buf = memoryview(data)
+    if len(buf) < 6 or bytes(buf[:4]) != MAGIC:
+        raise CorruptDataError(f"{source} is not a seqkv session file (bad magic)")
+    version = buf[4]
+    if version not in SUPPORTED_VERSIONS:
+        raise CorruptDataError(
+            f"{source} has format version {version}; this seqkv_edge reads {SUPPORTED_VERSIONS}: upgrade seqkv_edge"
+        )
+    pos, sections, crcs = 6, [], bytearray()
+    while True:
+        if pos >= len(buf):
+            raise CorruptDataError(f"{source} is truncated: no end marker")
+        kind = buf[pos]
+        length, pos = read_varint(buf, pos + 1, source)
+        if kind == Kind.END:
+            if length != 0 or pos + 4 > len(buf):
+                raise CorruptDataError(f"{source} has a damaged end marker")
+            (total,) = struct.unpack_from("<I", buf, pos)
+            if total != zlib.crc32(crcs):
+                raise CorruptDataError(f"{source}: section list checksum mismatch")
+            if pos + 4 != len(buf):
+                raise CorruptDataError(f"{source} has {len(buf) - pos - 4} trailing bytes after the end marker")
+            break
+        end = pos + length
+        if end + 4 > len(buf):
+            raise CorruptDataError(f"{source} is truncated inside a {_kind_name(kind)} section")
+        payload = buf[pos:end]
+        (crc,) = struct.unpack_from("<I", buf, end)
+        if zlib.crc32(payload) != crc:
+            raise CorruptDataError(f"{source}: checksum mismatch in a {_kind_name(kind)} section at byte {pos}")
+        crcs += struct.pack("<I", crc)
+        sections.append((kind, payload))
+        pos = end + 4
+    if not sections or sections[0][0] not in (Kind.META, Kind.HEADER):
+        raise CorruptDataError(f"{source} does not start with a META or HEADER section")
+    if sections[0][0] == Kind.HEADER:
+        return Container(version=version, meta={}, header=sections[0][1], sections=sections[1:])
+    try:
+        meta = json.loads(bytes(sections[0][1]))
+    except (ValueError, RecursionError) as exc:
+        raise CorruptDataError(f"{source}: META section is not valid JSON ({type(exc).__name__}: {exc})") from None
+    check_meta(meta, SESSION_META, source)
+    return Container(version=version, meta=meta, header=None, sections=sections[1:])
+
+
+def _kind_name(kind: int) -> str:
+    try:
+        return Kind(kind).name
+    except ValueError:
+        return f"kind-{kind}"
+
+
+def read_container(path: Union[str, Path]) -> Container:
+    """Map a session file and parse it (section payloads are views into the mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no session file at {path}")
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise CorruptDataError(f"{path} is empty")
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return parse_container(mapped, source=str(path))

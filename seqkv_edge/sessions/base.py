@@ -1,0 +1,80 @@
+"""What every save and restore shares: the one result type (:class:`SessionInfo`) and the one rollback rule
+(:func:`rollback_on_failure`: on any failure or cancellation the live context, its cells and its tokens, is put
+back exactly as it was)."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+from ..state.blob import read_seq_state, write_seq_state
+
+__all__ = ["SessionInfo", "rollback_on_failure", "set_tokens"]
+
+
+@dataclass
+class SessionInfo:
+    """What a save or a restore did: where, sizes, how the KV was obtained, the seconds each step took.
+
+    ``target`` is the file path or the store name (``path`` and ``name`` read it too); ``stored_bytes`` the file's
+    size, or the bytes a store save added (``file_bytes``, ``new_bytes``).
+    """
+
+    target: str
+    n_tokens: int
+    raw_bytes: int = 0  # llama.cpp's own sequence state for the same cells
+    stored_bytes: int = 0
+    seconds: dict = field(default_factory=dict)
+    restored_by: str = ""  # restores: "snapshot", "store", "prefill", "exact replay", "one-token replay"
+    where: str = "file"  # "file" or "store"
+    reused_tokens: int = 0  # store saves: tokens whose KV chunks the store already held
+    kv_stored: bool = True  # store saves: False when the store had no room (the tokens are saved)
+    restored_tokens: int = 0  # store restores: tokens restored from stored KV
+    replayed_tokens: int = 0  # store restores: tokens recomputed after them
+
+    @property
+    def path(self) -> str:
+        return self.target
+
+    @property
+    def name(self) -> str:
+        return self.target
+
+    @property
+    def file_bytes(self) -> int:
+        return self.stored_bytes
+
+    @property
+    def new_bytes(self) -> int:
+        return self.stored_bytes
+
+    @property
+    def ratio(self) -> float:
+        return self.raw_bytes / self.stored_bytes if self.stored_bytes else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ratio": round(self.ratio, 5)}
+
+
+def set_tokens(llm, tokens) -> None:
+    """After a state was written: the Llama's tokens are ``tokens``; no logits are stored, so the next
+    ``generate()`` evaluates the last token again."""
+    n = len(tokens)
+    llm.input_ids[:n] = tokens
+    llm.n_tokens = n
+    llm._requires_eval = True
+
+
+@contextmanager
+def rollback_on_failure(llm):
+    """Put the context (cells, tokens) back as it was if the block fails or is cancelled."""
+    n_tokens = llm.n_tokens
+    previous = bytes(read_seq_state(llm.ctx)) if n_tokens else None
+    input_ids = llm.input_ids[:n_tokens].copy()
+    try:
+        yield
+    except BaseException:
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        if previous is not None:
+            write_seq_state(llm.ctx, previous)
+        set_tokens(llm, input_ids)
+        raise

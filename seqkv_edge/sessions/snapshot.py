@@ -1,0 +1,236 @@
+"""Save a llama.cpp context's sequence to a session file and restore it, bit-exactly.
+
+This module joins the pieces: ``state`` (the llama.cpp blob), ``codecs`` (the bytes) and
+``container`` (the file). ``seqkv_edge.Llama.save_session`` / ``load_session`` call it.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from .. import __version__
+from ..codecs import get_codec
+from ..codecs.tokens_portable import TokensPortableCodec
+from ..codecs.zstd_bytes import ZstdCodec
+from ..container.session_file import Container, Kind, write_container
+from ..errors import CorruptDataError, ModelMismatchError, SeqKVError
+from ..fingerprint import build_info, model_fingerprint
+from ..state.blob import (
+    GGML_TYPES,
+    max_cell_bytes,
+    parse_seq_state,
+    read_seq_state,
+    skeleton_layout,
+    write_seq_state,
+)
+from .base import SessionInfo, set_tokens
+from .timing import Clock
+
+log = logging.getLogger(__name__)
+
+_STATE_HEADER_BYTES = 1 << 16  # a state's headers beside its cells: magic, streams, per-layer types and sizes
+_HEAD_LAYOUT = ("n_head_kv", "head_dim_k", "head_dim_v", "n_rot")  # what the lossy decoder sizes its work by
+
+
+def _tensor_meta(tensor) -> dict:
+    return {
+        "name": tensor.name,
+        "ggml_type": tensor.ggml_type.id,
+        "token_major": tensor.token_major,
+        "n_cells": tensor.n_cells,
+        "n_channels": tensor.n_channels,
+        "nbytes": tensor.nbytes,
+    }
+
+
+def _kv_codec(config):
+    if config.kv == "lossy":
+        from ..codecs.kv_lossy.codec import KVLossyCodec
+
+        return KVLossyCodec(bits=config.bits, max_kl=config.max_kl)
+    from ..codecs.kv_lossless import KVLosslessCodec
+
+    return KVLosslessCodec(n_threads=config.threads)
+
+
+def save(llm, path: Union[str, Path], config) -> SessionInfo:
+    """Write ``llm``'s sequence 0 to ``path`` atomically as a KV snapshot (``config``: the ``SeqKV`` settings)."""
+    clock = Clock()
+    blob = read_seq_state(llm.ctx)
+    state = parse_seq_state(blob, model=llm)
+    clock.lap("read_state")
+    n_tokens = llm.n_tokens
+    if n_tokens == 0:
+        raise SeqKVError("saving a session: the context holds no tokens yet; evaluate or generate first")
+    tensors = state.tensors()
+    n_cells = sum(st.cell_count for sec in state.sections[:1] for st in sec.streams)
+    if n_cells != n_tokens:
+        raise SeqKVError(
+            f"saving a session: the context holds {n_cells} cells but the Llama tracks {n_tokens} tokens; "
+            "sessions are saved from contexts driven by the Llama API (eval/generate/create_completion)"
+        )
+    kv_codec, rope = _kv_codec(config), None
+    if config.kv == "lossy":
+        from ..state.rope import rope_params
+
+        rope = rope_params(llm)
+        profile = None
+        if config.model_profile:
+            from ..calibrate.profile import load_or_build_profile
+
+            profile = load_or_build_profile(llm)
+        coded = kv_codec.encode_state(state, rope, profile=profile)
+    else:
+        coded = kv_codec.encode_many([(t.data, t.ggml_type.id, t.token_major, t.n_channels) for t in tensors])
+    side, tokens_codec = ZstdCodec(level=19), TokensPortableCodec(n_vocab=llm.n_vocab())
+    skeleton = side.encode(state.skeleton())
+    coded_tokens = tokens_codec.encode(llm.input_ids[:n_tokens])
+    clock.lap("encode")
+    codecs = {"kv": kv_codec.get_config(), "tokens": tokens_codec.get_config(), "skeleton": side.get_config()}
+    meta = _session_meta(llm, state, len(blob), codecs, rope)
+    sections = [(Kind.TOKENS, coded_tokens), (Kind.SKELETON, skeleton)] + [(Kind.KV, c) for c in coded]
+    file_bytes = write_container(path, meta, sections)
+    clock.lap("write")
+    return SessionInfo(str(path), n_tokens, len(blob), file_bytes, clock.seconds)
+
+
+def _session_meta(llm, state, state_bytes: int, codecs: dict, rope) -> dict:
+    """The JSON META of a snapshot file: what it was saved from and how to decode it."""
+    tensors = state.tensors()
+    return {
+        "seqkv_edge": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"fingerprint": model_fingerprint(llm.model_path), "arch": state.arch,
+                  "name": llm.metadata.get("general.name", ""), "path": str(llm.model_path)},
+        "build": build_info(),
+        "n_tokens": llm.n_tokens,
+        "state_bytes": state_bytes,
+        "layout": {"has_cell_ext": state.has_cell_ext, "has_v": state.has_v},
+        "rope": rope,
+        "cache": {
+            "k_types": sorted({t.ggml_type.name for t in tensors if t.kind == "k"}),
+            "v_types": sorted({t.ggml_type.name for t in tensors if t.kind == "v"}),
+            "v_trans": any(not t.token_major for t in tensors if t.kind == "v"),
+        },
+        "codecs": codecs,
+        "tensors": [_tensor_meta(t) for t in tensors],
+    }
+
+
+def check_model(container: Container, llm, source: str) -> None:
+    """Refuse a session saved with another model (before anything is decoded or touched)."""
+    saved = container.meta.get("model", {})
+    live = model_fingerprint(llm.model_path)
+    if saved.get("fingerprint") != live:
+        raise ModelMismatchError(
+            f"{source} was saved with model {saved.get('name') or '?'} ({saved.get('path', '?')}, fingerprint "
+            f"{saved.get('fingerprint')}); this Llama runs {llm.model_path} (fingerprint {live}). "
+            "Load it with the model it was saved with."
+        )
+    n_tokens = container.meta.get("n_tokens", 0)
+    if n_tokens > llm.n_ctx():
+        raise ModelMismatchError(f"{source} holds {n_tokens} tokens but this context has n_ctx={llm.n_ctx()}")
+    _check_sizes(container.meta, llm, source)
+    saved_cache, live_cache = container.meta.get("cache", {}), live_cache_layout(llm)
+    if any(saved_cache.get(key) != value for key, value in live_cache.items()):
+        raise ModelMismatchError(
+            f"{source} holds a KV cache of {_describe_cache(saved_cache)}; this context keeps "
+            f"{_describe_cache(live_cache)}. Create the Llama with matching type_k/type_v and flash_attn "
+            "(flash attention stores V untransposed)."
+        )
+
+
+def _check_sizes(meta: dict, llm, source: str) -> None:
+    """Refuse sizes the live model cannot hold, before decoding allocates by them (only snapshot files
+    have them; a named session's record has none)."""
+    if "state_bytes" in meta:
+        limit = meta["n_tokens"] * max_cell_bytes(llm) + _STATE_HEADER_BYTES
+        if meta["state_bytes"] > limit:
+            raise CorruptDataError(f"{source} describes a {meta['state_bytes']:,}-byte state for {meta['n_tokens']} "
+                                   f"tokens; a state of that many tokens of this model takes at most {limit:,} bytes")
+    if meta.get("codecs", {}).get("kv", {}).get("id") == "kv_lossy":
+        from ..state.rope import rope_params
+
+        saved, live = meta.get("rope") or {}, rope_params(llm)
+        if any(saved.get(key) != live[key] for key in _HEAD_LAYOUT):
+            raise ModelMismatchError(f"{source} describes heads {_heads(saved)}; this model has {_heads(live)}")
+
+
+def _heads(rope: dict) -> str:
+    return ", ".join(f"{key}={rope.get(key)}" for key in _HEAD_LAYOUT)
+
+
+def live_cache_layout(llm) -> dict:
+    """The cache types and V layout a ``llama_cpp.Llama`` context uses (as recorded in session files)."""
+    import llama_cpp
+
+    params = llm.context_params
+    return {
+        "k_types": [GGML_TYPES[params.type_k].name],
+        "v_types": [GGML_TYPES[params.type_v].name],
+        "v_trans": params.flash_attn_type != llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    }
+
+
+def _describe_cache(cache: dict) -> str:
+    return f"K {'/'.join(cache.get('k_types', ['?']))}, V {'/'.join(cache.get('v_types', ['?']))}, " + (
+        "V transposed (flash_attn=False)" if cache.get("v_trans") else "V by rows (flash_attn=True)"
+    )
+
+
+def decode_state(container: Container, source: str) -> tuple[bytearray, np.ndarray]:
+    """Decode a session file's tokens and rebuild its llama.cpp state blob (tensors decoded in place)."""
+    meta, codecs = container.meta, container.meta.get("codecs", {})
+    tokens = _decode_bounded(codecs["tokens"], container.payload(Kind.TOKENS), meta["n_tokens"], source)
+    if len(tokens) != meta["n_tokens"]:
+        raise CorruptDataError(f"{source}: {len(tokens)} tokens decoded, the header says {meta['n_tokens']}")
+    skeleton = _decode_bounded(codecs["skeleton"], container.payload(Kind.SKELETON), meta["state_bytes"], source)
+    blob, tensors = skeleton_layout(skeleton, expected_size=meta["state_bytes"], **meta.get("layout", {}))
+    coded = container.payloads(Kind.KV)
+    if len(coded) != len(tensors) or len(tensors) != len(meta["tensors"]):
+        raise CorruptDataError(f"{source}: {len(coded)} KV sections for {len(tensors)} tensors in the state layout")
+    for tensor, described in zip(tensors, meta["tensors"]):
+        if _tensor_meta(tensor) != described:
+            raise CorruptDataError(f"{source}: tensor {described.get('name')} does not match the state layout")
+    kv_codec = get_codec(codecs["kv"])
+    if codecs["kv"]["id"] not in ("kv_lossless", "kv_lossy"):
+        raise CorruptDataError(f"{source}: codec {codecs['kv']['id']!r} does not code KV tensors")
+    if codecs["kv"]["id"] == "kv_lossy":
+        streams = [st for sec in parse_seq_state(blob, **meta.get("layout", {})).sections for st in sec.streams]
+        try:
+            kv_codec.decode_state(coded, tensors, [st.positions for st in streams if st.cell_count], meta.get("rope"))
+        except (ValueError, IndexError, TypeError, KeyError) as exc:  # payload fields the lossy decoder trusted
+            raise CorruptDataError(f"{source}: a lossy KV payload does not decode ({type(exc).__name__}: {exc})") from None
+    else:
+        kv_codec.decode_many([(c, t.ggml_type.id, t.token_major, t.n_channels, t.data) for c, t in zip(coded, tensors)])
+    return blob, tokens
+
+
+def _decode_bounded(config: dict, payload, limit: int, source: str):
+    """Decode a side section with the codec its config names, refusing more than ``limit`` items."""
+    codec = get_codec(config)
+    if not isinstance(codec, (TokensPortableCodec, ZstdCodec)):
+        raise CorruptDataError(f"{source}: codec {config['id']!r} does not code this section")
+    if isinstance(codec, TokensPortableCodec):
+        return codec.decode(payload, max_tokens=limit)
+    return codec.decode(payload, max_size=limit)
+
+
+def load(llm, path: Union[str, Path], container: Container) -> SessionInfo:
+    """Restore the snapshot file ``path`` (its ``container`` read) into ``llm``'s sequence 0; the caller rolls the
+    context back on failure (``base.rollback_on_failure``)."""
+    clock = Clock()
+    source = str(path)
+    check_model(container, llm, source)
+    clock.lap("check")
+    blob, tokens = decode_state(container, source)
+    clock.lap("decode")
+    write_seq_state(llm.ctx, blob)
+    set_tokens(llm, tokens)
+    clock.lap("set_state")
+    return SessionInfo(source, len(tokens), len(blob), Path(path).stat().st_size, clock.seconds,
+                       restored_by="snapshot")
