@@ -35,8 +35,8 @@ FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def _load_segcode_cuda():
-    """seqkv_edge/segcode_cuda.py by path: the package itself (and its dependencies) need not be installed."""
-    spec = importlib.util.spec_from_file_location("segcode_cuda", ROOT / "seqkv_edge" / "segcode_cuda.py")
+    """seqkv_edge/codecs/segcode_cuda.py by path: the package itself (and its dependencies) need not be installed."""
+    spec = importlib.util.spec_from_file_location("segcode_cuda", ROOT / "seqkv_edge" / "codecs" / "segcode_cuda.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

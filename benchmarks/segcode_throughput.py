@@ -1,4 +1,4 @@
-"""Segment coder throughput (seqkv_edge.segcode): encode and decode MB/s of f16 KV, 1 and 2 threads.
+"""Segment coder throughput (seqkv_edge.codecs.segcode): encode and decode MB/s of f16 KV, 1 and 2 threads.
 
     python benchmarks/segcode_throughput.py [DUMP] [--reps N] [--step-sigma S]
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqkv_edge import segcode
+from seqkv_edge.codecs import segcode
 
 
 def _parse_state():

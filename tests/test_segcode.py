@@ -1,4 +1,4 @@
-"""Segment coder (seqkv_edge.segcode, native/segcode*): frozen format, round trips, threads, hostile input."""
+"""Segment coder (seqkv_edge.codecs.segcode, native/segcode*): frozen format, round trips, threads, hostile input."""
 import hashlib
 import json
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqkv_edge import segcode
+from seqkv_edge.codecs import segcode
 from seqkv_edge.errors import CorruptDataError
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqkv_edge import segcode, segcode_cuda
+from seqkv_edge.codecs import segcode, segcode_cuda
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "segcode_v1_manifest.json").read_text())

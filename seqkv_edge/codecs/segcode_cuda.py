@@ -1,7 +1,7 @@
 """The segment coder's CUDA kernels (``native/segcode_cuda.cu``): build, inspect and call them.
 
 The kernels run ``native/segcode_core.h``, the per-segment code of the CPU coder
-(:mod:`seqkv_edge.segcode`), one GPU thread per segment, so the bytes are the CPU's. Built with
+(:mod:`seqkv_edge.codecs.segcode`), one GPU thread per segment, so the bytes are the CPU's. Built with
 ``emulate=True`` the same source compiles as plain C++ and runs every kernel on the host over an
 emulated grid, through the same host API: that is how the kernels are tested without a GPU.
 
@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = ["NATIVE_DIR", "ARCHS", "build", "machine_code_report", "CudaSegcode"]
 
-NATIVE_DIR = Path(__file__).resolve().parent.parent / "native"
+NATIVE_DIR = Path(__file__).resolve().parents[2] / "native"
 SOURCE = NATIVE_DIR / "segcode_cuda.cu"
 # PTX for compute_75 (any later GPU JIT-compiles it) plus machine code for A100 and H100
 ARCHS = ("-gencode", "arch=compute_75,code=compute_75", "-gencode", "arch=compute_80,code=sm_80",
