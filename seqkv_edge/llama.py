@@ -9,6 +9,7 @@ import llama_cpp
 from .config import SeqKV
 from .hardware import model_loading
 from .sessions.base import SessionInfo
+from .state import llama_api
 from .sessions.prefill import Progress
 from .sessions.schedule import ScheduleRecorder
 
@@ -55,7 +56,7 @@ class Llama(llama_cpp.Llama):
     def eval(self, tokens):
         """``llama_cpp.Llama.eval``; with ``SeqKV(tokens="hybrid")`` the call is also recorded for replay."""
         if self.schedule_recorder is not None:
-            self.schedule_recorder.before_eval(self.n_tokens, tokens, self._ctx.get_logits)
+            self.schedule_recorder.before_eval(self.n_tokens, tokens, llama_api.logits_getter(self))
         super().eval(tokens)
 
     def save_session(self, path: Union[str, Path], progress: Progress = None) -> SessionInfo:

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, TextIO
 
-from tqdm import tqdm
-
 from ..config import SeqKV
-from ..errors import ScheduleUnavailableError, SeqKVError
+from ..errors import ScheduleUnavailableError, SeqKVError, SessionCancelled
 from ..models import seqkv_home
+from ..sessions.prefill import bar, prefill
+from ..state import llama_api
 
 log = logging.getLogger(__name__)
 
@@ -183,26 +183,22 @@ class ChatSession:
             raise KeyError(f"no saved session {name!r} ({path})")
         if self.llm.session_store is not None:
             return self._load_named(name)
-        bars: list = []  # opened on the first report: snapshots restore without replaying tokens
-
-        def progress(done, total):
-            if not bars:
-                bars.append(tqdm(total=total, desc=f"replaying {name}", unit="tok", leave=False, file=sys.stderr))
-            bars[0].update(done - bars[0].n)
-
+        drawn = bar(f"replaying {name}", file=sys.stderr)  # drawn on the first report: snapshots replay nothing
         try:
-            info = self.llm.load_session(path, progress=progress)
+            info = self.llm.load_session(path, progress=drawn)
         finally:
-            for bar in bars:
-                bar.close()
+            drawn.close()
         self.name = name
         self.status = SessionStatus(name, path, info.n_tokens, info.file_bytes, info.raw_bytes,
                                     info.seconds.get("total"), info.restored_by)
         return self.status
 
     def _load_named(self, name: str) -> SessionStatus:
-        self.llm.reset()
-        info = self.llm.load_session(name)
+        drawn = bar(f"replaying {name}", file=sys.stderr)  # drawn only when tokens are recomputed
+        try:
+            info = self.llm.load_session(name, progress=drawn)
+        finally:
+            drawn.close()
         how = f"{info.restored_tokens} tokens from the store, {info.replayed_tokens} replayed"
         self.name = name
         self.status = SessionStatus(name, self.path(name), info.n_tokens, self._stored_bytes(name), info.raw_bytes,
@@ -329,20 +325,24 @@ class ChatSession:
 
     def _prefill(self, tokens: list[int], interrupt: _Interrupt) -> bool:
         """Evaluate ``tokens`` in n_batch chunks, with a progress bar when long; False on Ctrl-C."""
-        llm = self.llm
-        with tqdm(total=len(tokens), desc="prefill", unit="tok", leave=False, file=sys.stderr,
-                  disable=len(tokens) < PREFILL_BAR_MIN_TOKENS) as bar:
-            for i in range(0, len(tokens), llm.n_batch):
-                if interrupt.hit:
-                    return False
-                chunk = tokens[i:i + llm.n_batch]
-                llm.eval(chunk)
-                bar.update(len(chunk))
-        return not interrupt.hit
+        drawn = bar("prefill", PREFILL_BAR_MIN_TOKENS, file=sys.stderr)
+
+        def progress(done: int, total: int) -> bool:
+            drawn(done, total)
+            return not interrupt.hit
+
+        try:
+            if interrupt.hit:
+                return False
+            prefill(self.llm, tokens, progress)
+        except SessionCancelled:
+            return False
+        finally:
+            drawn.close()
+        return True
 
     def _cut(self, n_tokens: int) -> None:
-        self.llm._ctx.kv_cache_seq_rm(-1, n_tokens, -1)
-        self.llm.n_tokens = n_tokens
+        llama_api.truncate(self.llm, n_tokens)
 
     def _special_ids(self, texts) -> set:
         ids = set()

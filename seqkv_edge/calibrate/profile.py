@@ -198,8 +198,8 @@ def _prefill_with_queries(llm, tokens, n_threads: int) -> tuple[bytes, dict]:
     import ctypes
 
     from llama_cpp import llama_cpp as lib
-    from llama_cpp._internals import LlamaBatch
 
+    from ..state import llama_api
     from ..state.blob import read_seq_state
 
     md = llm.metadata
@@ -235,10 +235,10 @@ def _prefill_with_queries(llm, tokens, n_threads: int) -> tuple[bytes, dict]:
     if not ctx:
         raise RuntimeError("building a KV profile: llama.cpp could not create a calibration context")
     try:
-        batch = LlamaBatch(n_tokens=len(tokens), embd=0, n_seq_max=1)
-        batch.set_batch(list(tokens), n_past=0, logits_all=False)
-        if lib.llama_decode(ctx, batch.batch) != 0:
-            raise RuntimeError("building a KV profile: the calibration prefill failed")
+        with llama_api.batch(len(tokens)) as batch:
+            batch.set_batch(list(tokens), n_past=0, logits_all=False)
+            if lib.llama_decode(ctx, batch.batch) != 0:
+                raise RuntimeError("building a KV profile: the calibration prefill failed")
         blob = bytes(read_seq_state(ctx))
     finally:
         lib.llama_free(ctx)

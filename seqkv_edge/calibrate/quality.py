@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from ..state import llama_api
 from ..state.blob import parse_seq_state, read_seq_state, write_seq_state
 
 logger = logging.getLogger(__name__)
@@ -56,19 +57,18 @@ class Evaluator:
         """Evaluate ``tokens`` at positions n_past.. in n_batch chunks; log-probs of every row if asked
         (float32 [len(tokens), n_vocab]), else only the last row's."""
         from llama_cpp import llama_cpp as lib
-        from llama_cpp._internals import LlamaBatch
 
-        batch = LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1)
         rows = []
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = [int(t) for t in tokens[start:start + self.n_batch]]
-            batch.set_batch(chunk, n_past=n_past + start, logits_all=want_logits)
-            if lib.llama_decode(self.llm.ctx, batch.batch) != 0:
-                raise RuntimeError(f"llama_decode failed at position {n_past + start}")
-            n_out = len(chunk) if want_logits else 1
-            ptr = lib.llama_get_logits(self.llm.ctx)
-            logits = np.ctypeslib.as_array(ptr, shape=(n_out * self.n_vocab,)).reshape(n_out, self.n_vocab)
-            rows.append(_log_softmax(logits))
+        with llama_api.batch(self.n_batch) as batch:
+            for start in range(0, len(tokens), self.n_batch):
+                chunk = [int(t) for t in tokens[start:start + self.n_batch]]
+                batch.set_batch(chunk, n_past=n_past + start, logits_all=want_logits)
+                if lib.llama_decode(self.llm.ctx, batch.batch) != 0:
+                    raise RuntimeError(f"llama_decode failed at position {n_past + start}")
+                n_out = len(chunk) if want_logits else 1
+                ptr = lib.llama_get_logits(self.llm.ctx)
+                logits = np.ctypeslib.as_array(ptr, shape=(n_out * self.n_vocab,)).reshape(n_out, self.n_vocab)
+                rows.append(_log_softmax(logits))
         self.llm.n_tokens = n_past + len(tokens)
         return np.concatenate(rows) if want_logits else rows[-1]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from ..state import llama_api
 from ..state.blob import read_seq_state, write_seq_state
 
 __all__ = ["SessionInfo", "rollback_on_failure", "set_tokens"]
@@ -61,7 +62,7 @@ def set_tokens(llm, tokens) -> None:
     n = len(tokens)
     llm.input_ids[:n] = tokens
     llm.n_tokens = n
-    llm._requires_eval = True
+    llama_api.mark_logits_stale(llm)
 
 
 @contextmanager
@@ -73,7 +74,7 @@ def rollback_on_failure(llm):
     try:
         yield
     except BaseException:
-        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        llama_api.clear_cells(llm)
         if previous is not None:
             write_seq_state(llm.ctx, previous)
         set_tokens(llm, input_ids)

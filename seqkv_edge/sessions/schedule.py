@@ -16,6 +16,7 @@ import numpy as np
 from ..codecs.tokens_model import ModelTokenDecoder, ModelTokenEncoder
 from ..codecs.varint import read_varint, write_varint
 from ..errors import CorruptDataError
+from ..state import llama_api
 from .prefill import Progress, report
 
 NO_CUT = -1
@@ -134,15 +135,14 @@ def replay(llm, schedule: Schedule, plain: np.ndarray, model_stream: bytes, prog
         if index == 0:
             tokens = plain[:size].tolist()
         else:
-            first = decoder.next(llm._ctx.get_logits())
+            first = decoder.next(llama_api.logits(llm))
             tokens = [first] + plain[pos:pos + size - 1].tolist()
         pos += size - (index > 0)
         llm.eval(tokens)
         if cut != NO_CUT:
             if not 0 < cut < llm.n_tokens:
                 raise CorruptDataError(f"schedule cuts the context to {cut} of {llm.n_tokens} tokens")
-            llm._ctx.kv_cache_seq_rm(-1, cut, -1)
-            llm.n_tokens = cut
+            llama_api.truncate(llm, cut)
         done += size
         report(progress, done, total)
     decoder.done()

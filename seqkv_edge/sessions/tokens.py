@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from contextlib import closing
 from typing import Optional
 
 import numpy as np
@@ -31,6 +30,7 @@ from ..codecs.varint import read_varint, write_varint
 from ..container.session_file import Container, Kind, write_container
 from ..errors import CorruptDataError, ModelMismatchError, ScheduleUnavailableError, SeqKVError
 from ..fingerprint import build_info, model_fingerprint
+from ..state import llama_api
 from .base import SessionInfo
 from .prefill import Progress, prefill, report
 from .schedule import MAX_CALLS_PER_CELL, Schedule, replay
@@ -103,9 +103,7 @@ def save(llm, path, config, progress: Progress = None, ideal: Optional[list] = N
 
 
 def _raw_state_bytes(llm) -> int:
-    from llama_cpp import llama_cpp as lib
-
-    return int(lib.llama_state_seq_get_size(llm.ctx, 0))
+    return llama_api.state_size(llm)
 
 
 def one_token_pass(llm, tokens: np.ndarray, progress: Progress = None, ideal: Optional[list] = None) -> bytes:
@@ -113,16 +111,13 @@ def one_token_pass(llm, tokens: np.ndarray, progress: Progress = None, ideal: Op
 
     With ``ideal`` (a list), each token's ideal code length -log2 p is appended to it (benchmarks).
     """
-    from llama_cpp import _internals
-
     from ..codecs.tokens_model import ideal_bits
 
     encoder = ModelTokenEncoder(llm.n_vocab())
-    with closing(_internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=False)) as ctx, \
-            closing(_internals.LlamaBatch(n_tokens=1, embd=0, n_seq_max=1, verbose=False)) as batch:
+    with llama_api.scratch_context(llm) as ctx, llama_api.batch(1) as one:
         for position, token in enumerate(tokens[:-1].tolist()):
-            batch.set_batch([token], n_past=position, logits_all=False)
-            ctx.decode(batch)
+            one.set_batch([token], n_past=position, logits_all=False)
+            ctx.decode(one)
             encoder.add(ctx.get_logits(), int(tokens[position + 1]))
             if ideal is not None:
                 row = np.ctypeslib.as_array(ctx.get_logits(), shape=(llm.n_vocab(),))
@@ -208,7 +203,7 @@ def _one_token_replay(llm, header: dict, stream: bytes, progress: Progress) -> N
         llm.eval([token])
         report(progress, position + 1, total)
         if position + 1 < total:
-            token = decoder.next(llm._ctx.get_logits())
+            token = decoder.next(llama_api.logits(llm))
     decoder.done()
 
 
