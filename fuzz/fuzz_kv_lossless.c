@@ -10,7 +10,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     int type, token_major;
     int64_t n_channels, n_tokens;
-    if (kvc_stream_info(data, (int64_t)size, &type, &token_major, &n_channels, &n_tokens) != KVC_OK)
+    if (kvc_stream_info(data, (int64_t)size, &type, &token_major, &n_channels, &n_tokens) != SKV_OK)
         return 0;
     int64_t row = kvc_row_bytes(type, n_channels);
     if (row < 0 || (row && n_tokens > MAX_OUT / row))

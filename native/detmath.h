@@ -4,6 +4,7 @@
  * math), sums run in a fixed order, and the angles of RoPE come from basic operations only (no libm, whose
  * results differ between implementations and CPU-specific variants). SIMD width changes nothing: vector lanes
  * compute independent outputs.
+ * Declared to Python (@cffi): native/build_native.py reads its prototypes and constants.
  */
 #ifndef SEQKV_DETMATH_H
 #define SEQKV_DETMATH_H

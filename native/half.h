@@ -1,6 +1,7 @@
 /*
  * half.h -- f16 <-> f32 conversion of whole arrays (F16C where the CPU has it; the portable code gives
  * the same bits, and the same as numpy's astype).
+ * Declared to Python (@cffi): native/build_native.py reads its prototypes and constants.
  */
 #ifndef SEQKV_HALF_H
 #define SEQKV_HALF_H

@@ -69,12 +69,12 @@ int kvc_plan_init(KvcPlan *plan, int ggml_type, int token_major, int64_t n_chann
     int64_t n_all = n_channels + (blocks ? n_channels / 32 : 0);
     memset(plan, 0, sizeof(*plan));
     if (blocks && !token_major)
-        return KVC_ERR_UNSUPPORTED;
+        return SKV_ERR_UNSUPPORTED;
     plan->chans = calloc((size_t)(n_all ? n_all : 1), sizeof(KvcChannel));
     plan->lanes = calloc((size_t)(n_all ? n_all : 1), sizeof(KvcLane));
     if (!plan->chans || !plan->lanes) {
         kvc_plan_free(plan);
-        return KVC_ERR_MEMORY;
+        return SKV_ERR_MEMORY;
     }
     if (!blocks) {
         int elem = ggml_type == KVC_TYPE_F32 ? 4 : 2;
@@ -83,7 +83,7 @@ int kvc_plan_init(KvcPlan *plan, int ggml_type, int token_major, int64_t n_chann
         plain_channels(plan->chans, n_channels, n_tokens, elem, token_major, data);
         set_section(plan, 0, fmt, plan->chans, (int)n_channels, plan->lanes, n_tokens);
         plan->n_sec = 1;
-        return KVC_OK;
+        return SKV_OK;
     }
     int q8 = ggml_type == KVC_TYPE_Q8_0;
     int block_bytes = q8 ? 34 : 18;
@@ -93,7 +93,7 @@ int kvc_plan_init(KvcPlan *plan, int ggml_type, int token_major, int64_t n_chann
     set_section(plan, 1, q8 ? &FMT_Q8 : &FMT_Q4, plan->chans + n_blocks, (int)n_channels,
                 plan->lanes + n_blocks, n_tokens);
     plan->n_sec = 2;
-    return KVC_OK;
+    return SKV_OK;
 }
 
 static int same_tables(const KvcFormat *a, const KvcFormat *b)
@@ -135,14 +135,14 @@ int kvc_plan_contexts(KvcPlan *plan, struct kvc_workspace *ws)
         if (ws) {
             plan->sec[i].set = workspace_set(ws, f);
             if (!plan->sec[i].set)
-                return KVC_ERR_MEMORY;
+                return SKV_ERR_MEMORY;
         } else {
             if (kvc_ctxset_init(&plan->own_sets[i], f, n_contexts(f)))
-                return KVC_ERR_MEMORY;
+                return SKV_ERR_MEMORY;
             plan->sec[i].set = &plan->own_sets[i];
         }
     }
-    return KVC_OK;
+    return SKV_OK;
 }
 
 void kvc_plan_free(KvcPlan *plan)
@@ -213,23 +213,23 @@ static int read_channel(const KvcFormat *f, KvcChannel *ch, const uint8_t *p)
     ch->sigma_k = p[2] >> 2;
     ch->sigma_p = p[2] & 3;
     if (ch->sigma_k < 6 || ch->sigma_k > 60)
-        return KVC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     kvc_channel_derive(ch, f);
-    return KVC_OK;
+    return SKV_OK;
 }
 
 static int read_lane(KvcLane *ln, const uint8_t *p)
 {
     ln->alpha_q8 = p[0];
     if (ln->alpha_q8 > 128)
-        return KVC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     if (ln->ch[1] < 0)
-        return KVC_OK;
+        return SKV_OK;
     ln->cos_q14 = (int16_t)get16(p + 1);
     ln->sin_q14 = (int16_t)get16(p + 3);
     if (ln->cos_q14 < -16384 || ln->cos_q14 > 16384 || ln->sin_q14 < -16384 || ln->sin_q14 > 16384)
-        return KVC_ERR_CORRUPT;
-    return KVC_OK;
+        return SKV_ERR_CORRUPT;
+    return SKV_OK;
 }
 
 /* The caller checked that kvc_side_size() bytes are available at src (lanes made first). */
@@ -239,12 +239,12 @@ int kvc_side_read(KvcPlan *plan, const uint8_t *src)
         KvcSection *s = &plan->sec[i];
         for (int c = 0; c < s->n_channels; c++, src += 3)
             if (read_channel(s->fmt, &s->chans[c], src))
-                return KVC_ERR_CORRUPT;
+                return SKV_ERR_CORRUPT;
         for (int l = 0; l < s->n_lanes; l++) {
             if (read_lane(&s->lanes[l], src))
-                return KVC_ERR_CORRUPT;
+                return SKV_ERR_CORRUPT;
             src += s->lanes[l].ch[1] < 0 ? 1 : 5;
         }
     }
-    return KVC_OK;
+    return SKV_OK;
 }

@@ -43,7 +43,7 @@ typedef struct {
 } KvcPlan;
 
 /* Sections, formats and channel addresses for a tensor at data; e0 = 0, no lanes yet.
- * Returns KVC_OK, KVC_ERR_UNSUPPORTED or KVC_ERR_MEMORY. */
+ * Returns SKV_OK, SKV_ERR_UNSUPPORTED or SKV_ERR_MEMORY. */
 int kvc_plan_init(KvcPlan *plan, int ggml_type, int token_major, int64_t n_channels, int64_t n_tokens,
                   uint8_t *data);
 

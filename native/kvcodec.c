@@ -69,29 +69,29 @@ static uint32_t checksum(const uint8_t *p, int64_t n)
 int64_t kvc_row_bytes(int ggml_type, int64_t n_channels)
 {
     if (n_channels < 0 || n_channels > 0x7fffffff)
-        return KVC_ERR_ARGUMENT;
+        return SKV_ERR_ARGUMENT;
     switch (ggml_type) {
     case KVC_TYPE_F32: return n_channels * 4;
     case KVC_TYPE_F16:
     case KVC_TYPE_BF16: return n_channels * 2;
-    case KVC_TYPE_Q8_0: return n_channels % 32 ? KVC_ERR_ARGUMENT : n_channels / 32 * 34;
-    case KVC_TYPE_Q4_0: return n_channels % 32 ? KVC_ERR_ARGUMENT : n_channels / 32 * 18;
-    default: return KVC_ERR_UNSUPPORTED;
+    case KVC_TYPE_Q8_0: return n_channels % 32 ? SKV_ERR_ARGUMENT : n_channels / 32 * 34;
+    case KVC_TYPE_Q4_0: return n_channels % 32 ? SKV_ERR_ARGUMENT : n_channels / 32 * 18;
+    default: return SKV_ERR_UNSUPPORTED;
     }
 }
 
-/* n_tokens of a tensor of len bytes, or a KVC_ERR_* code. */
+/* n_tokens of a tensor of len bytes, or a SKV_ERR_* code. */
 static int64_t tokens_of(int ggml_type, int token_major, int64_t n_channels, int64_t len)
 {
     int64_t row = kvc_row_bytes(ggml_type, n_channels);
     if (row < 0)
         return row;
     if ((ggml_type == KVC_TYPE_Q8_0 || ggml_type == KVC_TYPE_Q4_0) && !token_major)
-        return KVC_ERR_UNSUPPORTED;
+        return SKV_ERR_UNSUPPORTED;
     if (len < 0 || (row == 0 && len != 0) || (row && len % row))
-        return KVC_ERR_ARGUMENT;
+        return SKV_ERR_ARGUMENT;
     int64_t n = row ? len / row : 0;
-    return n > 0xffffffffll ? KVC_ERR_ARGUMENT : n;
+    return n > 0xffffffffll ? SKV_ERR_ARGUMENT : n;
 }
 
 int64_t kvc_encode_bound(int ggml_type, int64_t n_channels, int64_t src_len)
@@ -123,9 +123,9 @@ static void write_header(uint8_t *dst, const Header *h)
 static int read_header(const uint8_t *src, int64_t src_len, Header *h)
 {
     if (src_len < KVC_HEADER_SIZE || memcmp(src, "KVL", 3) || src[3] != KVC_FORMAT_VERSION)
-        return KVC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     if ((src[5] & ~(FLAG_TOKEN_MAJOR | FLAG_STORED)) || src[29] || src[30] || src[31])
-        return KVC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     h->type = src[4];
     h->token_major = src[5] & FLAG_TOKEN_MAJOR;
     h->stored = (src[5] & FLAG_STORED) != 0;
@@ -137,9 +137,9 @@ static int read_header(const uint8_t *src, int64_t src_len, Header *h)
     h->checksum = (uint32_t)load64(src + 24);
     h->e0 = src[28];
     if (total < KVC_HEADER_SIZE || total > (uint64_t)src_len)
-        return KVC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     h->total = (int64_t)total;
-    return KVC_OK;
+    return SKV_OK;
 }
 
 int kvc_stream_info(const uint8_t *src, int64_t src_len, int *ggml_type, int *token_major,
@@ -147,22 +147,22 @@ int kvc_stream_info(const uint8_t *src, int64_t src_len, int *ggml_type, int *to
 {
     Header h;
     int rc = read_header(src, src_len, &h);
-    if (rc != KVC_OK)
+    if (rc != SKV_OK)
         return rc;
     *ggml_type = h.type;
     *token_major = h.token_major;
     *n_channels = h.n_channels;
     *n_tokens = h.n_tokens;
-    return KVC_OK;
+    return SKV_OK;
 }
 
 int64_t kvc_stream_size(const uint8_t *src, int64_t src_len)
 {
     if (src_len < KVC_HEADER_SIZE || memcmp(src, "KVL", 3) || src[3] != KVC_FORMAT_VERSION)
-        return KVC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     uint64_t total = load64(src + 16);
     if (total < KVC_HEADER_SIZE || total > (uint64_t)src_len)
-        return KVC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     return (int64_t)total;
 }
 
@@ -179,7 +179,7 @@ static int choose_e0(KvcPlan *plan, int ggml_type)
 static int64_t store_raw(const uint8_t *src, int64_t src_len, Header *h, uint8_t *dst, int64_t dst_cap)
 {
     if (dst_cap < KVC_HEADER_SIZE + src_len)
-        return KVC_ERR_CAPACITY;
+        return SKV_ERR_CAPACITY;
     h->stored = 1;
     h->pair_offset = 0;
     h->e0 = 0;
@@ -231,8 +231,8 @@ static int64_t code_sections(KvcPlan *plan, uint8_t *dst, int64_t dst_cap, kvc_w
     size_t steps_cap = ws ? ws->steps_cap : 0, buf_cap = ws ? ws->buf_cap : 0;
     KvcStep *steps = scratch(&steps_mem, &steps_cap, sizeof(KvcStep) * n_steps, ws != NULL);
     uint8_t *buf = scratch(&buf_mem, &buf_cap, n_bytes, ws != NULL);
-    int64_t size = KVC_ERR_MEMORY;
-    if (steps && buf && kvc_plan_contexts(plan, ws) == KVC_OK) {
+    int64_t size = SKV_ERR_MEMORY;
+    if (steps && buf && kvc_plan_contexts(plan, ws) == SKV_OK) {
         size_t n = 0;
         int64_t added = 0;
         for (int i = 0; i < plan->n_sec && added >= 0; i++) {
@@ -246,7 +246,7 @@ static int64_t code_sections(KvcPlan *plan, uint8_t *dst, int64_t dst_cap, kvc_w
             if (size <= dst_cap)
                 memcpy(dst, p, (size_t)size);
             else
-                size = KVC_ERR_CAPACITY;
+                size = SKV_ERR_CAPACITY;
         }
     }
     if (ws) {
@@ -268,13 +268,13 @@ int64_t kvc_encode(const uint8_t *src, int64_t src_len, int ggml_type, int token
     if (n_tokens < 0)
         return n_tokens;
     if (dst_cap < kvc_encode_bound(ggml_type, n_channels, src_len))
-        return KVC_ERR_CAPACITY;
+        return SKV_ERR_CAPACITY;
     Header h = {ggml_type, token_major != 0, 0, 0, 0, n_channels, n_tokens, 0, checksum(src, src_len)};
     if (n_tokens == 0 || n_channels == 0)
         return store_raw(src, src_len, &h, dst, dst_cap);
     KvcPlan plan;
     int rc = kvc_plan_init(&plan, ggml_type, token_major, n_channels, n_tokens, (uint8_t *)src);
-    if (rc != KVC_OK)
+    if (rc != SKV_OK)
         return rc;
     h.e0 = choose_e0(&plan, ggml_type);
     for (int i = 0; i < plan.n_sec; i++) {
@@ -289,7 +289,7 @@ int64_t kvc_encode(const uint8_t *src, int64_t src_len, int ggml_type, int token
         int offset = kvc_estimate_section(&plan.sec[i], i + 1 == plan.n_sec ? pair_offset : 0, vals);
         if (offset < 0) {
             kvc_plan_free(&plan);
-            return KVC_ERR_MEMORY;
+            return SKV_ERR_MEMORY;
         }
         if (i + 1 == plan.n_sec)
             h.pair_offset = offset;
@@ -302,7 +302,7 @@ int64_t kvc_encode(const uint8_t *src, int64_t src_len, int ggml_type, int token
     kvc_side_write(&plan, dst + KVC_HEADER_SIZE);
     int64_t coded = code_sections(&plan, dst + KVC_HEADER_SIZE + side, dst_cap - KVC_HEADER_SIZE - side, ws);
     kvc_plan_free(&plan);
-    if (coded == KVC_ERR_MEMORY)
+    if (coded == SKV_ERR_MEMORY)
         return coded;
     if (coded < 0 || KVC_HEADER_SIZE + side + coded >= KVC_HEADER_SIZE + src_len)
         return store_raw(src, src_len, &h, dst, dst_cap);
@@ -315,12 +315,12 @@ static int check_header(const Header *h, int ggml_type, int token_major, int64_t
 {
     if (h->type != ggml_type || h->token_major != (token_major != 0) || h->n_channels != n_channels ||
         h->n_tokens != n_tokens)
-        return KVC_ERR_MISMATCH;
+        return SKV_ERR_MISMATCH;
     if (h->e0 && (h->stored || (ggml_type != KVC_TYPE_BF16 && ggml_type != KVC_TYPE_F32)))
-        return KVC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     if (h->stored && h->total != KVC_HEADER_SIZE + n_tokens * kvc_row_bytes(ggml_type, n_channels))
-        return KVC_ERR_CORRUPT;
-    return KVC_OK;
+        return SKV_ERR_CORRUPT;
+    return SKV_OK;
 }
 
 /* Decode the side information and the rANS stream of a coded (not stored) tensor. */
@@ -331,28 +331,28 @@ static int decode_sections(KvcPlan *plan, const Header *h, const uint8_t *src, k
         plan->fmt[i].e0 = plan->fmt[i].kind == KVC_KIND_FLOAT && i == 0 ? h->e0 : 0;
         int offset = i + 1 == plan->n_sec ? h->pair_offset : 0;
         if (offset && (offset >= plan->sec[i].n_channels || plan->sec[i].n_channels % (2 * offset)))
-            return KVC_ERR_CORRUPT;
+            return SKV_ERR_CORRUPT;
         plan->sec[i].n_lanes = kvc_make_lanes(plan->sec[i].lanes, plan->sec[i].n_channels, offset);
     }
     int64_t side = kvc_side_size(plan);
-    if (end - p < side || kvc_side_read(plan, p) != KVC_OK)
-        return KVC_ERR_CORRUPT;
+    if (end - p < side || kvc_side_read(plan, p) != SKV_OK)
+        return SKV_ERR_CORRUPT;
     p += side;
-    if (kvc_plan_contexts(plan, ws) != KVC_OK)
-        return KVC_ERR_MEMORY;
+    if (kvc_plan_contexts(plan, ws) != SKV_OK)
+        return SKV_ERR_MEMORY;
     Rans64State st[KVC_N_STATES];
     for (int i = 0; i < KVC_N_STATES; i++)
         if (rans64_dec_init(&st[i], &p, end))
-            return KVC_ERR_CORRUPT;
+            return SKV_ERR_CORRUPT;
     for (int i = 0; i < plan->n_sec; i++) {
         int rc = kvc_decode_section(&plan->sec[i], st, &p, end);
         if (rc)
-            return rc == -2 ? KVC_ERR_MEMORY : KVC_ERR_CORRUPT;
+            return rc == -2 ? SKV_ERR_MEMORY : SKV_ERR_CORRUPT;
     }
     for (int i = 0; i < KVC_N_STATES; i++)
         if (!rans64_dec_finished(&st[i]))
-            return KVC_ERR_CORRUPT;
-    return p == end ? KVC_OK : KVC_ERR_CORRUPT;
+            return SKV_ERR_CORRUPT;
+    return p == end ? SKV_OK : SKV_ERR_CORRUPT;
 }
 
 int kvc_decode(const uint8_t *src, int64_t src_len, int ggml_type, int token_major,
@@ -363,9 +363,9 @@ int kvc_decode(const uint8_t *src, int64_t src_len, int ggml_type, int token_maj
         return (int)n_tokens;
     Header h;
     int rc = read_header(src, src_len, &h);
-    if (rc == KVC_OK)
+    if (rc == SKV_OK)
         rc = check_header(&h, ggml_type, token_major, n_channels, n_tokens);
-    if (rc != KVC_OK)
+    if (rc != SKV_OK)
         return rc;
     if (h.stored) {
         if (dst_len)
@@ -373,14 +373,14 @@ int kvc_decode(const uint8_t *src, int64_t src_len, int ggml_type, int token_maj
     } else {
         /* per-channel scratch is sized by n_channels: first check the stream can describe that many */
         if (h.total - KVC_HEADER_SIZE < kvc_side_min_size(ggml_type, n_channels))
-            return KVC_ERR_CORRUPT;
+            return SKV_ERR_CORRUPT;
         KvcPlan plan;
         rc = kvc_plan_init(&plan, ggml_type, token_major, n_channels, n_tokens, dst);
-        if (rc == KVC_OK)
+        if (rc == SKV_OK)
             rc = decode_sections(&plan, &h, src, ws);
         kvc_plan_free(&plan);
-        if (rc != KVC_OK)
+        if (rc != SKV_OK)
             return rc;
     }
-    return checksum(dst, dst_len) == h.checksum ? KVC_OK : KVC_ERR_CORRUPT;
+    return checksum(dst, dst_len) == h.checksum ? SKV_OK : SKV_ERR_CORRUPT;
 }

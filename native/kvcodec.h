@@ -9,6 +9,7 @@
  * The coded stream is self-delimiting (its header states its total size) and carries the
  * format version, the type, the layout and the shape, which the decoder checks against its
  * arguments. All functions are thread-safe and keep no global state.
+ * Declared to Python (@cffi): native/build_native.py reads its prototypes and constants.
  */
 #ifndef SEQKV_KVCODEC_H
 #define SEQKV_KVCODEC_H
@@ -16,16 +17,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "status.h"
+
 #define KVC_FORMAT_VERSION 1
 #define KVC_HEADER_SIZE 32
 
-#define KVC_OK 0
-#define KVC_ERR_ARGUMENT -1    /* inconsistent sizes or shape given by the caller */
-#define KVC_ERR_UNSUPPORTED -2 /* ggml type or layout the codec does not handle */
-#define KVC_ERR_MEMORY -3      /* allocation failed */
-#define KVC_ERR_CORRUPT -4     /* the stream is truncated, damaged, or fails its checksum */
-#define KVC_ERR_MISMATCH -5    /* the stream describes another type, layout or shape */
-#define KVC_ERR_CAPACITY -6    /* the output buffer is too small */
 
 /* Reusable per-thread state (context tables, scratch buffers). Optional: every call accepts
  * NULL and then builds what it needs; with a workspace, a thread coding many tensors builds
@@ -40,21 +36,21 @@ int64_t kvc_row_bytes(int ggml_type, int64_t n_channels);
 /* An upper bound of the coded size of a tensor of src_len bytes. */
 int64_t kvc_encode_bound(int ggml_type, int64_t n_channels, int64_t src_len);
 
-/* Code src (src_len bytes) into dst; returns the coded size or a KVC_ERR_* code.
+/* Code src (src_len bytes) into dst; returns the coded size or a SKV_ERR_* code.
  * pair_offset: -1 to detect RoPE channel pairs, 0 for none, p > 0 to pair c with c + p. */
 int64_t kvc_encode(const uint8_t *src, int64_t src_len, int ggml_type, int token_major,
                    int64_t n_channels, int pair_offset, uint8_t *dst, int64_t dst_cap, kvc_workspace *ws);
 
 /* Decode a stream (src_len may exceed it) into dst (dst_len bytes, the tensor's size);
- * returns KVC_OK or a KVC_ERR_* code. */
+ * returns SKV_OK or a SKV_ERR_* code. */
 int kvc_decode(const uint8_t *src, int64_t src_len, int ggml_type, int token_major,
                int64_t n_channels, uint8_t *dst, int64_t dst_len, kvc_workspace *ws);
 
-/* What a stream's header says: type, layout and shape; KVC_OK or KVC_ERR_CORRUPT. */
+/* What a stream's header says: type, layout and shape; SKV_OK or SKV_ERR_CORRUPT. */
 int kvc_stream_info(const uint8_t *src, int64_t src_len, int *ggml_type, int *token_major,
                     int64_t *n_channels, int64_t *n_tokens);
 
-/* The total size of the stream starting at src, from its header; or a KVC_ERR_* code. */
+/* The total size of the stream starting at src, from its header; or a SKV_ERR_* code. */
 int64_t kvc_stream_size(const uint8_t *src, int64_t src_len);
 
 #endif /* SEQKV_KVCODEC_H */

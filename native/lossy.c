@@ -70,19 +70,19 @@ size_t lossy_encode_bound(size_t n_values)
     return 4 * rans64_enc_bound_words(2 * n_values, 2) + 16;
 }
 
-size_t lossy_encode(const int32_t *q, uint32_t n_tokens, uint32_t n_channels, uint8_t *out, size_t cap)
+int64_t lossy_encode(const int32_t *q, uint32_t n_tokens, uint32_t n_channels, uint8_t *out, size_t cap)
 {
     size_t n = (size_t)n_tokens * n_channels;
     if (n == 0)
         return 0;
     if (cap < lossy_encode_bound(n))
-        return 0;
+        return SKV_ERR_CAPACITY;
     ChannelModel *models = malloc(sizeof(ChannelModel) * n_channels);
     uint32_t *steps = malloc(sizeof(uint32_t) * 2 * n); /* (start << 16 | escape raw) is too tight: keep pairs */
     if (!models || !steps) {
         free(models);
         free(steps);
-        return 0;
+        return SKV_ERR_MEMORY;
     }
     for (uint32_t c = 0; c < n_channels; c++)
         model_init(&models[c]);
@@ -117,17 +117,17 @@ size_t lossy_encode(const int32_t *q, uint32_t n_tokens, uint32_t n_channels, ui
     memmove(out, ptr, size);
     free(models);
     free(steps);
-    return size;
+    return (int64_t)size;
 }
 
 int lossy_decode(const uint8_t *in, size_t n_in, uint32_t n_tokens, uint32_t n_channels, int32_t *q)
 {
     size_t n = (size_t)n_tokens * n_channels;
     if (n == 0)
-        return n_in == 0 ? 0 : -1;
+        return n_in == 0 ? SKV_OK : SKV_ERR_CORRUPT;
     ChannelModel *models = malloc(sizeof(ChannelModel) * n_channels);
     if (!models)
-        return -2;
+        return SKV_ERR_MEMORY;
     for (uint32_t c = 0; c < n_channels; c++)
         model_init(&models[c]);
     const uint8_t *ptr = in, *end = in + n_in;
@@ -135,7 +135,7 @@ int lossy_decode(const uint8_t *in, size_t n_in, uint32_t n_tokens, uint32_t n_c
     int err = 0;
     if (rans64_dec_init(&st[0], &ptr, end) || rans64_dec_init(&st[1], &ptr, end)) {
         free(models);
-        return -1;
+        return SKV_ERR_CORRUPT;
     }
     for (size_t i = 0; i < n; i++) {
         Rans64State *r = &st[i & 1];
@@ -152,7 +152,7 @@ int lossy_decode(const uint8_t *in, size_t n_in, uint32_t n_tokens, uint32_t n_c
     }
     free(models);
     if (err || ptr != end || !rans64_dec_finished(&st[0]) || !rans64_dec_finished(&st[1]))
-        return -1;
+        return SKV_ERR_CORRUPT;
     return 0;
 }
 

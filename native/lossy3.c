@@ -166,14 +166,14 @@ size_t lossy3_encode_bound(uint32_t n_rows, uint32_t n_channels)
     return 6 * n + L3_INDEX_OFFSET(n_channels) + 4 * LOSSY3_STATES + 16;
 }
 
-size_t lossy3_encode(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step,
+int64_t lossy3_encode(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step,
                      uint8_t *out, size_t cap, const float *step, float *rec)
 {
     size_t n = (size_t)n_rows * n_channels;
     if (n == 0)
         return 0;
     if (cap < lossy3_encode_bound(n_rows, n_channels))
-        return 0;
+        return SKV_ERR_CAPACITY;
     /* the channel-major indices live in the output buffer, between the model header (< 4 bytes per channel)
      * and the coded words growing down from the end: at most 6 bytes per coded value, so the words never
      * reach an index not yet coded */
@@ -183,7 +183,7 @@ size_t lossy3_encode(const float *x, uint32_t n_rows, uint32_t n_channels, const
     if (!stats || !params) {
         free(stats);
         free(params);
-        return 0;
+        return SKV_ERR_MEMORY;
     }
     memset(stats, 0, sizeof(L3Stats) * n_channels);
     for (uint32_t t = 0; t < n_rows; t++) {
@@ -257,9 +257,9 @@ size_t lossy3_encode(const float *x, uint32_t n_rows, uint32_t n_channels, const
     free(stats);
     free(params);
     if (w.overflow || header + body > cap)
-        return 0;
+        return SKV_ERR_CAPACITY;
     memmove(out + header, ptr, body);
-    return header + body;
+    return (int64_t)(header + body);
 }
 
 typedef struct {
@@ -294,13 +294,13 @@ int lossy3_decode(const uint8_t *in, size_t n_in, uint32_t n_rows, uint32_t n_ch
 {
     size_t n = (size_t)n_rows * n_channels;
     if (n == 0)
-        return n_in == 0 ? 0 : -1;
+        return n_in == 0 ? SKV_OK : SKV_ERR_CORRUPT;
     L3Params *params = malloc(sizeof(L3Params) * n_channels);
     uint8_t *lut = malloc(L3_M);
     if (!params || !lut) {
         free(params);
         free(lut);
-        return -2;
+        return SKV_ERR_MEMORY;
     }
     L3BitReader br = {in, in + n_in, 0, 0, 0};
     for (uint32_t c = 0; c < n_channels; c++) {
@@ -371,10 +371,10 @@ int lossy3_decode(const uint8_t *in, size_t n_in, uint32_t n_rows, uint32_t n_ch
     free(params);
     free(lut);
     if (err || ptr != end)
-        return -1;
+        return SKV_ERR_CORRUPT;
     for (int i = 0; i < LOSSY3_STATES; i++)
         if (st[i] != L3_LOW)
-            return -1;
+            return SKV_ERR_CORRUPT;
     return 0;
 }
 

@@ -1,11 +1,14 @@
 /*
  * lossy3.h -- entropy coding of the lossy KV tier, format 3 (kv_lossy payload version 3).
+ * Declared to Python (@cffi): native/build_native.py reads its prototypes and constants.
  */
 #ifndef SEQKV_LOSSY3_H
 #define SEQKV_LOSSY3_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "status.h"
 
 /*
  * Format 3 (lossy3_*): indices of a [T, C] token-major float block, quantized here (round to nearest of
@@ -26,7 +29,7 @@
 #define LOSSY3_STATES 4
 
 size_t lossy3_encode_bound(uint32_t n_rows, uint32_t n_channels);
-size_t lossy3_encode(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step,
+int64_t lossy3_encode(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step,
                      uint8_t *out, size_t cap, const float *step, float *rec);
 int lossy3_decode(const uint8_t *in, size_t n_in, uint32_t n_rows, uint32_t n_channels, const float *step,
                   float *x);

@@ -1,6 +1,7 @@
 /*
  * rope.h -- rotary position embedding of cached keys, in place: undone before lossy coding, redone after
  * decoding (seqkv_edge/state/rope.py computes the angles).
+ * Declared to Python (@cffi): native/build_native.py reads its prototypes and constants.
  */
 #ifndef SEQKV_ROPE_H
 #define SEQKV_ROPE_H

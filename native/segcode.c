@@ -12,7 +12,7 @@
 int64_t segc_segment_count(uint32_t n_cells, uint32_t n_channels)
 {
     if (n_cells == 0 || n_channels == 0)
-        return SEGC_ERR_ARGUMENT;
+        return SKV_ERR_ARGUMENT;
     return (int64_t)segc_segment_total(n_cells, n_channels);
 }
 
@@ -42,7 +42,7 @@ struct segc_job {
     uint8_t *dst;              /* encode: slots of SEGC_SEGMENT_BOUND bytes from dst + table end */
     const uint8_t *src;        /* decode: the stream */
     const uint64_t *offsets;   /* decode: body offsets, n_segments + 1 */
-    int64_t *result;           /* per segment: body size (encode), SEGC_OK (decode), or an error */
+    int64_t *result;           /* per segment: body size (encode), SKV_OK (decode), or an error */
 };
 
 typedef struct {
@@ -59,15 +59,15 @@ static void *segc_run_range(void *arg)
     return NULL;
 }
 
-/* Runs job->fn on every segment; returns SEGC_OK or an error of the driver itself (not of a segment). */
+/* Runs job->fn on every segment; returns SKV_OK or an error of the driver itself (not of a segment). */
 static int segc_run(const segc_job *job, int64_t n_segments, int n_threads, int need_scratch)
 {
     segc_range ranges[SEGC_MAX_THREADS] = {{0}};
     pthread_t threads[SEGC_MAX_THREADS];
     int n = n_threads < 1 ? 1 : n_threads > SEGC_MAX_THREADS ? SEGC_MAX_THREADS : n_threads, t, started = 0;
-    int rc = SEGC_OK;
+    int rc = SKV_OK;
     if (n_segments < 1)
-        return SEGC_OK;
+        return SKV_OK;
     if (n > n_segments)
         n = (int)n_segments;
     for (t = 0; t < n; t++) {
@@ -78,13 +78,13 @@ static int segc_run(const segc_job *job, int64_t n_segments, int n_threads, int 
         if (need_scratch) {
             ranges[t].scratch = (int32_t *)malloc(sizeof(int32_t) * SEGC_CELLS * SEGC_CHANNELS);
             if (!ranges[t].scratch)
-                rc = SEGC_ERR_MEMORY;
+                rc = SKV_ERR_MEMORY;
         }
     }
-    for (t = 1; t < n && rc == SEGC_OK; t++, started++)
+    for (t = 1; t < n && rc == SKV_OK; t++, started++)
         if (pthread_create(&threads[t], NULL, segc_run_range, &ranges[t]) != 0)
-            rc = SEGC_ERR_THREAD;
-    if (rc == SEGC_OK)
+            rc = SKV_ERR_THREAD;
+    if (rc == SKV_OK)
         segc_run_range(&ranges[0]);
     for (t = 1; t <= started; t++)
         pthread_join(threads[t], NULL);
@@ -128,15 +128,15 @@ static int64_t segc_encode_job(segc_job *job, int n_threads, int need_scratch, i
     if (n_seg < 0)
         return n_seg;
     if (dst_cap < segc_encode_bound(job->n_cells, job->n_channels))
-        return SEGC_ERR_CAPACITY;
+        return SKV_ERR_CAPACITY;
     job->result = (int64_t *)malloc(sizeof(int64_t) * (size_t)n_seg);
     if (!job->result)
-        return SEGC_ERR_MEMORY;
+        return SKV_ERR_MEMORY;
     rc = segc_run(job, n_seg, n_threads, need_scratch);
-    for (s = 0; s < n_seg && rc == SEGC_OK; s++)
+    for (s = 0; s < n_seg && rc == SKV_OK; s++)
         if (job->result[s] < 0)
             rc = job->result[s]; /* the first failing segment: the same error whatever the thread count */
-    if (rc == SEGC_OK) {
+    if (rc == SKV_OK) {
         uint8_t *out = job->dst + segc_table_end(n_seg);
         segc_write_header(job->dst, job->n_cells, job->n_channels);
         for (s = 0; s < n_seg; s++) { /* compact the slots in order: each moves down, never over a later one */
@@ -155,7 +155,7 @@ int64_t segc_encode(const int32_t *q, uint32_t n_cells, uint32_t n_channels, uin
 {
     segc_job job = {segc_encode_int, n_cells, n_channels, q, NULL, NULL, NULL, NULL, dst, NULL, NULL, NULL};
     if (!q || !dst)
-        return SEGC_ERR_ARGUMENT;
+        return SKV_ERR_ARGUMENT;
     return segc_encode_job(&job, n_threads, 0, dst_cap);
 }
 
@@ -164,7 +164,7 @@ int64_t segc_encode_f32(const float *x, const float *inv_step, uint32_t n_cells,
 {
     segc_job job = {segc_encode_float, n_cells, n_channels, NULL, x, inv_step, NULL, NULL, dst, NULL, NULL, NULL};
     if (!x || !inv_step || !dst)
-        return SEGC_ERR_ARGUMENT;
+        return SKV_ERR_ARGUMENT;
     return segc_encode_job(&job, n_threads, 1, dst_cap);
 }
 
@@ -172,13 +172,13 @@ int64_t segc_encode_f32(const float *x, const float *inv_step, uint32_t n_cells,
 
 int segc_stream_info(const uint8_t *src, int64_t src_len, uint32_t *n_cells, uint32_t *n_channels)
 {
-    return src ? segc_read_header(src, src_len, n_cells, n_channels) : SEGC_ERR_ARGUMENT;
+    return src ? segc_read_header(src, src_len, n_cells, n_channels) : SKV_ERR_ARGUMENT;
 }
 
 int64_t segc_segment_offsets(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
                              uint64_t *offsets)
 {
-    return src && offsets ? segc_parse_offsets(src, src_len, n_cells, n_channels, offsets) : SEGC_ERR_ARGUMENT;
+    return src && offsets ? segc_parse_offsets(src, src_len, n_cells, n_channels, offsets) : SKV_ERR_ARGUMENT;
 }
 
 static int64_t segc_decode_int(const segc_job *job, int64_t seg, int32_t *scratch)
@@ -196,14 +196,14 @@ static int64_t segc_decode_float(const segc_job *job, int64_t seg, int32_t *scra
     segc_segment_geometry(job->n_cells, job->n_channels, (uint32_t)seg, &cell0, &ch0, &h, &w);
     int32_t rc = segc_decode_block(job->src + job->offsets[seg],
                                    (uint32_t)(job->offsets[seg + 1] - job->offsets[seg]), h, w, scratch, w);
-    if (rc != SEGC_OK)
+    if (rc != SKV_OK)
         return rc;
     for (uint32_t r = 0; r < h; r++) {
         float *row = job->x_out + (uint64_t)(cell0 + r) * job->n_channels + ch0;
         for (uint32_t k = 0; k < w; k++)
             row[k] = segc_dequantize_value(scratch[r * w + k], job->fscale[ch0 + k]);
     }
-    return SEGC_OK;
+    return SKV_OK;
 }
 
 static int64_t segc_decode_job(segc_job *job, int64_t src_len, int n_threads, int need_scratch)
@@ -215,15 +215,15 @@ static int64_t segc_decode_job(segc_job *job, int64_t src_len, int n_threads, in
     uint64_t *offsets = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(n_seg + 1));
     job->result = (int64_t *)malloc(sizeof(int64_t) * (size_t)n_seg);
     total = offsets && job->result ? segc_segment_offsets(job->src, src_len, job->n_cells, job->n_channels, offsets)
-                                   : SEGC_ERR_MEMORY;
+                                   : SKV_ERR_MEMORY;
     rc = total;
     if (total >= 0) {
         job->offsets = offsets;
         rc = segc_run(job, n_seg, n_threads, need_scratch);
-        for (s = 0; s < n_seg && rc == SEGC_OK; s++)
+        for (s = 0; s < n_seg && rc == SKV_OK; s++)
             if (job->result[s] < 0)
                 rc = job->result[s];
-        if (rc == SEGC_OK)
+        if (rc == SKV_OK)
             rc = total;
     }
     free(offsets);
@@ -236,7 +236,7 @@ int64_t segc_decode(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint3
 {
     segc_job job = {segc_decode_int, n_cells, n_channels, NULL, NULL, NULL, q, NULL, NULL, src, NULL, NULL};
     if (!src || !q)
-        return SEGC_ERR_ARGUMENT;
+        return SKV_ERR_ARGUMENT;
     return segc_decode_job(&job, src_len, n_threads, 0);
 }
 
@@ -245,7 +245,7 @@ int64_t segc_decode_f32(const uint8_t *src, int64_t src_len, uint32_t n_cells, u
 {
     segc_job job = {segc_decode_float, n_cells, n_channels, NULL, NULL, step, NULL, x, NULL, src, NULL, NULL};
     if (!src || !step || !x)
-        return SEGC_ERR_ARGUMENT;
+        return SKV_ERR_ARGUMENT;
     return segc_decode_job(&job, src_len, n_threads, 1);
 }
 
@@ -254,19 +254,19 @@ int64_t segc_decode_f32(const uint8_t *src, int64_t src_len, uint32_t n_cells, u
 int segc_quantize(const float *x, const float *inv_step, uint32_t n_cells, uint32_t n_channels, int32_t *q)
 {
     if (!x || !inv_step || !q)
-        return SEGC_ERR_ARGUMENT;
+        return SKV_ERR_ARGUMENT;
     for (uint64_t r = 0; r < n_cells; r++)
         for (uint32_t k = 0; k < n_channels; k++)
             q[r * n_channels + k] = segc_quantize_value(x[r * n_channels + k], inv_step[k]);
-    return SEGC_OK;
+    return SKV_OK;
 }
 
 int segc_dequantize(const int32_t *q, const float *step, uint32_t n_cells, uint32_t n_channels, float *x)
 {
     if (!q || !step || !x)
-        return SEGC_ERR_ARGUMENT;
+        return SKV_ERR_ARGUMENT;
     for (uint64_t r = 0; r < n_cells; r++)
         for (uint32_t k = 0; k < n_channels; k++)
             x[r * n_channels + k] = segc_dequantize_value(q[r * n_channels + k], step[k]);
-    return SEGC_OK;
+    return SKV_OK;
 }

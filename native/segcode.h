@@ -11,9 +11,10 @@
  * Segment s covers cell block s / n_channel_blocks and channel block s % n_channel_blocks; edge
  * segments are smaller. n_segments = ceil(n_cells / SEGC_CELLS) * ceil(n_channels / SEGC_CHANNELS).
  *
- * Every function returns a negative SEGC_ERR_* code on failure. Decoders read nothing outside
+ * Every function returns a negative SKV_ERR_* code on failure. Decoders read nothing outside
  * [src, src + src_len) and allocate only what the caller's n_cells x n_channels implies; a stream
- * describing another shape is SEGC_ERR_MISMATCH. n_threads <= 0 means one; the bytes never depend on it.
+ * describing another shape is SKV_ERR_MISMATCH. n_threads <= 0 means one; the bytes never depend on it.
+ * Declared to Python (@cffi): native/build_native.py reads its prototypes and constants.
  */
 #ifndef SEQKV_SEGCODE_H
 #define SEQKV_SEGCODE_H

@@ -36,6 +36,7 @@ typedef long long int64_t;
 #else
 #include <stdint.h>
 #endif
+#include "status.h"
 
 #if defined(__CUDACC__)
 #define SEGC_FN static __host__ __device__ inline
@@ -57,15 +58,6 @@ typedef long long int64_t;
 /* a segment body at most: table, states, and two words per value (symbol + raw bits) */
 #define SEGC_SEGMENT_BOUND (SEGC_TABLE_MAX + 4 * SEGC_LANES + 4 * SEGC_CELLS * SEGC_CHANNELS)
 
-#define SEGC_OK 0
-#define SEGC_ERR_ARGUMENT -1
-#define SEGC_ERR_RANGE -2
-#define SEGC_ERR_MEMORY -3
-#define SEGC_ERR_CORRUPT -4
-#define SEGC_ERR_MISMATCH -5
-#define SEGC_ERR_CAPACITY -6
-#define SEGC_ERR_THREAD -7
-#define SEGC_ERR_DEVICE -8 /* a CUDA runtime call failed */
 
 /* ---- symbols ---------------------------------------------------------------------------------------- */
 
@@ -197,25 +189,25 @@ typedef struct {
     uint8_t bucket[SEGC_TOTFREQ >> SEGC_BUCKET_SHIFT];
 } SegcTable;
 
-/* Parses and validates a table; returns its byte length or SEGC_ERR_CORRUPT. */
+/* Parses and validates a table; returns its byte length or SKV_ERR_CORRUPT. */
 SEGC_FN int32_t segc_read_table(const uint8_t *in, uint32_t size, SegcTable *t)
 {
     SegcBitReader r = {in, in + size, 0, 0, 0};
     uint32_t n_used = segc_get_bits(&r, 5) + 1, sum = 0, s;
     if (n_used > SEGC_NSYM)
-        return SEGC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     for (s = 0; s + 1 < n_used; s++) {
         uint32_t b = segc_get_bits(&r, 4), f;
         if (b > SEGC_SCALE_BITS)
-            return SEGC_ERR_CORRUPT;
+            return SKV_ERR_CORRUPT;
         f = b >= 2 ? (1u << (b - 1)) | segc_get_bits(&r, b - 1) : b;
         t->freq[s] = f;
         sum += f;
         if (sum >= SEGC_TOTFREQ)
-            return SEGC_ERR_CORRUPT;
+            return SKV_ERR_CORRUPT;
     }
     if (r.err)
-        return SEGC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     t->freq[n_used - 1] = SEGC_TOTFREQ - sum;
     t->n_used = n_used;
     t->cum[0] = 0;
@@ -273,7 +265,7 @@ SEGC_FN void segc_segment_geometry(uint32_t n_cells, uint32_t n_channels, uint32
 /*
  * Codes the h x w block at q (row stride `stride` values) into slot (SEGC_SEGMENT_BOUND bytes, used as
  * scratch: words are written backwards from its end, then moved down behind the table).
- * Returns the body's byte count, or SEGC_ERR_RANGE when an index is outside +-SEGC_MAX_ABS.
+ * Returns the body's byte count, or SKV_ERR_UNSUPPORTED when an index is outside +-SEGC_MAX_ABS.
  */
 SEGC_FN int32_t segc_encode_block(const int32_t *q, uint32_t stride, uint32_t h, uint32_t w, uint8_t *slot)
 {
@@ -285,7 +277,7 @@ SEGC_FN int32_t segc_encode_block(const int32_t *q, uint32_t stride, uint32_t h,
         for (k = 0; k < w; k++) {
             int32_t v = q[(uint64_t)r * stride + k];
             if (v > SEGC_MAX_ABS || v < -SEGC_MAX_ABS)
-                return SEGC_ERR_RANGE;
+                return SKV_ERR_UNSUPPORTED;
             count[segc_symbol(segc_zigzag(v), &n_raw)]++;
         }
     uint32_t n_used = segc_normalize(count, h * w, freq);
@@ -337,7 +329,7 @@ SEGC_FN int32_t segc_encode_block(const int32_t *q, uint32_t stride, uint32_t h,
 
 /*
  * Decodes a segment body of `size` bytes into the h x w block at q (row stride `stride`). Reads nothing
- * outside [body, body + size); returns SEGC_OK, or SEGC_ERR_CORRUPT when the body is malformed, runs short,
+ * outside [body, body + size); returns SKV_OK, or SKV_ERR_CORRUPT when the body is malformed, runs short,
  * has bytes left over or its lanes do not end in their initial state.
  */
 SEGC_FN int32_t segc_decode_block(const uint8_t *body, uint32_t size, uint32_t h, uint32_t w, int32_t *q,
@@ -351,19 +343,19 @@ SEGC_FN int32_t segc_decode_block(const uint8_t *body, uint32_t size, uint32_t h
     if (t.freq[t.n_used - 1] == SEGC_TOTFREQ && t.n_used - 1 < SEGC_LITERALS) {
         int32_t v = segc_unzigzag(t.n_used - 1);
         if ((uint32_t)table_len != size)
-            return SEGC_ERR_CORRUPT;
+            return SKV_ERR_CORRUPT;
         for (r = 0; r < h; r++)
             for (k = 0; k < w; k++)
                 q[(uint64_t)r * stride + k] = v;
-        return SEGC_OK;
+        return SKV_OK;
     }
     if (size - (uint32_t)table_len < 4 * SEGC_LANES)
-        return SEGC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     const uint8_t *p = body + table_len, *end = body + size;
     for (s = 0; s < SEGC_LANES; s++, p += 4) {
         x[s] = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
         if (x[s] < SEGC_RANS_L)
-            return SEGC_ERR_CORRUPT;
+            return SKV_ERR_CORRUPT;
     }
     uint32_t n = h * w, base, j, sym[SEGC_LANES];
     r = k = 0;
@@ -378,7 +370,7 @@ SEGC_FN int32_t segc_decode_block(const uint8_t *body, uint32_t size, uint32_t h
             v = t.freq[s] * (v >> SEGC_SCALE_BITS) + slot - t.cum[s];
             if (v < SEGC_RANS_L) {
                 if (end - p < 2)
-                    return SEGC_ERR_CORRUPT;
+                    return SKV_ERR_CORRUPT;
                 v = (v << 16) | (uint32_t)p[0] | ((uint32_t)p[1] << 8);
                 p += 2;
             }
@@ -393,12 +385,12 @@ SEGC_FN int32_t segc_decode_block(const uint8_t *body, uint32_t size, uint32_t h
                 v >>= e;
                 if (v < SEGC_RANS_L) {
                     if (end - p < 2)
-                        return SEGC_ERR_CORRUPT;
+                        return SKV_ERR_CORRUPT;
                     v = (v << 16) | (uint32_t)p[0] | ((uint32_t)p[1] << 8);
                     p += 2;
                 }
                 if (z > 2u * SEGC_MAX_ABS)
-                    return SEGC_ERR_CORRUPT;
+                    return SKV_ERR_CORRUPT;
                 x[j] = v;
             }
             q[(uint64_t)r * stride + k] = segc_unzigzag(z);
@@ -409,11 +401,11 @@ SEGC_FN int32_t segc_decode_block(const uint8_t *body, uint32_t size, uint32_t h
         }
     }
     if (p != end)
-        return SEGC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     for (s = 0; s < SEGC_LANES; s++)
         if (x[s] != SEGC_RANS_L)
-            return SEGC_ERR_CORRUPT;
-    return SEGC_OK;
+            return SKV_ERR_CORRUPT;
+    return SKV_OK;
 }
 
 /* ---- quantization: one IEEE float32 multiply, then exact integer rounding (ties away from zero) ------- */
@@ -474,12 +466,12 @@ SEGC_FN void segc_write_header(uint8_t *dst, uint32_t n_cells, uint32_t n_channe
 SEGC_FN int32_t segc_read_header(const uint8_t *src, int64_t src_len, uint32_t *n_cells, uint32_t *n_channels)
 {
     if (src_len < SEGC_HEADER_SIZE)
-        return SEGC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     if (segc_load_le32(src) != SEGC_MAGIC || src[4] != SEGC_VERSION || src[5] || src[6] || src[7])
-        return SEGC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     *n_cells = segc_load_le32(src + 8);
     *n_channels = segc_load_le32(src + 12);
-    return SEGC_OK;
+    return SKV_OK;
 }
 
 /* Byte offset of every segment body (n_segments + 1 entries: the last is the stream's size) of a stream
@@ -491,17 +483,17 @@ SEGC_FN int64_t segc_parse_offsets(const uint8_t *src, int64_t src_len, uint32_t
     uint64_t n_seg = segc_segment_total(n_cells, n_channels), s, at = SEGC_HEADER_SIZE + 4 * n_seg;
     int32_t rc = segc_read_header(src, src_len, &got_cells, &got_channels);
     if (n_seg == 0)
-        return SEGC_ERR_ARGUMENT;
-    if (rc != SEGC_OK)
+        return SKV_ERR_ARGUMENT;
+    if (rc != SKV_OK)
         return rc;
     if (got_cells != n_cells || got_channels != n_channels)
-        return SEGC_ERR_MISMATCH;
+        return SKV_ERR_MISMATCH;
     if ((uint64_t)src_len < at)
-        return SEGC_ERR_CORRUPT;
+        return SKV_ERR_CORRUPT;
     for (s = 0; s < n_seg; s++) {
         uint32_t size = segc_load_le32(src + SEGC_HEADER_SIZE + 4 * s);
         if (size == 0 || size > SEGC_SEGMENT_BOUND || at + size > (uint64_t)src_len)
-            return SEGC_ERR_CORRUPT;
+            return SKV_ERR_CORRUPT;
         offsets[s] = at;
         at += size;
     }

@@ -9,7 +9,7 @@
  * the host over an emulated grid, one thread after the other, through the same host API (segc_cuda_*),
  * which is how CI runs the kernels without a GPU.
  *
- * Host API: every function returns a byte count or SEGC_OK, or a negative SEGC_ERR_* code; ms, when not
+ * Host API: every function returns a byte count or SKV_OK, or a negative SKV_ERR_* code; ms, when not
  * NULL, receives three timings in milliseconds: host->device copies, kernels, device->host copies.
  */
 #include "segcode_core.h"
@@ -155,7 +155,7 @@ extern "C" {
 int64_t segc_cuda_encode_bound(uint32_t n_cells, uint32_t n_channels)
 {
     uint64_t n_seg = segc_segment_total(n_cells, n_channels);
-    return n_seg ? (int64_t)(SEGC_HEADER_SIZE + n_seg * (4 + (uint64_t)SEGC_SEGMENT_BOUND)) : SEGC_ERR_ARGUMENT;
+    return n_seg ? (int64_t)(SEGC_HEADER_SIZE + n_seg * (4 + (uint64_t)SEGC_SEGMENT_BOUND)) : SKV_ERR_ARGUMENT;
 }
 
 /* Codes q (host, int32 [n_cells, n_channels]) or, when x is not NULL, quantizes x (host, float32) with
@@ -167,26 +167,26 @@ static int64_t segc_cuda_encode_any(const int32_t *q, const float *x, const floa
     void *d_q = 0, *d_x = 0, *d_scale = 0, *d_slots = 0, *d_sizes = 0, *d_offsets = 0, *d_dst = 0;
     int32_t *sizes = 0;
     uint64_t *offsets = 0;
-    int64_t rc = SEGC_OK;
+    int64_t rc = SKV_OK;
     segc_timer t[4] = SEGC_TIMER_INIT;
     if (n_seg == 0 || (!q && !(x && inv_step)) || !dst)
-        return SEGC_ERR_ARGUMENT;
+        return SKV_ERR_ARGUMENT;
     sizes = (int32_t *)malloc(sizeof(int32_t) * n_seg);
     offsets = (uint64_t *)malloc(sizeof(uint64_t) * (n_seg + 1));
     if (!sizes || !offsets)
-        rc = SEGC_ERR_MEMORY;
+        rc = SKV_ERR_MEMORY;
     else if (segc_dev_alloc(&d_q, 4 * n) || segc_dev_alloc(&d_slots, n_seg * SEGC_SEGMENT_BOUND) ||
              segc_dev_alloc(&d_sizes, 4 * n_seg) || segc_dev_alloc(&d_offsets, 8 * (n_seg + 1)) ||
              (x && (segc_dev_alloc(&d_x, 4 * n) || segc_dev_alloc(&d_scale, 4 * (uint64_t)n_channels))))
-        rc = SEGC_ERR_DEVICE;
-    if (rc == SEGC_OK) {
+        rc = SKV_ERR_DEVICE;
+    if (rc == SKV_OK) {
         segc_timer_mark(&t[0]);
         if (x ? segc_to_dev(d_x, x, 4 * n) || segc_to_dev(d_scale, inv_step, 4 * (uint64_t)n_channels)
               : segc_to_dev(d_q, q, 4 * n))
-            rc = SEGC_ERR_DEVICE;
+            rc = SKV_ERR_DEVICE;
         segc_timer_mark(&t[1]);
     }
-    if (rc == SEGC_OK) {
+    if (rc == SKV_OK) {
         if (x)
             SEGC_LAUNCH(segc_quantize_kernel, SEGC_GRID(n, 256), 256, (const float *)d_x, (const float *)d_scale,
                         n, n_channels, (int32_t *)d_q);
@@ -194,29 +194,29 @@ static int64_t segc_cuda_encode_any(const int32_t *q, const float *x, const floa
                     (const int32_t *)d_q, n_cells, n_channels, (uint32_t)n_seg, (uint8_t *)d_slots,
                     (int32_t *)d_sizes);
         if (segc_launched() || segc_to_host(sizes, d_sizes, 4 * n_seg))
-            rc = SEGC_ERR_DEVICE;
+            rc = SKV_ERR_DEVICE;
     }
     total = SEGC_HEADER_SIZE + 4 * n_seg;
-    for (s = 0; s < n_seg && rc == SEGC_OK; s++) { /* lowest failing segment first, as on the CPU */
+    for (s = 0; s < n_seg && rc == SKV_OK; s++) { /* lowest failing segment first, as on the CPU */
         if (sizes[s] < 0)
             rc = sizes[s];
         offsets[s] = total;
         total += (uint64_t)(sizes[s] < 0 ? 0 : sizes[s]);
     }
-    if (rc == SEGC_OK && total > (uint64_t)dst_cap)
-        rc = SEGC_ERR_CAPACITY;
-    if (rc == SEGC_OK && (segc_dev_alloc(&d_dst, total) || segc_to_dev(d_offsets, offsets, 8 * n_seg)))
-        rc = SEGC_ERR_DEVICE;
-    if (rc == SEGC_OK) {
+    if (rc == SKV_OK && total > (uint64_t)dst_cap)
+        rc = SKV_ERR_CAPACITY;
+    if (rc == SKV_OK && (segc_dev_alloc(&d_dst, total) || segc_to_dev(d_offsets, offsets, 8 * n_seg)))
+        rc = SKV_ERR_DEVICE;
+    if (rc == SKV_OK) {
         SEGC_LAUNCH(segc_pack_kernel, n_seg, SEGC_PACK_BLOCK, (const uint8_t *)d_slots, (const int32_t *)d_sizes,
                     (const uint64_t *)d_offsets, (uint32_t)n_seg, (uint8_t *)d_dst);
         if (segc_launched())
-            rc = SEGC_ERR_DEVICE;
+            rc = SKV_ERR_DEVICE;
         segc_timer_mark(&t[2]);
     }
-    if (rc == SEGC_OK) {
+    if (rc == SKV_OK) {
         if (segc_to_host(dst + SEGC_HEADER_SIZE, (uint8_t *)d_dst + SEGC_HEADER_SIZE, total - SEGC_HEADER_SIZE))
-            rc = SEGC_ERR_DEVICE;
+            rc = SKV_ERR_DEVICE;
         segc_timer_mark(&t[3]);
         segc_write_header(dst, n_cells, n_channels);
         segc_timers_read(t, ms);
@@ -231,7 +231,7 @@ static int64_t segc_cuda_encode_any(const int32_t *q, const float *x, const floa
     segc_dev_free(d_dst);
     free(sizes);
     free(offsets);
-    return rc == SEGC_OK ? (int64_t)total : rc;
+    return rc == SKV_OK ? (int64_t)total : rc;
 }
 
 int64_t segc_cuda_encode(const int32_t *q, uint32_t n_cells, uint32_t n_channels, uint8_t *dst, int64_t dst_cap,
@@ -244,7 +244,7 @@ int64_t segc_cuda_encode_f32(const float *x, const float *inv_step, uint32_t n_c
                              uint8_t *dst, int64_t dst_cap, double *ms)
 {
     return x && inv_step ? segc_cuda_encode_any(0, x, inv_step, n_cells, n_channels, dst, dst_cap, ms)
-                         : SEGC_ERR_ARGUMENT;
+                         : SKV_ERR_ARGUMENT;
 }
 
 /* Decodes src (host) into q (host, int32) or, when step is not NULL, into x (host, float32) dequantized. */
@@ -255,32 +255,32 @@ static int64_t segc_cuda_decode_any(const uint8_t *src, int64_t src_len, uint32_
     void *d_src = 0, *d_offsets = 0, *d_q = 0, *d_status = 0, *d_scale = 0, *d_x = 0;
     uint64_t *offsets = 0;
     int32_t *status = 0;
-    int64_t rc = SEGC_OK, total = 0;
+    int64_t rc = SKV_OK, total = 0;
     segc_timer t[4] = SEGC_TIMER_INIT;
     if (n_seg == 0 || !src || (!q && !(step && x)))
-        return SEGC_ERR_ARGUMENT;
+        return SKV_ERR_ARGUMENT;
     /* sized by the caller's shape; the size table is checked on the host before any kernel runs */
     offsets = (uint64_t *)malloc(sizeof(uint64_t) * (n_seg + 1));
     status = (int32_t *)malloc(sizeof(int32_t) * n_seg);
     if (!offsets || !status)
-        rc = SEGC_ERR_MEMORY;
+        rc = SKV_ERR_MEMORY;
     else
         rc = total = segc_parse_offsets(src, src_len, n_cells, n_channels, offsets);
     if (rc >= 0) {
-        rc = SEGC_OK;
+        rc = SKV_OK;
         if (segc_dev_alloc(&d_src, (uint64_t)total) || segc_dev_alloc(&d_offsets, 8 * (n_seg + 1)) ||
             segc_dev_alloc(&d_q, 4 * n) || segc_dev_alloc(&d_status, 4 * n_seg) ||
             (step && (segc_dev_alloc(&d_scale, 4 * (uint64_t)n_channels) || segc_dev_alloc(&d_x, 4 * n))))
-            rc = SEGC_ERR_DEVICE;
+            rc = SKV_ERR_DEVICE;
     }
-    if (rc == SEGC_OK) {
+    if (rc == SKV_OK) {
         segc_timer_mark(&t[0]);
         if (segc_to_dev(d_src, src, (uint64_t)total) || segc_to_dev(d_offsets, offsets, 8 * (n_seg + 1)) ||
             (step && segc_to_dev(d_scale, step, 4 * (uint64_t)n_channels)))
-            rc = SEGC_ERR_DEVICE;
+            rc = SKV_ERR_DEVICE;
         segc_timer_mark(&t[1]);
     }
-    if (rc == SEGC_OK) {
+    if (rc == SKV_OK) {
         SEGC_LAUNCH(segc_decode_kernel, SEGC_GRID(n_seg, SEGC_ENCODE_BLOCK), SEGC_ENCODE_BLOCK,
                     (const uint8_t *)d_src, (const uint64_t *)d_offsets, n_cells, n_channels, (uint32_t)n_seg,
                     (int32_t *)d_q, (int32_t *)d_status);
@@ -288,18 +288,18 @@ static int64_t segc_cuda_decode_any(const uint8_t *src, int64_t src_len, uint32_
             SEGC_LAUNCH(segc_dequantize_kernel, SEGC_GRID(n, 256), 256, (const int32_t *)d_q,
                         (const float *)d_scale, n, n_channels, (float *)d_x);
         if (segc_launched())
-            rc = SEGC_ERR_DEVICE;
+            rc = SKV_ERR_DEVICE;
         segc_timer_mark(&t[2]);
     }
-    if (rc == SEGC_OK) {
+    if (rc == SKV_OK) {
         if (segc_to_host(status, d_status, 4 * n_seg) ||
             (step ? segc_to_host(x, d_x, 4 * n) : segc_to_host(q, d_q, 4 * n)))
-            rc = SEGC_ERR_DEVICE;
+            rc = SKV_ERR_DEVICE;
         segc_timer_mark(&t[3]);
         segc_timers_read(t, ms);
     }
-    for (s = 0; s < n_seg && rc == SEGC_OK; s++)
-        if (status[s] != SEGC_OK)
+    for (s = 0; s < n_seg && rc == SKV_OK; s++)
+        if (status[s] != SKV_OK)
             rc = status[s];
     SEGC_TIMERS_FREE(t);
     segc_dev_free(d_src);
@@ -310,7 +310,7 @@ static int64_t segc_cuda_decode_any(const uint8_t *src, int64_t src_len, uint32_
     segc_dev_free(d_x);
     free(offsets);
     free(status);
-    return rc == SEGC_OK ? total : rc;
+    return rc == SKV_OK ? total : rc;
 }
 
 int64_t segc_cuda_decode(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels, int32_t *q,
@@ -322,7 +322,7 @@ int64_t segc_cuda_decode(const uint8_t *src, int64_t src_len, uint32_t n_cells, 
 int64_t segc_cuda_decode_f32(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
                              const float *step, float *x, double *ms)
 {
-    return step && x ? segc_cuda_decode_any(src, src_len, n_cells, n_channels, 0, step, x, ms) : SEGC_ERR_ARGUMENT;
+    return step && x ? segc_cuda_decode_any(src, src_len, n_cells, n_channels, 0, step, x, ms) : SKV_ERR_ARGUMENT;
 }
 
 } /* extern "C" */

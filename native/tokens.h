@@ -1,20 +1,20 @@
 /* Token codecs: a portable context-mixing coder over token ids (tokens_cm*.c) and model-coded
  * tokens, rANS (rans.h) with integer frequencies derived from logits rows (tokens_model.c).
  *
- * Every function returns a negative TOKERR_* code on failure.  All modelling and coding is
+ * Every function returns a negative SKV_ERR_* code on failure.  All modelling and coding is
  * integer arithmetic, so any build on any machine produces and reads the same bytes; the only
  * floating-point steps are one IEEE subtract and one multiply per logit, assigned to float
- * (correctly rounded everywhere, nothing to contract into an FMA, no libm). */
+ * (correctly rounded everywhere, nothing to contract into an FMA, no libm).
+ * Declared to Python (@cffi): native/build_native.py reads its prototypes and constants.
+ */
 #ifndef SEQKV_TOKENS_H
 #define SEQKV_TOKENS_H
 
 #include <stdint.h>
 #include <stddef.h>
 
-#define TOKERR_ARG (-1)       /* bad argument: token outside [0, n_vocab), bad size */
-#define TOKERR_NOMEM (-2)     /* allocation failed */
-#define TOKERR_OVERFLOW (-3)  /* output buffer too small */
-#define TOKERR_CORRUPT (-4)   /* input does not decode (truncated, damaged, desynchronised) */
+#include "status.h"
+
 
 /* ---- portable codec (no model needed) ---- */
 
@@ -55,7 +55,7 @@ int64_t tokm_encode_ranges(const uint32_t *starts, const uint32_t *freqs, int64_
 typedef struct tokm_decoder tokm_decoder;
 tokm_decoder *tokm_decoder_new(const uint8_t *in, int64_t in_len, int32_t n_vocab);
 void tokm_decoder_free(tokm_decoder *dec);
-/* Next token under this logits row (>= 0), or a negative TOKERR_* code. */
+/* Next token under this logits row (>= 0), or a negative SKV_ERR_* code. */
 int32_t tokm_decoder_next(tokm_decoder *dec, const float *logits);
 /* 0 if the stream ended exactly where it should (all bytes consumed, final state intact). */
 int tokm_decoder_finish(const tokm_decoder *dec);

@@ -43,7 +43,7 @@ typedef struct {
 
 static int arith_put(arith *a, uint8_t byte)
 {
-    if (a->pos >= a->len) return TOKERR_OVERFLOW;
+    if (a->pos >= a->len) return SKV_ERR_CAPACITY;
     a->out[a->pos++] = byte;
     return 0;
 }
@@ -69,7 +69,7 @@ static int arith_code(arith *a, int p16, int bit)
         if (a->in) {
             a->x = (a->x << 8) | arith_get(a);
         } else if (arith_put(a, (uint8_t)(a->x2 >> 24)) < 0) {
-            return TOKERR_OVERFLOW;
+            return SKV_ERR_CAPACITY;
         }
         a->x1 <<= 8;
         a->x2 = (a->x2 << 8) | 255u;
@@ -80,7 +80,7 @@ static int arith_code(arith *a, int p16, int bit)
 static int arith_flush(arith *a)
 {
     for (int s = 24; s >= 0; s -= 8)
-        if (arith_put(a, (uint8_t)(a->x1 >> s)) < 0) return TOKERR_OVERFLOW;
+        if (arith_put(a, (uint8_t)(a->x1 >> s)) < 0) return SKV_ERR_CAPACITY;
     return 0;
 }
 
@@ -117,7 +117,7 @@ static int coder_init(coder *c, int64_t n_tokens, int32_t n_vocab)
     c->leaf_occ = calloc((size_t)n_vocab + 1, sizeof(int32_t));
     if (!c->model || !c->distinct || !c->occ || !c->leaf_occ) {
         coder_free(c);
-        return TOKERR_NOMEM;
+        return SKV_ERR_MEMORY;
     }
     return 0;
 }
@@ -184,7 +184,7 @@ static int code_choice(coder *c, tokcm_decision *d, subtree s0, subtree s1, int 
     int64_t avail1 = rep ? s1.distinct : s1.size - s1.distinct;
     if (avail0 == 0 || avail1 == 0) {
         int forced = avail0 == 0;
-        if (avail0 + avail1 == 0 || (!c->a.in && bit != forced)) return TOKERR_ARG;
+        if (avail0 + avail1 == 0 || (!c->a.in && bit != forced)) return SKV_ERR_ARGUMENT;
         return forced;
     }
     d->prior16 = rep ? ratio16(s1.occ, s0.occ + s1.occ) : ratio16(avail1, avail0 + avail1);
@@ -233,7 +233,7 @@ static int code_novel_flag(coder *c, int novel, int expected)
     return code_bit(c, &d, novel);
 }
 
-/* Codes tokens[i] (encoding) or decodes it into tokens[i]; returns 0 or a TOKERR_* code. */
+/* Codes tokens[i] (encoding) or decodes it into tokens[i]; returns 0 or a SKV_ERR_* code. */
 static int code_token(coder *c, int32_t *tokens, int64_t i)
 {
     int decoding = c->a.in != NULL;
@@ -263,15 +263,15 @@ int64_t tokcm_bound(int64_t n_tokens)
 
 static int check_args(int64_t n_tokens, int32_t n_vocab)
 {
-    return n_tokens < 0 || n_tokens > INT32_MAX || n_vocab < 1 || n_vocab > (1 << 24) ? TOKERR_ARG : 0;
+    return n_tokens < 0 || n_tokens > INT32_MAX || n_vocab < 1 || n_vocab > (1 << 24) ? SKV_ERR_ARGUMENT : 0;
 }
 
 int64_t tokcm_encode(const int32_t *tokens, int64_t n_tokens, int32_t n_vocab,
                      uint8_t *out, int64_t out_cap)
 {
-    if (check_args(n_tokens, n_vocab) < 0 || (!tokens && n_tokens) || !out || out_cap < 0) return TOKERR_ARG;
+    if (check_args(n_tokens, n_vocab) < 0 || (!tokens && n_tokens) || !out || out_cap < 0) return SKV_ERR_ARGUMENT;
     for (int64_t i = 0; i < n_tokens; i++)
-        if (tokens[i] < 0 || tokens[i] >= n_vocab) return TOKERR_ARG;
+        if (tokens[i] < 0 || tokens[i] >= n_vocab) return SKV_ERR_ARGUMENT;
     coder c;
     int rc = coder_init(&c, n_tokens, n_vocab);
     if (rc < 0) return rc;
@@ -286,7 +286,7 @@ int64_t tokcm_encode(const int32_t *tokens, int64_t n_tokens, int32_t n_vocab,
 int64_t tokcm_decode(const uint8_t *in, int64_t in_len, int64_t n_tokens, int32_t n_vocab,
                      int32_t *out)
 {
-    if (check_args(n_tokens, n_vocab) < 0 || !in || in_len < 0 || (!out && n_tokens)) return TOKERR_ARG;
+    if (check_args(n_tokens, n_vocab) < 0 || !in || in_len < 0 || (!out && n_tokens)) return SKV_ERR_ARGUMENT;
     coder c;
     int rc = coder_init(&c, n_tokens, n_vocab);
     if (rc < 0) return rc;
@@ -295,10 +295,10 @@ int64_t tokcm_decode(const uint8_t *in, int64_t in_len, int64_t n_tokens, int32_
     for (int k = 0; k < 4; k++) c.a.x = (c.a.x << 8) | arith_get(&c.a);
     for (int64_t i = 0; i < n_tokens && rc == 0; i++) {
         rc = code_token(&c, out, i);
-        if (c.a.overrun) rc = TOKERR_CORRUPT;
+        if (c.a.overrun) rc = SKV_ERR_CORRUPT;
     }
-    if (rc == 0 && c.a.x != c.a.x1) rc = TOKERR_CORRUPT;  /* the encoder flushed exactly x1 */
+    if (rc == 0 && c.a.x != c.a.x1) rc = SKV_ERR_CORRUPT;  /* the encoder flushed exactly x1 */
     coder_free(&c);
-    if (rc == TOKERR_ARG) rc = TOKERR_CORRUPT;
+    if (rc == SKV_ERR_ARGUMENT) rc = SKV_ERR_CORRUPT;
     return rc < 0 ? rc : c.a.pos;
 }

@@ -128,7 +128,7 @@ static uint32_t row_start(const row_math *rm, uint64_t cum, int32_t i, int32_t n
 
 int tokm_row_freqs(const tokm_rows *rows, const float *logits, uint32_t *freq)
 {
-    if (!rows || !logits || !freq) return TOKERR_ARG;
+    if (!rows || !logits || !freq) return SKV_ERR_ARGUMENT;
     int32_t n_vocab = rows->n_vocab;
     row_math rm = {row_max(logits, n_vocab), 0};
     row_set_total(&rm, weight_sum(rows, rm.max_logit, logits, 0, n_vocab), n_vocab);
@@ -146,7 +146,7 @@ int tokm_row_freqs(const tokm_rows *rows, const float *logits, uint32_t *freq)
 int tokm_token_range(const tokm_rows *rows, const float *logits, int32_t token,
                      uint32_t *start, uint32_t *freq)
 {
-    if (!rows || !logits || !start || !freq || token < 0 || token >= rows->n_vocab) return TOKERR_ARG;
+    if (!rows || !logits || !start || !freq || token < 0 || token >= rows->n_vocab) return SKV_ERR_ARGUMENT;
     int32_t n_vocab = rows->n_vocab;
     row_math rm = {row_max(logits, n_vocab), 0};
     uint64_t before = weight_sum(rows, rm.max_logit, logits, 0, token);
@@ -166,12 +166,12 @@ int64_t tokm_encode_ranges(const uint32_t *starts, const uint32_t *freqs, int64_
                            uint8_t *out, int64_t out_cap)
 {
     if (n < 0 || !out || out_cap < 0 || (uint64_t)out_cap < 4 * rans64_enc_bound_words((size_t)n, 1))
-        return n < 0 || !out ? TOKERR_ARG : TOKERR_OVERFLOW;
+        return n < 0 || !out ? SKV_ERR_ARGUMENT : SKV_ERR_CAPACITY;
     Rans64State x;
     rans64_enc_init(&x);
     uint8_t *ptr = out + out_cap;
     for (int64_t i = n - 1; i >= 0; i--) {
-        if (freqs[i] == 0 || (uint64_t)starts[i] + freqs[i] > SCALE) return TOKERR_ARG;
+        if (freqs[i] == 0 || (uint64_t)starts[i] + freqs[i] > SCALE) return SKV_ERR_ARGUMENT;
         rans64_enc_put(&x, &ptr, starts[i], freqs[i], TOKM_SCALE_BITS);
     }
     rans64_enc_flush(&x, &ptr);
@@ -242,8 +242,8 @@ static int32_t find_token(const tokm_decoder *dec, const row_math *rm, const flo
 
 int32_t tokm_decoder_next(tokm_decoder *dec, const float *logits)
 {
-    if (!dec || !logits) return TOKERR_ARG;
-    if (dec->failed) return TOKERR_CORRUPT;
+    if (!dec || !logits) return SKV_ERR_ARGUMENT;
+    if (dec->failed) return SKV_ERR_CORRUPT;
     int32_t n_vocab = dec->rows->n_vocab, n_blocks = (n_vocab + BLOCK - 1) / BLOCK;
     row_math rm = {row_max(logits, n_vocab), 0};
     uint64_t total = 0;
@@ -256,11 +256,11 @@ int32_t tokm_decoder_next(tokm_decoder *dec, const float *logits)
     uint32_t slot = rans64_dec_get(&dec->x, TOKM_SCALE_BITS), start = 0, freq = 1;
     int32_t token = find_token(dec, &rm, logits, slot, &start, &freq);
     rans64_dec_advance(&dec->x, &dec->ptr, dec->end, start, freq, TOKM_SCALE_BITS, &dec->failed);
-    return dec->failed ? TOKERR_CORRUPT : token;
+    return dec->failed ? SKV_ERR_CORRUPT : token;
 }
 
 int tokm_decoder_finish(const tokm_decoder *dec)
 {
-    if (!dec) return TOKERR_ARG;
-    return dec->failed || !rans64_dec_finished(&dec->x) || dec->ptr != dec->end ? TOKERR_CORRUPT : 0;
+    if (!dec) return SKV_ERR_ARGUMENT;
+    return dec->failed || !rans64_dec_finished(&dec->x) || dec->ptr != dec->end ? SKV_ERR_CORRUPT : 0;
 }

@@ -25,6 +25,7 @@ else:
 
 __all__ = [
     "available",
+    "check",
     "require",
     "KVWorkspace",
     "kv_row_bytes",
@@ -50,20 +51,34 @@ def require():
     return ffi, lib
 
 
-def _raise_for(rc: int, doing: str) -> None:
-    """Turn a KVC_ERR_* code into the matching exception."""
+def _meanings(native) -> dict:
+    """The native core's error codes (native/status.h) and what each means to a caller."""
+    return {
+        native.SKV_ERR_ARGUMENT: (ValueError, "the sizes, shape or values given do not fit"),
+        native.SKV_ERR_UNSUPPORTED: (UnsupportedStateError, "a type, layout or value range this coder does not handle"),
+        native.SKV_ERR_MEMORY: (MemoryError, "out of memory"),
+        native.SKV_ERR_CORRUPT: (CorruptDataError, "the stream is truncated, damaged or fails its checksum"),
+        native.SKV_ERR_MISMATCH: (CorruptDataError, "the stream holds another type, layout or shape than the one "
+                                                    "asked for"),
+        native.SKV_ERR_CAPACITY: (SeqKVError, "the output buffer is too small"),
+        native.SKV_ERR_THREAD: (SeqKVError, "a worker thread could not be started"),
+        native.SKV_ERR_DEVICE: (SeqKVError, "a GPU runtime call failed"),
+    }
+
+
+def check(rc: int, doing: str, meanings: dict | None = None) -> int:
+    """``rc`` when the native call succeeded (a count, or SKV_OK); otherwise the exception its negative code means,
+    saying what was being done. ``meanings`` (code -> (exception class, message)) overrides for one caller.
+
+    >>> check(5, "coding")
+    5
+    """
+    rc = int(rc)
+    if rc >= 0:
+        return rc
     _, native = require()
-    if rc == native.KVC_ERR_ARGUMENT:
-        raise ValueError(f"{doing}: the tensor's size does not match its type, layout and channel count")
-    if rc == native.KVC_ERR_UNSUPPORTED:
-        raise UnsupportedStateError(f"{doing}: this ggml type or layout is not supported by kv_lossless")
-    if rc == native.KVC_ERR_MEMORY:
-        raise MemoryError(f"{doing}: out of memory")
-    if rc == native.KVC_ERR_CORRUPT:
-        raise CorruptDataError(f"{doing}: the stream is truncated, damaged or fails its checksum")
-    if rc == native.KVC_ERR_MISMATCH:
-        raise CorruptDataError(f"{doing}: the stream holds another type, layout or shape than the one asked for")
-    raise SeqKVError(f"{doing}: native error code {rc}")
+    error, meaning = {**_meanings(native), **(meanings or {})}.get(rc, (SeqKVError, f"native error code {rc}"))
+    raise error(f"{doing}: {meaning}")
 
 
 class KVWorkspace:
@@ -91,10 +106,8 @@ def thread_workspace() -> KVWorkspace:
 def kv_row_bytes(ggml_type: int, n_channels: int) -> int:
     """Bytes of one token-major row of n_channels elements."""
     _, native = require()
-    n = native.kvc_row_bytes(int(ggml_type), int(n_channels))
-    if n < 0:
-        _raise_for(int(n), f"sizing a row of {n_channels} channels of ggml type {ggml_type}")
-    return int(n)
+    return check(native.kvc_row_bytes(int(ggml_type), int(n_channels)),
+                 f"sizing a row of {n_channels} channels of ggml type {ggml_type}")
 
 
 def kv_encode(data: np.ndarray, ggml_type: int, token_major: bool, n_channels: int, pair_offset: int = -1,
@@ -103,15 +116,11 @@ def kv_encode(data: np.ndarray, ggml_type: int, token_major: bool, n_channels: i
     ffi_, native = require()
     src = ffi_.from_buffer(data)
     doing = f"coding a ggml type {ggml_type} tensor of {data.nbytes} bytes"
-    bound = native.kvc_encode_bound(ggml_type, n_channels, data.nbytes)
-    if bound < 0:
-        _raise_for(int(bound), doing)
+    bound = check(native.kvc_encode_bound(ggml_type, n_channels, data.nbytes), doing)
     out = bytearray(bound)
     ws = (workspace or thread_workspace()).handle
-    n = native.kvc_encode(src, data.nbytes, ggml_type, int(token_major), n_channels, pair_offset,
-                          ffi_.from_buffer(out), bound, ws)
-    if n < 0:
-        _raise_for(int(n), doing)
+    n = check(native.kvc_encode(src, data.nbytes, ggml_type, int(token_major), n_channels, pair_offset,
+                                ffi_.from_buffer(out), bound, ws), doing)
     return bytes(memoryview(out)[:n])
 
 
@@ -121,10 +130,9 @@ def kv_decode(buf, ggml_type: int, token_major: bool, n_channels: int, out: np.n
     ffi_, native = require()
     src = ffi_.from_buffer(buf)
     ws = (workspace or thread_workspace()).handle
-    rc = native.kvc_decode(src, len(src), ggml_type, int(token_major), n_channels,
-                           ffi_.from_buffer(out, require_writable=True), out.nbytes, ws)
-    if rc != native.KVC_OK:
-        _raise_for(int(rc), f"decoding a ggml type {ggml_type} tensor of {out.nbytes} bytes")
+    check(native.kvc_decode(src, len(src), ggml_type, int(token_major), n_channels,
+                            ffi_.from_buffer(out, require_writable=True), out.nbytes, ws),
+          f"decoding a ggml type {ggml_type} tensor of {out.nbytes} bytes")
     return out
 
 
@@ -134,9 +142,7 @@ def kv_stream_info(buf) -> tuple[int, bool, int, int]:
     src = ffi_.from_buffer(buf)
     typ, tm = ffi_.new("int *"), ffi_.new("int *")
     n_ch, n_tok = ffi_.new("int64_t *"), ffi_.new("int64_t *")
-    rc = native.kvc_stream_info(src, len(src), typ, tm, n_ch, n_tok)
-    if rc != native.KVC_OK:
-        _raise_for(int(rc), "reading a kv_lossless stream header")
+    check(native.kvc_stream_info(src, len(src), typ, tm, n_ch, n_tok), "reading a kv_lossless stream header")
     return int(typ[0]), bool(tm[0]), int(n_ch[0]), int(n_tok[0])
 
 
@@ -144,7 +150,4 @@ def kv_stream_size(buf) -> int:
     """Total size of the stream at the start of buf (streams are self-delimiting)."""
     ffi_, native = require()
     src = ffi_.from_buffer(buf)
-    n = native.kvc_stream_size(src, len(src))
-    if n < 0:
-        _raise_for(int(n), "reading a kv_lossless stream header")
-    return int(n)
+    return check(native.kvc_stream_size(src, len(src)), "reading a kv_lossless stream header")

@@ -365,9 +365,9 @@ def test_profile_is_built_from_the_model_once_and_cached(tiny_model_path, tmp_pa
 def test_native_format_3_coder_round_trips_indices_with_escapes():
     """lossy3_encode quantizes and codes; lossy3_decode gives back index * step exactly, outliers (escapes) and
     all-zero channels included; lossy3_cost predicts the coded size; damaged streams are refused."""
-    from seqkv_edge.state.values import _native
+    from seqkv_edge.native import require
 
-    ffi, lib = _native()
+    ffi, lib = require()
     rng = np.random.default_rng(3)
     n_rows, n_ch = 203, 24
     x = (rng.standard_normal((n_rows, n_ch)) * np.geomspace(0.01, 40, n_ch)).astype(np.float32)

@@ -83,9 +83,9 @@ def _head_costs(prepared, scale: float, body: np.ndarray | None = None) -> tuple
     """Per head: (mean squared error in the coded domain, bits per value) of its components of ``body`` (default:
     the tensor's; format 4: its closed-loop prediction residual) quantized at ``scale``; the bits are the
     format 3 coder's prediction from every 2nd cell's indices."""
-    from ..state.values import _native
+    from ..native import require
 
-    ffi, lib = _native()
+    ffi, lib = require()
     body = prepared.body if body is None else body
     width = prepared.n_channels // prepared.n_heads
     inv = np.float32(1.0) / prepared.steps(scale).astype(np.float32)

@@ -17,8 +17,8 @@ import os
 
 import numpy as np
 
-from seqkv_edge.errors import CorruptDataError, SeqKVError
-from seqkv_edge.native import require
+from ..errors import CorruptDataError
+from ..native import check, require
 
 __all__ = [
     "SEGMENT_CELLS",
@@ -46,21 +46,14 @@ def _threads(threads: int | None) -> int:
 
 
 def _check(rc: int, doing: str) -> int:
-    """rc when it is a byte count or SEGC_OK; otherwise the matching exception."""
-    if rc >= 0:
-        return int(rc)
+    """``native.check`` with what the segment coder's codes mean."""
     _, lib = require()
-    if rc == lib.SEGC_ERR_RANGE:
-        raise ValueError(f"{doing}: an index is outside +-{MAX_ABS}; quantize with a coarser step")
-    if rc == lib.SEGC_ERR_ARGUMENT:
-        raise ValueError(f"{doing}: empty tensor or missing buffer")
-    if rc == lib.SEGC_ERR_MEMORY:
-        raise MemoryError(f"{doing}: out of memory")
-    if rc == lib.SEGC_ERR_CORRUPT:
-        raise CorruptDataError(f"{doing}: the stream is truncated or damaged")
-    if rc == lib.SEGC_ERR_MISMATCH:
-        raise CorruptDataError(f"{doing}: the stream holds a tensor of another shape")
-    raise SeqKVError(f"{doing}: native error code {rc}")
+    return check(rc, doing, {
+        lib.SKV_ERR_UNSUPPORTED: (ValueError, f"an index is outside +-{MAX_ABS}; quantize with a coarser step"),
+        lib.SKV_ERR_ARGUMENT: (ValueError, "empty tensor or missing buffer"),
+        lib.SKV_ERR_CORRUPT: (CorruptDataError, "the stream is truncated or damaged"),
+        lib.SKV_ERR_MISMATCH: (CorruptDataError, "the stream holds a tensor of another shape"),
+    })
 
 
 def _matrix(a: np.ndarray, dtype, name: str) -> np.ndarray:

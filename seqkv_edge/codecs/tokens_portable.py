@@ -91,9 +91,9 @@ def _encode_payload(tokens: np.ndarray, n_vocab: int) -> bytes:
         written = lib.tokcm_encode(
             ffi.from_buffer("int32_t[]", tokens), n, n_vocab, ffi.from_buffer("uint8_t[]", out), capacity
         )
-        if written != lib.TOKERR_OVERFLOW:
+        if written != lib.SKV_ERR_CAPACITY:
             break
-    if written == lib.TOKERR_NOMEM:
+    if written == lib.SKV_ERR_MEMORY:
         raise MemoryError(f"tokens_portable: no memory for the context model of {n} tokens")
     if written < 0:
         raise SeqKVError(f"tokens_portable: encoding {n} tokens failed (C error {written})")
@@ -105,7 +105,7 @@ def _decode_payload(payload: memoryview, n_tokens: int, n_vocab: int, out: np.nd
     consumed = lib.tokcm_decode(
         ffi.from_buffer("uint8_t[]", payload), len(payload), n_tokens, n_vocab, ffi.from_buffer("int32_t[]", out)
     )
-    if consumed == lib.TOKERR_NOMEM:
+    if consumed == lib.SKV_ERR_MEMORY:
         raise MemoryError(f"tokens_portable: no memory for the context model of {n_tokens} tokens")
     if consumed < 0:
         raise CorruptDataError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..detmath import rope_angles
+from ..native import require
 
 # llama.h enum llama_rope_type
 ROPE_TYPE_NAMES = {-1: "none", 0: "norm", 2: "neox", 8: "mrope", 24: "vision", 40: "imrope"}
@@ -72,8 +73,6 @@ def _compute_angles(positions: np.ndarray, rope: dict) -> tuple[np.ndarray, np.n
 
 def _rotate(keys: np.ndarray, positions: np.ndarray, rope: dict, sign: float) -> np.ndarray:
     """A float32 copy of ``keys`` rotated by ``sign`` times each cell's angles (native ``rope_rotate``)."""
-    from .values import _native
-
     n_cells, head_dim, n_rot = keys.shape[0], rope["head_dim_k"], rope["n_rot"]
     if keys.shape[1] % head_dim:
         raise ValueError(f"{keys.shape[1]} key channels are not a whole number of {head_dim}-wide heads")
@@ -83,7 +82,7 @@ def _rotate(keys: np.ndarray, positions: np.ndarray, rope: dict, sign: float) ->
         raise ValueError(f"RoPE {rope['type']!r} rotating {n_rot} of {head_dim} channels: not a supported rotation")
     out = np.array(keys, dtype=np.float32, order="C", copy=True)
     cos, sin = (np.ascontiguousarray(a) for a in _angles(positions, rope))
-    ffi, lib = _native()
+    ffi, lib = require()
     lib.rope_rotate(ffi.from_buffer("float[]", out), n_cells, out.shape[1], head_dim, n_rot, rope["type"] == "neox",
                     ffi.from_buffer("float[]", cos), ffi.from_buffer("float[]", sin), sign)
     return out

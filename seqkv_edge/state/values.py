@@ -6,43 +6,13 @@ the tensor's own type. f16 conversion runs in the native core (``native/half.c``
 """
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
 
 from ..detmath import matmul
-from ..errors import SeqKVError, UnsupportedStateError
-
-logger = logging.getLogger(__name__)
-
-_NATIVE = None
-
-
-def _native():
-    """(ffi, lib) of the native core; a stale build shadowing the fresh one is looked past (with a warning)."""
-    global _NATIVE
-    if _NATIVE is None:
-        from .. import _native as mod
-
-        _NATIVE = (mod.ffi, mod.lib) if hasattr(mod.lib, "lossy_encode") else _fresh_native(mod)
-    return _NATIVE
-
-
-def _fresh_native(mod):
-    import importlib.util
-    from pathlib import Path
-
-    for path in sorted(Path(mod.__file__).parent.glob("_native*.so"), key=lambda p: -p.stat().st_mtime):
-        spec = importlib.util.spec_from_file_location(mod.__name__, path)
-        other = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(other)
-        if hasattr(other.lib, "lossy_encode"):
-            logger.warning("seqkv_edge._native (%s) is a stale build without the lossy coder; using %s. "
-                           "Remove the stale file or rebuild with `pip install -e .`", mod.__file__, path.name)
-            return other.ffi, other.lib
-    raise SeqKVError("the native extension seqkv_edge._native lacks the lossy KV coder: rebuild it with "
-                     "`pip install -e .` (a stale _native.cpython-*.so can shadow a fresh _native.abi3.so)")
+from ..errors import UnsupportedStateError
+from ..native import require
 
 
 def _hadamard(n: int) -> np.ndarray:
@@ -96,7 +66,7 @@ def tensor_values(tensor, rope: dict | None = None) -> np.ndarray:
 
 
 def _f16_to_f32(raw: np.ndarray) -> np.ndarray:
-    ffi, lib = _native()
+    ffi, lib = require()
     src = np.ascontiguousarray(raw).view(np.uint16).reshape(-1)
     out = np.empty(src.size, np.float32)
     lib.half_f16_to_f32(ffi.from_buffer("uint16_t[]", src), src.size, ffi.from_buffer("float[]", out))
@@ -104,7 +74,7 @@ def _f16_to_f32(raw: np.ndarray) -> np.ndarray:
 
 
 def _f32_to_f16(x: np.ndarray) -> np.ndarray:
-    ffi, lib = _native()
+    ffi, lib = require()
     src = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty(src.shape, np.float16)
     lib.half_f32_to_f16(ffi.from_buffer("float[]", src), src.size, ffi.from_buffer("uint16_t[]", out))

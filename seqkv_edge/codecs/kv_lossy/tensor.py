@@ -42,9 +42,10 @@ import threading
 import numpy as np
 
 from ...detmath import per_head
-from ...errors import CorruptDataError, ModelMismatchError, SeqKVError
+from ...errors import CorruptDataError, ModelMismatchError
+from ...native import check, require
 from ...state.rope import apply_rope, rope_supported, undo_rope
-from ...state.values import _native, rope_head_dim, store_values, tensor_values
+from ...state.values import rope_head_dim, store_values, tensor_values
 from .predict import feature_keys, predict
 from .profile import DIGEST_BYTES, KVProfile, profile_for_digest
 
@@ -132,7 +133,7 @@ class _Prepared:
 
     def reconstruct(self, rows: np.ndarray, scale: float, weights: dict | None, index: np.ndarray | None = None):
         """What the decoder gets back for ``rows`` (body rows ``index``, ascending, default all) coded at ``scale``."""
-        ffi, lib = _native()
+        ffi, lib = require()
         step = self.steps(scale, weights).astype(np.float32)
         inv = np.float32(1.0) / step
         split = self.n_older if index is None else int(np.searchsorted(index, self.n_older))  # older rows first
@@ -150,7 +151,7 @@ class _Prepared:
         """Format 3 and later: the payload size in bits at ``scale``, from the index statistics of every
         ``row_every``-th cell of the body, or of ``sample`` (format 4: its prediction residuals), those rows
         (``sample_rows(row_every)``) given in their place (no entropy coding)."""
-        ffi, lib = _native()
+        ffi, lib = require()
         inv = np.float32(1.0) / self.steps(scale, weights).astype(np.float32)
         bits = 8.0 * self.side_bytes
         if sample is None:
@@ -201,7 +202,7 @@ class _Prepared:
         ``out`` (if given) receives ``index * step``, what the decoder gets back."""
         if not rows.size:
             return b""
-        ffi, lib = _native()
+        ffi, lib = require()
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         cap = lib.lossy3_encode_bound(rows.shape[0], self.n_channels)
         coded = _scratch(cap)
@@ -209,15 +210,14 @@ class _Prepared:
                               ffi.from_buffer("float[]", inv), ffi.from_buffer("uint8_t[]", coded), cap,
                               ffi.from_buffer("float[]", step),
                               ffi.NULL if out is None else ffi.from_buffer("float[]", out))
-        if n == 0:
-            raise SeqKVError(f"encoding {self.name}: the native lossy coder failed (out of memory?)")
+        n = check(n, f"encoding {self.name}")
         return coded[:n].tobytes()
 
     def _code_rows(self, rows: np.ndarray, inv: np.ndarray) -> bytes:
         """Formats 1 and 2: quantize ``rows`` with steps ``1 / inv``, then code them (one adaptive model per column)."""
         if not rows.size:
             return b""
-        ffi, lib = _native()
+        ffi, lib = require()
         rows = np.ascontiguousarray(rows)
         q = np.empty(rows.shape, np.int32)
         zero = np.zeros(self.n_channels, np.float32)
@@ -228,8 +228,7 @@ class _Prepared:
         coded = bytearray(cap)
         n = lib.lossy_encode(ffi.from_buffer("int32_t[]", q), rows.shape[0], self.n_channels,
                              ffi.from_buffer("uint8_t[]", coded), cap)
-        if n == 0:
-            raise SeqKVError(f"encoding {self.name}: the native lossy coder failed (out of memory?)")
+        n = check(n, f"encoding {self.name}")
         return bytes(memoryview(coded)[:n])
 
 
@@ -246,7 +245,7 @@ def _scratch(n_bytes: int) -> np.ndarray:
 
 def _decode_rows(version: int, coded, n_rows: int, n_ch: int, step: np.ndarray, out: np.ndarray, name: str) -> None:
     """Entropy-decode one stream of ``n_rows`` cells and write ``index * step`` into ``out`` (float32 rows)."""
-    ffi, lib = _native()
+    ffi, lib = require()
     if not n_rows * n_ch and not len(coded):
         return
     if version >= 3:
@@ -260,8 +259,7 @@ def _decode_rows(version: int, coded, n_rows: int, n_ch: int, step: np.ndarray, 
             lib.lossy_dequantize(ffi.from_buffer("int32_t[]", q), n_rows, n_ch,
                                  ffi.from_buffer("float[]", np.zeros(n_ch, np.float32)),
                                  ffi.from_buffer("float[]", step), ffi.from_buffer("float[]", out))
-    if rc != 0:
-        raise CorruptDataError(f"decoding {name}: the entropy-coded indices are corrupt (code {rc})")
+    check(rc, f"decoding {name}", {lib.SKV_ERR_CORRUPT: (CorruptDataError, "the entropy-coded indices are corrupt")})
 
 
 def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, profile=None,
