@@ -165,6 +165,6 @@ import struct
 from seqkv_edge.codecs.kv_lossless import KVLosslessCodec
 # a 32-byte header: f16, token-major, 2^31 - 1 channels of 0 tokens, total size 32
 header = b"KVL\\x01" + bytes([1, 1]) + bytes(2) + struct.pack("<II", (1 << 31) - 1, 0) + struct.pack("<Q", 32) + bytes(8)
-expect_refusal(lambda: KVLosslessCodec().decode(header))
+expect_refusal(lambda: KVLosslessCodec().decode_stream(header))
 """)
     assert "REFUSED CorruptDataError" in out

@@ -213,13 +213,13 @@ def test_many_matches_one_by_one():
         np.testing.assert_array_equal(t, o)
 
 
-def test_config_round_trip_and_generic_contract():
+def test_config_round_trip_and_self_described_stream():
     codec = KVLosslessCodec(pair_offset=32)
     config = json.loads(json.dumps(codec.get_config()))
     assert config["format_version"] == 1
     assert get_codec(config) == codec
     data = gaussian_f16(20, 64).view(np.uint8)
-    np.testing.assert_array_equal(codec.decode(codec.encode((data, GGML_F16, True, 64))), data)
+    np.testing.assert_array_equal(codec.decode_stream(codec.encode_tensor(data, GGML_F16, True, 64)), data)
 
 
 # ---- the frozen format: committed fixtures ----
@@ -238,7 +238,7 @@ def test_fixture_decodes_forever(codec, entry):
     codec.decode_tensor(coded, entry["ggml_type"], entry["token_major"], entry["n_channels"], out)
     assert out.tobytes() == raw
     again = codec.encode_tensor(out, entry["ggml_type"], entry["token_major"], entry["n_channels"])
-    np.testing.assert_array_equal(codec.decode(again), out)
+    np.testing.assert_array_equal(codec.decode_stream(again), out)
 
 
 def test_fixtures_present():

@@ -263,12 +263,14 @@ def test_codec_config_roundtrip():
     assert get_codec(config) == codec
     rows = peaked_rows(10, 1000)
     tokens = sample_tokens(rows)
-    stream = codec.encode((rows, tokens))
+    encoder = codec.encoder()
+    for row, token in zip(rows, tokens):
+        encoder.add(row, int(token))
+    stream = encoder.finish()
     assert stream == encode(rows, tokens, checkpoint_tokens=64, check_bits=16)
     decoder = codec.decoder(stream)
     assert [decoder.next(row) for row in rows] == tokens.tolist()
-    with pytest.raises(TypeError):
-        codec.decode(stream)
+    decoder.done()
     with pytest.raises(CorruptDataError):
         TokensModelCodec.from_config({**config, "version": 2})
 

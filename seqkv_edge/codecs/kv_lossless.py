@@ -33,9 +33,9 @@ from typing import Sequence
 import numpy as np
 
 from .. import native
-from ..errors import UnsupportedStateError
+from ..errors import CorruptDataError, UnsupportedStateError
 from .registry import register_codec
-from .base import Codec
+from .base import StateCodec
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ def _check_tensor(data: np.ndarray, ggml_type: int, token_major: bool, n_channel
 
 
 @register_codec
-class KVLosslessCodec(Codec):
-    """Lossless KV tensor codec; ``encode_many`` / ``decode_many`` code tensors in parallel threads.
+class KVLosslessCodec(StateCodec):
+    """Lossless KV tensor codec: ``encode_state`` / ``decode_state`` code a whole state, ``encode_many`` /
+    ``decode_many`` any tensors, both in parallel threads (one tensor per thread).
 
     pair_offset: -1 detects RoPE channel pairs (c, c + offset), 0 disables pairing, p > 0 forces
     offset p (e.g. head_dim / 2 for NEOX-style rope). n_threads: threads of the *_many methods
@@ -127,24 +128,27 @@ class KVLosslessCodec(Codec):
         """Decode (buf, ggml_type, token_major, n_channels, out) tuples in parallel; the outs in order."""
         return self._pool_map(lambda item: self.decode_tensor(*item), items)
 
-    # ---- the generic Codec contract ----
-    def encode(self, buf) -> bytes:
-        """``buf`` is a (data, ggml_type, token_major, n_channels) tuple."""
-        if not isinstance(buf, tuple) or len(buf) != 4:
-            raise TypeError("kv_lossless encodes a (data, ggml_type, token_major, n_channels) tuple; "
-                            "see encode_tensor()")
-        return self.encode_tensor(*buf)
+    # ---- whole states (the StateCodec contract) ----
+    def encode_state(self, state, rope: dict | None = None, profile=None) -> list[bytes]:
+        """One stream per tensor of ``state``; ``rope`` and ``profile`` are not needed (bit-exact coding)."""
+        return self.encode_many([(t.data, t.ggml_type.id, t.token_major, t.n_channels) for t in state.tensors()])
 
-    def decode(self, buf, out=None) -> np.ndarray:
-        """Decode a stream; its header gives the type, layout and shape (``out`` is allocated if None)."""
+    def decode_state(self, payloads, tensors, positions, rope: dict | None = None, profile=None) -> None:
+        """Decode ``payloads`` into the views ``tensors``; ``positions``, ``rope`` and ``profile`` are not needed."""
+        payloads = list(payloads)
+        if len(payloads) != len(tensors):
+            raise CorruptDataError(f"decoding a lossless KV state: {len(payloads)} streams for {len(tensors)} tensors")
+        self.decode_many([(c, t.ggml_type.id, t.token_major, t.n_channels, t.data) for c, t in zip(payloads, tensors)])
+
+    # ---- one stream, described by its own header ----
+    def decode_stream(self, buf) -> np.ndarray:
+        """Decode a stream into a new array; its header gives the type, layout and shape."""
         ggml_type, token_major, n_channels, n_tokens = native.kv_stream_info(buf)
-        if out is None:
-            if ggml_type not in SUPPORTED_TYPES:
-                raise UnsupportedStateError(f"the stream holds ggml type {ggml_type}, which kv_lossless cannot decode")
-            shape = ((n_tokens, native.kv_row_bytes(ggml_type, n_channels)) if token_major
-                     else (n_channels, n_tokens * ELEMENT_SIZE.get(ggml_type, 1)))
-            out = np.empty(shape, np.uint8)
-        return self.decode_tensor(buf, ggml_type, token_major, n_channels, out)
+        if ggml_type not in SUPPORTED_TYPES:
+            raise UnsupportedStateError(f"the stream holds ggml type {ggml_type}, which kv_lossless cannot decode")
+        shape = ((n_tokens, native.kv_row_bytes(ggml_type, n_channels)) if token_major
+                 else (n_channels, n_tokens * ELEMENT_SIZE.get(ggml_type, 1)))
+        return self.decode_tensor(buf, ggml_type, token_major, n_channels, np.empty(shape, np.uint8))
 
 
 def stream_size(buf) -> int:

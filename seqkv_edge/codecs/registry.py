@@ -2,16 +2,22 @@
 rebuilds any registered codec from the config stored beside the bytes it produced."""
 from __future__ import annotations
 
+import inspect
+
 from ..errors import CorruptDataError
-from .base import Codec
+from .base import BytesCodec, Codec, ModelTokensCodec, StateCodec, TokensCodec
+
+KINDS = (BytesCodec, TokensCodec, ModelTokensCodec, StateCodec)
 
 _REGISTRY: dict[str, type[Codec]] = {}
 
 
 def register_codec(cls: type[Codec]) -> type[Codec]:
-    """Class decorator: make ``cls`` reachable from its ``codec_id``."""
+    """Class decorator: make ``cls`` (a complete codec of one kind in ``base``) reachable from its ``codec_id``."""
     if not cls.codec_id:
         raise ValueError(f"{cls.__name__} has no codec_id")
+    if sum(issubclass(cls, kind) for kind in KINDS) != 1 or inspect.isabstract(cls):
+        raise ValueError(f"{cls.__name__} must implement exactly one codec kind of seqkv_edge.codecs.base in full")
     if _REGISTRY.get(cls.codec_id, cls) is not cls:
         raise ValueError(f"codec id {cls.codec_id!r} is already registered")
     _REGISTRY[cls.codec_id] = cls

@@ -49,7 +49,7 @@ import numpy as np
 
 from ..errors import CorruptDataError, SeqKVError
 from .registry import register_codec
-from .base import Codec
+from .base import ModelTokensCodec
 from .tokens_portable import (
     DEFAULT_N_VOCAB,
     FORMAT_VERSION,
@@ -298,9 +298,18 @@ class ModelTokenDecoder:
 
 
 @register_codec
-class TokensModelCodec(Codec):
-    """Config side of model-coded tokens: a model is needed, so coding goes through
-    :meth:`encoder` / :meth:`decoder` (one logits row per token), not ``encode`` / ``decode``."""
+class TokensModelCodec(ModelTokensCodec):
+    """Model-coded tokens: a model is needed on both sides, so coding goes through :meth:`encoder` and
+    :meth:`decoder` (one logits row per token).
+
+    >>> codec = TokensModelCodec(n_vocab=1000)
+    >>> rows = np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32)
+    >>> encoder = codec.encoder()
+    >>> encoder.add(rows[0], 5); encoder.add(rows[1], 6)
+    >>> decoder = codec.decoder(encoder.finish())
+    >>> [decoder.next(row) for row in rows]
+    [5, 6]
+    """
 
     codec_id = "tokens_model"
 
@@ -316,20 +325,6 @@ class TokensModelCodec(Codec):
 
     def decoder(self, buf) -> ModelTokenDecoder:
         return ModelTokenDecoder(buf, self.n_vocab)
-
-    def encode(self, buf) -> bytes:
-        """``buf`` = ``(logits_rows, tokens)``: rows (n, n_vocab) float32 and the n tokens."""
-        logits_rows, tokens = buf
-        tokens = np.asarray(tokens).tolist()
-        if len(logits_rows) != len(tokens):
-            raise ValueError(f"{len(logits_rows)} logits rows for {len(tokens)} tokens")
-        encoder = self.encoder()
-        for row, token in zip(logits_rows, tokens):
-            encoder.add(row, token)
-        return encoder.finish()
-
-    def decode(self, buf, out=None):
-        raise TypeError("tokens_model decodes one token per logits row: use codec.decoder(buf).next(row)")
 
     def get_config(self) -> dict:
         return {"id": self.codec_id, "n_vocab": self.n_vocab, "version": self.version,

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import CorruptDataError, SeqKVError
 from .registry import register_codec
-from .base import Codec
+from .base import TokensCodec
 from .varint import read_varint, write_varint  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def _decode_payload(payload: memoryview, n_tokens: int, n_vocab: int, out: np.nd
 
 
 @register_codec
-class TokensPortableCodec(Codec):
+class TokensPortableCodec(TokensCodec):
     """Lossless codec for token ids that needs no language model to decode.
 
     ``encode(tokens) -> bytes``, ``decode(buf) -> np.ndarray[int32]``.  Ids outside
@@ -128,16 +128,17 @@ class TokensPortableCodec(Codec):
         self.n_vocab = check_n_vocab(n_vocab)
         self.version = check_version(version, self.codec_id)
 
-    def encode(self, buf) -> bytes:
-        tokens = check_tokens(buf, self.n_vocab)
+    def encode(self, tokens) -> bytes:
+        tokens = check_tokens(tokens, self.n_vocab)
         header = write_varint(len(tokens)) + tokens_crc(tokens).to_bytes(_CRC_BYTES, "little")
         stream = header + _encode_payload(tokens, self.n_vocab)
         log.debug("tokens_portable: %d tokens -> %d bytes", len(tokens), len(stream))
         return stream
 
-    def decode(self, buf, out=None, max_tokens: int | None = None) -> np.ndarray:
-        """The tokens of a stream; a stream that claims more than ``max_tokens`` (e.g. the context's n_ctx,
-        or a count the caller knows) is refused before anything is allocated."""
+    def decode(self, buf, *, max_tokens: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """The tokens of a stream (written into ``out`` when given); a stream that claims more than ``max_tokens``
+        (e.g. the context's n_ctx, or a count the caller knows) or ``len(out)`` is refused before anything is
+        allocated."""
         if out is not None:
             max_tokens = len(out) if max_tokens is None else min(max_tokens, len(out))
         tokens, end = self.decode_prefix(buf, max_tokens)

@@ -5,11 +5,11 @@ import zstandard
 
 from ..errors import CorruptDataError
 from .registry import register_codec
-from .base import Codec
+from .base import BytesCodec
 
 
 @register_codec
-class ZstdCodec(Codec):
+class ZstdCodec(BytesCodec):
     """zstd at a fixed level; ``decode`` refuses frames that do not state their size."""
 
     codec_id = "zstd"
@@ -19,15 +19,13 @@ class ZstdCodec(Codec):
             raise ValueError(f"zstd level must be in 1..22, got {level}")
         self.level = level
 
-    def encode(self, buf) -> bytes:
-        return zstandard.ZstdCompressor(level=self.level).compress(memoryview(buf).cast("B"))
+    def encode(self, data) -> bytes:
+        return zstandard.ZstdCompressor(level=self.level).compress(memoryview(data).cast("B"))
 
-    def decode(self, buf, out=None, max_size: int | None = None) -> bytes:
-        """The bytes of one frame; a frame that states more than ``max_size`` bytes (or ``len(out)``) is
-        refused before anything is allocated."""
+    def decode(self, buf, *, max_size: int | None = None) -> bytes:
+        """The bytes of one frame; a frame that states more than ``max_size`` bytes is refused before anything
+        is allocated."""
         data = bytes(buf)
-        if out is not None:
-            max_size = len(memoryview(out).cast("B")) if max_size is None else min(max_size, len(out))
         try:
             size = zstandard.frame_content_size(data)
             if size < 0:
@@ -37,9 +35,6 @@ class ZstdCodec(Codec):
             data = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
         except zstandard.ZstdError as exc:
             raise CorruptDataError(f"zstd stream does not decode: {exc}") from None
-        if out is not None:
-            memoryview(out).cast("B")[:] = data
-            return out
         return data
 
     def get_config(self) -> dict:

@@ -13,7 +13,7 @@ from typing import Union
 import numpy as np
 
 from .. import __version__
-from ..codecs import get_codec
+from ..codecs import BytesCodec, StateCodec, TokensCodec, get_codec
 from ..codecs.tokens_portable import TokensPortableCodec
 from ..codecs.zstd_bytes import ZstdCodec
 from ..container.session_file import Container, Kind, write_container
@@ -47,7 +47,7 @@ def _tensor_meta(tensor) -> dict:
     }
 
 
-def _kv_codec(config):
+def _kv_codec(config) -> StateCodec:
     if config.kv == "lossy":
         from ..codecs.kv_lossy.codec import KVLossyCodec
 
@@ -66,26 +66,22 @@ def save(llm, path: Union[str, Path], config) -> SessionInfo:
     n_tokens = llm.n_tokens
     if n_tokens == 0:
         raise SeqKVError("saving a session: the context holds no tokens yet; evaluate or generate first")
-    tensors = state.tensors()
     n_cells = sum(st.cell_count for sec in state.sections[:1] for st in sec.streams)
     if n_cells != n_tokens:
         raise SeqKVError(
             f"saving a session: the context holds {n_cells} cells but the Llama tracks {n_tokens} tokens; "
             "sessions are saved from contexts driven by the Llama API (eval/generate/create_completion)"
         )
-    kv_codec, rope = _kv_codec(config), None
-    if config.kv == "lossy":
+    kv_codec, rope, profile = _kv_codec(config), None, None
+    if kv_codec.needs_model:
         from ..state.rope import rope_params
 
         rope = rope_params(llm)
-        profile = None
         if config.model_profile:
             from ..calibrate.profile import load_or_build_profile
 
             profile = load_or_build_profile(llm)
-        coded = kv_codec.encode_state(state, rope, profile=profile)
-    else:
-        coded = kv_codec.encode_many([(t.data, t.ggml_type.id, t.token_major, t.n_channels) for t in tensors])
+    coded = kv_codec.encode_state(state, rope, profile=profile)
     side, tokens_codec = ZstdCodec(level=19), TokensPortableCodec(n_vocab=llm.n_vocab())
     skeleton = side.encode(state.skeleton())
     coded_tokens = tokens_codec.encode(llm.input_ids[:n_tokens])
@@ -152,12 +148,22 @@ def _check_sizes(meta: dict, llm, source: str) -> None:
         if meta["state_bytes"] > limit:
             raise CorruptDataError(f"{source} describes a {meta['state_bytes']:,}-byte state for {meta['n_tokens']} "
                                    f"tokens; a state of that many tokens of this model takes at most {limit:,} bytes")
-    if meta.get("codecs", {}).get("kv", {}).get("id") == "kv_lossy":
+    if _decodes_by_heads(meta):
         from ..state.rope import rope_params
 
         saved, live = meta.get("rope") or {}, rope_params(llm)
         if any(saved.get(key) != live[key] for key in _HEAD_LAYOUT):
             raise ModelMismatchError(f"{source} describes heads {_heads(saved)}; this model has {_heads(live)}")
+
+
+def _decodes_by_heads(meta: dict) -> bool:
+    """Whether the KV codec a META names decodes by the model's heads and RoPE (then the live model's must match);
+    a damaged or unknown codec config is left for decoding to refuse."""
+    try:
+        codec = get_codec(meta.get("codecs", {}).get("kv"))
+    except CorruptDataError:
+        return False
+    return isinstance(codec, StateCodec) and codec.needs_model
 
 
 def _heads(rope: dict) -> str:
@@ -197,27 +203,24 @@ def decode_state(container: Container, source: str) -> tuple[bytearray, np.ndarr
         if _tensor_meta(tensor) != described:
             raise CorruptDataError(f"{source}: tensor {described.get('name')} does not match the state layout")
     kv_codec = get_codec(codecs["kv"])
-    if codecs["kv"]["id"] not in ("kv_lossless", "kv_lossy"):
+    if not isinstance(kv_codec, StateCodec):
         raise CorruptDataError(f"{source}: codec {codecs['kv']['id']!r} does not code KV tensors")
-    if codecs["kv"]["id"] == "kv_lossy":
-        streams = [st for sec in parse_seq_state(blob, **meta.get("layout", {})).sections for st in sec.streams]
-        try:
-            kv_codec.decode_state(coded, tensors, [st.positions for st in streams if st.cell_count], meta.get("rope"))
-        except (ValueError, IndexError, TypeError, KeyError) as exc:  # payload fields the lossy decoder trusted
-            raise CorruptDataError(f"{source}: a lossy KV payload does not decode ({type(exc).__name__}: {exc})") from None
-    else:
-        kv_codec.decode_many([(c, t.ggml_type.id, t.token_major, t.n_channels, t.data) for c, t in zip(coded, tensors)])
+    streams = [st for sec in parse_seq_state(blob, **meta.get("layout", {})).sections for st in sec.streams]
+    try:
+        kv_codec.decode_state(coded, tensors, [st.positions for st in streams if st.cell_count], meta.get("rope"))
+    except (ValueError, IndexError, TypeError, KeyError) as exc:  # payload fields a decoder trusted
+        raise CorruptDataError(f"{source}: a KV payload does not decode ({type(exc).__name__}: {exc})") from None
     return blob, tokens
 
 
 def _decode_bounded(config: dict, payload, limit: int, source: str):
     """Decode a side section with the codec its config names, refusing more than ``limit`` items."""
     codec = get_codec(config)
-    if not isinstance(codec, (TokensPortableCodec, ZstdCodec)):
-        raise CorruptDataError(f"{source}: codec {config['id']!r} does not code this section")
-    if isinstance(codec, TokensPortableCodec):
+    if isinstance(codec, TokensCodec):
         return codec.decode(payload, max_tokens=limit)
-    return codec.decode(payload, max_size=limit)
+    if isinstance(codec, BytesCodec):
+        return codec.decode(payload, max_size=limit)
+    raise CorruptDataError(f"{source}: codec {config['id']!r} does not code this section")
 
 
 def load(llm, path: Union[str, Path], container: Container) -> SessionInfo:

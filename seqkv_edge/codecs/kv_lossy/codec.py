@@ -65,7 +65,7 @@ from ...errors import CorruptDataError, ModelMismatchError
 from ...state.rope import rope_params
 from ...state.values import store_values, tensor_values
 from ..registry import register_codec
-from ..base import Codec
+from ..base import StateCodec
 from .predict import ClosedLoop, coding_rank, forget_unused
 from .profile import KVProfile
 from .weights import valid_weights
@@ -140,14 +140,16 @@ class _Feedback:
 # --- the codec -------------------------------------------------------------------------------------------
 
 @register_codec
-class KVLossyCodec(Codec):
+class KVLossyCodec(StateCodec):
     """Lossy KV snapshots at a target rate (``bits`` per value) or quality (``max_kl`` nats per token).
 
     ``encode_state`` returns one payload per tensor in ``state.tensors()`` order; ``decode_state`` fills the
-    writable tensor views of a skeleton (``state.skeleton_layout``) in their own cache types.
+    writable tensor views of a skeleton (``state.skeleton_layout``) in their own cache types. Both need the
+    model's ``rope`` (keys are coded with RoPE undone) and take its KV profile when there is one.
     """
 
     codec_id = "kv_lossy"
+    needs_model = True
 
     def __init__(self, bits: float | None = None, max_kl: float | None = None, version: int = FORMAT_VERSION,
                  weights: dict | None = None):
@@ -172,7 +174,7 @@ class KVLossyCodec(Codec):
             config["weights"] = self.weights
         return config
 
-    def encode_state(self, state, rope: dict | None, profile: KVProfile | None = None) -> list[bytes]:
+    def encode_state(self, state, rope: dict | None = None, profile: KVProfile | None = None) -> list[bytes]:
         """One payload per tensor of ``state`` (a ``SeqState``), rate-controlled over the whole state.
 
         With a ``profile`` (``calibrate.profile.load_or_build_profile(llm)``, format version 2 or later) each head is
@@ -283,7 +285,8 @@ class KVLossyCodec(Codec):
         _, x, extra = min(tried, key=lambda r: r[0])
         return math.exp(x), extra
 
-    def decode_state(self, payloads, tensors, positions, rope: dict | None, profile: KVProfile | None = None) -> None:
+    def decode_state(self, payloads, tensors, positions, rope: dict | None = None,
+                     profile: KVProfile | None = None) -> None:
         """Fill ``tensors`` (writable ``KVTensor`` views, ``tensors()`` order) from ``payloads``.
 
         ``positions`` is one int32 array of cell positions per stream (``stream.positions``), in section and
@@ -311,8 +314,3 @@ class KVLossyCodec(Codec):
             _decode_tensor(payloads[i], tensor, pos, rope, profile, decoded[stream])
             forget_unused(decoded[stream], tensor.layer)
 
-    def encode(self, buf):  # the generic byte-codec entry points do not apply to a whole state
-        raise TypeError("KVLossyCodec codes whole states: use encode_state(state, rope)")
-
-    def decode(self, buf, out=None):
-        raise TypeError("KVLossyCodec codes whole states: use decode_state(payloads, tensors, positions, rope)")
