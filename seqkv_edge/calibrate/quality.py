@@ -25,7 +25,8 @@ import time
 import numpy as np
 
 from ..state import llama_api
-from ..state.blob import parse_seq_state, read_seq_state, write_seq_state
+from ..state.blob import parse_seq_state, read_seq_state
+from ..state.swa import write_state
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class Evaluator:
 
     def restore(self, blob) -> None:
         self.clear()
-        write_seq_state(self.llm.ctx, blob)
+        write_state(self.llm, blob)
 
     def continuation(self, n_past: int, cont_tokens, n_greedy: int) -> dict:
         """Teacher-forced log-probs of ``cont_tokens`` and a greedy run, from the state in the context."""

@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from ..state import llama_api
-from ..state.blob import read_seq_state, write_seq_state
+from ..state.blob import read_seq_state
+from ..state.swa import write_state
 
 __all__ = ["SessionInfo", "rollback_on_failure", "set_tokens"]
 
@@ -76,6 +77,6 @@ def rollback_on_failure(llm):
     except BaseException:
         llama_api.clear_cells(llm)
         if previous is not None:
-            write_seq_state(llm.ctx, previous)
+            write_state(llm, previous)
         set_tokens(llm, input_ids)
         raise

@@ -52,12 +52,8 @@ from ..errors import (
 )
 from ..fileio import atomic_write, fsync_dir
 from ..fingerprint import model_fingerprint
-from ..state.blob import (
-    max_cell_bytes,
-    parse_seq_state,
-    read_seq_state,
-    write_seq_state,
-)
+from ..state.blob import max_cell_bytes, parse_seq_state, read_seq_state
+from ..state.swa import write_state
 from ..store import SessionStore, open_store
 from .base import SessionInfo, rollback_on_failure, set_tokens
 from .prefill import Progress, prefill
@@ -351,7 +347,7 @@ def fetch_prefix(store: SessionStore, tokens: np.ndarray, digest: bytes, codec: 
 
 def restore_blob(llm, blob, tokens: np.ndarray) -> None:
     """Load a seq-0 blob of ``tokens`` into ``llm``; the caller rolls back on failure (``rollback_on_failure``)."""
-    write_seq_state(llm.ctx, blob)
+    write_state(llm, blob)
     set_tokens(llm, tokens)
 
 

@@ -25,8 +25,8 @@ from ..state.blob import (
     parse_seq_state,
     read_seq_state,
     skeleton_layout,
-    write_seq_state,
 )
+from ..state.swa import write_state
 from .base import SessionInfo, set_tokens
 from .timing import Clock
 
@@ -232,7 +232,7 @@ def load(llm, path: Union[str, Path], container: Container) -> SessionInfo:
     clock.lap("check")
     blob, tokens = decode_state(container, source)
     clock.lap("decode")
-    write_seq_state(llm.ctx, blob)
+    write_state(llm, blob)
     set_tokens(llm, tokens)
     clock.lap("set_state")
     return SessionInfo(source, len(tokens), len(blob), Path(path).stat().st_size, clock.seconds,

@@ -104,6 +104,7 @@ class KVSection:
 
     index: int
     streams: list[KVStream]
+    span: tuple[int, int] = (0, 0)  # (start, end) of the section in the blob
 
 
 @dataclass(eq=False)
@@ -261,6 +262,7 @@ def _parse(buf: memoryview, has_ext: bool, has_v: bool, skeleton: bool) -> SeqSt
                    "supported", UnsupportedStateError)
         try:
             sections.append(_read_section(r, len(sections), has_ext, has_v, seq_id))
+            sections[-1].span = (start, r.off)
         except (CorruptDataError, UnsupportedStateError) as err:
             if sections:
                 err.args = (f"{len(buf) - start} bytes after KV section {len(sections) - 1} do not parse as another "
