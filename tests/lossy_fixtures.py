@@ -15,8 +15,9 @@ NAMES = ("kv_lossy_v1", "kv_lossy_v2", "kv_lossy_v3", "kv_lossy_v4", "kv_lossy_v
 DIGESTS = FIXTURES / "kv_lossy_decoded_sha256.json"
 
 
-def decode_fixture(name: str) -> bytes:
-    """The state bytes fixture ``name`` decodes to (its payloads into its skeleton, with its own KV profile)."""
+def decode_fixture(name: str, codec=None) -> bytes:
+    """The state bytes fixture ``name`` decodes to (its payloads into its skeleton, with its own KV profile) with
+    ``codec`` (default ``KVLossyCodec(bits=2.0)``: decoding needs no settings)."""
     from seqkv_edge.codecs.kv_lossy.codec import KVLossyCodec
     from seqkv_edge.codecs.kv_lossy.profile import KVProfile
     from seqkv_edge.state.blob import skeleton_layout
@@ -31,7 +32,7 @@ def decode_fixture(name: str) -> bytes:
             path.write_bytes(fx["profile"].tobytes())
             profile = KVProfile.load(path)
     out, tensors = skeleton_layout(fx["skeleton"].tobytes(), expected_size=len(fx["expected"]))
-    KVLossyCodec(bits=2.0).decode_state(payloads, tensors, [fx["positions"]], rope, profile=profile)
+    (codec or KVLossyCodec(bits=2.0)).decode_state(payloads, tensors, [fx["positions"]], rope, profile=profile)
     return bytes(out)
 
 
