@@ -145,8 +145,9 @@ class SeqKVCache(llama_cpp.BaseLlamaCache):
 
     def _state(self, llm, tokens: np.ndarray, blob) -> llama_cpp.LlamaState:
         from .state.blob import model_arch
+        from .state.swa import window_slots
 
-        full = seq_to_full_state(model_arch(llm).encode(), blob)
+        full = seq_to_full_state(model_arch(llm).encode(), window_slots(blob, llm))
         input_ids = np.zeros(llm.input_ids.shape[0], dtype=np.intc)
         input_ids[:tokens.shape[0]] = tokens
         # load_state writes scores[:n_tokens] = state.scores: one zero row broadcasts (no logits are

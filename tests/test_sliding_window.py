@@ -77,3 +77,42 @@ def test_the_plain_c_restore_differs_past_the_window(gemma_path):
     write_seq_state(plain.ctx, blob)
     plain.n_tokens, plain.input_ids[:N_TOKENS] = N_TOKENS, tokens[:N_TOKENS]
     assert not np.array_equal(next_logits(plain, tokens[N_TOKENS:]), expected)
+
+
+def test_named_sessions_in_the_store_restore_bit_identically(gemma_path, tmp_path):
+    def make_stored():
+        return Llama(model_path=gemma_path, n_ctx=1024, n_threads=2, verbose=False, flash_attn=True,
+                     kv_compressor=SeqKV(store=str(tmp_path / "store")))
+
+    original = make_stored()
+    tokens = original.tokenize(read_text()[0].encode())[:N_TOKENS + N_NEXT]
+    original.eval(tokens[:N_TOKENS])
+    saved = original.save_session("long")
+    assert saved.where == "store" and saved.kv_stored
+    expected = next_logits(original, tokens[N_TOKENS:])
+    restored = make_stored()
+    info = restored.load_session("long")
+    assert (info.restored_tokens, info.replayed_tokens) == (N_TOKENS, 0)
+    assert np.array_equal(next_logits(restored, tokens[N_TOKENS:]), expected)
+
+
+def test_the_completion_cache_serves_many_turns_across_a_restart(gemma_path, tmp_path):
+    def turns(llm, document):
+        answers = []
+        for question in ("\n\nQ: What is this text?\nA:", "\n\nQ: Who wrote it?\nA:", "\n\nQ: What for?\nA:"):
+            document += question
+            answers.append(llm.create_completion(document, max_tokens=8, temperature=0.0)["choices"][0]["text"])
+            document += answers[-1]
+        return answers
+
+    def make_cached():
+        return Llama(model_path=gemma_path, n_ctx=1024, n_threads=2, verbose=False, flash_attn=True,
+                     kv_compressor=SeqKV(store=str(tmp_path / "cache")))
+
+    first = make_cached()
+    document = first.detokenize(first.tokenize(read_text()[0].encode())[:600]).decode(errors="ignore")
+    answers = turns(first, document)
+    assert first.cache.counters.stores == 3
+    again = make_cached()  # a restart: the same conversation, served from the store
+    assert turns(again, document) == answers
+    assert again.cache.counters.already_stored == 3

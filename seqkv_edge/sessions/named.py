@@ -42,7 +42,7 @@ import numpy as np
 from .. import __version__
 from ..codecs.tokens_portable import TokensPortableCodec
 from ..container import meta_schema
-from ..container.chunks import ChunkCodec, default_codec, split_payload
+from ..container.chunks import ChunkCodec, complete_prefix, default_codec, split_payload
 from ..errors import (
     CorruptDataError,
     ModelMismatchError,
@@ -337,11 +337,17 @@ def fetch_prefix(store: SessionStore, tokens: np.ndarray, digest: bytes, codec: 
             payloads = store.get_payloads(match.node_ids)
         except KeyError:
             continue
-        blob, kv_tokens = codec.rebuild(payloads, match.length, digest, node_ends=match.node_ends,
-                                        max_cell_bytes=max_cell_bytes)
-        if not np.array_equal(kv_tokens, tokens[:match.length]):
+        length, ends = match.length, list(match.node_ends)
+        usable = complete_prefix(payloads, length)  # sliding-window caches: only up to a stored session end
+        if usable < len(payloads):
+            payloads, ends = payloads[:usable], ends[:usable]
+            length = ends[-1] if ends else 0
+            if length < max(min_length, 1):
+                return 0, None
+        blob, kv_tokens = codec.rebuild(payloads, length, digest, node_ends=ends, max_cell_bytes=max_cell_bytes)
+        if not np.array_equal(kv_tokens, tokens[:length]):
             raise CorruptDataError("stored KV chunks hold other tokens than the trie path that leads to them")
-        return match.length, blob
+        return length, blob
     return 0, None
 
 
