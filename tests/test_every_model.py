@@ -1,0 +1,86 @@
+"""Every tier on every known model (Qwen2.5-Coder-0.5B: qwen2; SmolLM2-135M: llama; Gemma 3 270M: gemma3 with
+sliding-window layers): restored sessions continue exactly as the uninterrupted ones."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from seqkv_edge import Llama, SeqKV
+from seqkv_edge.errors import ModelNotInstalledError
+from seqkv_edge.models import KNOWN_MODELS, model_path
+from seqkv_edge.state import llama_api
+from seqkv_edge.state.blob import read_seq_state
+from seqkv_edge.textdata import read_text
+
+pytestmark = pytest.mark.real_model
+N_PROMPT, N_NEXT = 300, 6
+
+
+@pytest.fixture(scope="module", params=sorted(KNOWN_MODELS))
+def model(request):
+    try:
+        return model_path(request.param)
+    except ModelNotInstalledError as error:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(error))
+
+
+def make(path, **settings):
+    return Llama(model_path=path, n_ctx=1024, n_threads=2, verbose=False, flash_attn=True,
+                 kv_compressor=SeqKV(**settings))
+
+
+def prompt(llm):
+    return llm.tokenize(read_text()[0].encode())[:N_PROMPT]
+
+
+def continuation(llm, tokens):
+    """The logits of each of ``tokens`` evaluated one at a time."""
+    rows = []
+    for token in tokens:
+        llm.eval([token])
+        rows.append(np.ctypeslib.as_array(llama_api.logits(llm), shape=(llm.n_vocab(),)).copy())
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("settings", [{}, {"store": "store"}], ids=["file", "store"])
+def test_lossless_sessions_continue_bit_identically(model, tmp_path, settings):
+    settings = {k: str(tmp_path / v) for k, v in settings.items()}
+    target = "session" if settings else tmp_path / "s.seqkv"
+    llm = make(model, **settings)
+    tokens = prompt(llm)
+    llm.eval(tokens[:-N_NEXT])
+    saved = bytes(read_seq_state(llm.ctx))
+    llm.save_session(target)
+    expected = continuation(llm, tokens[-N_NEXT:])
+    fresh = make(model, **settings)
+    fresh.load_session(target)
+    assert bytes(read_seq_state(fresh.ctx)) == saved
+    assert np.array_equal(continuation(fresh, tokens[-N_NEXT:]), expected)
+
+
+def test_hybrid_token_sessions_replay_bit_identically(model, tmp_path):
+    llm = make(model, kv="none", tokens="hybrid")
+    tokens = prompt(llm)
+    llm.eval(tokens)  # one batch, then generated tokens one at a time
+    list(zip(range(N_NEXT), llm.generate(tokens, top_k=1, temp=0.0, repeat_penalty=1.0)))
+    llm.save_session(tmp_path / "h.seqkv")
+    fresh = make(model, kv="none", tokens="hybrid")
+    assert fresh.load_session(tmp_path / "h.seqkv").restored_by == "exact replay"
+    assert bytes(read_seq_state(fresh.ctx)) == bytes(read_seq_state(llm.ctx))
+
+
+def test_lossy_sessions_restore_and_continue(model, tmp_path):
+    llm = make(model, kv="lossy", bits=2.0)
+    tokens = prompt(llm)
+    llm.eval(tokens)
+    info = llm.save_session(tmp_path / "l.seqkv")
+    assert 7.0 < info.ratio < 9.0  # 2 bits per 16-bit value, side information included
+    fresh = make(model, kv="lossy", bits=2.0)
+    fresh.load_session(tmp_path / "l.seqkv")
+    assert fresh.n_tokens == len(tokens)
+    rows = continuation(fresh, llm.tokenize(b" The end.", add_bos=False))
+    assert np.isfinite(rows).all()
