@@ -110,10 +110,11 @@ def metric_bases(x: np.ndarray, metric: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def profile_from_state(state, rope: dict, meta: dict | None = None, skip_cells: int = 1,
-                       queries: dict | None = None) -> KVProfile:
+                       queries: dict | None = None, layer_ids: list | None = None) -> KVProfile:
     """A profile from a parsed sequence state (the calibration prefill); the first ``skip_cells`` (the
-    attention sink, kept exactly by the codec) are left out. ``queries`` (layer -> pre-RoPE queries
-    ``[n_tokens, n_head * head_dim]`` of the same prefill) switch keys to the query metric."""
+    attention sink, kept exactly by the codec) are left out. ``queries`` (model layer -> pre-RoPE queries
+    ``[n_tokens, n_head * head_dim]`` of the same prefill) switch keys to the query metric; ``layer_ids`` maps
+    each tensor's depth to its model layer (``state.swa.model_layer_ids``; default: the same)."""
     from ..state.values import tensor_values
     from ..state.rope import rope_supported, undo_rope
 
@@ -128,8 +129,8 @@ def profile_from_state(state, rope: dict, meta: dict | None = None, skip_cells: 
                 head_dim = rope.get("head_dim_k" if t.kind == "k" else "head_dim_v") or t.n_channels
                 if t.n_channels % head_dim:
                     continue
-                key, n_heads = f"{t.kind}{t.layer}", t.n_channels // head_dim
-                q = (queries or {}).get(t.layer)
+                key, n_heads = f"{t.kind}{t.depth}", t.n_channels // head_dim
+                q = (queries or {}).get(layer_ids[t.depth] if layer_ids else t.depth)
                 if t.kind == "k" and q is not None and q.shape[1] % t.n_channels == 0:
                     metric = query_metric(q[st.positions[keep]], rope, n_heads)
                     bases[key], synthesis[key], variances[key] = metric_bases(x[keep], metric)
@@ -149,6 +150,7 @@ def build_profile(model_path, text_path=None, n_tokens: int = CALIBRATION_TOKENS
     from ..hardware import load_plain_llama as Llama
     from ..state.blob import parse_seq_state
     from ..state.rope import rope_params
+    from ..state.swa import model_layer_ids
 
     text_path = text_path or next((p for p in CALIBRATION_TEXTS if Path(p).is_file()), None)
     if text_path is None:
@@ -163,7 +165,8 @@ def build_profile(model_path, text_path=None, n_tokens: int = CALIBRATION_TOKENS
     if not queries:
         logger.warning("KV profile of %s: queries could not be captured; keys use the plain KLT", model_path)
     rope = rope_params(llm)
-    bases = profile_from_state(state, rope, meta, queries=queries)
+    meta["layers"] = "depth"  # keyed by depth over the KV sections, queries mapped to model layers
+    bases = profile_from_state(state, rope, meta, queries=queries, layer_ids=model_layer_ids(llm, state))
     texts = [Path(p) for p in (PREDICTOR_TEXTS if predictor_texts is None else predictor_texts) if Path(p).is_file()]
     samples = []
     for path in texts:
@@ -184,12 +187,12 @@ def with_predictors(profile: KVProfile, samples: list[dict]) -> KVProfile:
 
 
 def coded_bodies(state, rope: dict, profile: KVProfile) -> dict:
-    """``(kind, layer)`` -> the rows the lossy codec codes (sinks left out, offsets removed, in ``profile``'s
-    components) of the first stream of ``state``."""
+    """``(kind, depth)`` -> the rows the lossy codec codes (sinks left out, offsets removed, in ``profile``'s
+    components) of the first stream of each of ``state``'s KV sections."""
     from ..codecs.kv_lossy.tensor import _Prepared
 
-    stream = state.sections[0].streams[0]
-    return {(t.kind, t.layer): _Prepared(t, stream.positions, rope, profile).body for t in stream.k + stream.v}
+    streams = [sec.streams[0] for sec in state.sections if sec.streams]
+    return {(t.kind, t.depth): _Prepared(t, st.positions, rope, profile).body for st in streams for t in st.k + st.v}
 
 
 def _prefill_with_queries(llm, tokens, n_threads: int) -> tuple[bytes, dict]:
@@ -247,6 +250,16 @@ def _prefill_with_queries(llm, tokens, n_threads: int) -> tuple[bytes, dict]:
     return blob, queries
 
 
+def _has_sliding_window(llm_or_path) -> bool:
+    """The model declares a sliding window (its state then has a second KV section)."""
+    from ..hardware import load_plain_llama
+
+    llm = llm_or_path if hasattr(llm_or_path, "metadata") else load_plain_llama(
+        model_path=str(llm_or_path), vocab_only=True, verbose=False)
+    arch = llm.metadata.get("general.architecture", "")
+    return bool(llm.metadata.get(f"{arch}.attention.sliding_window"))
+
+
 def load_or_build_profile(llm_or_path, text_path=None) -> KVProfile:
     """The cached profile of a model (``Llama`` or GGUF path), built and cached on first use (seconds); a
     cached profile of an older version (1: no predictors; 2: full-rank ones) is rebuilt, its file kept for the
@@ -259,8 +272,10 @@ def load_or_build_profile(llm_or_path, text_path=None) -> KVProfile:
     index = profile_dir() / f"{fingerprint}.digest"
     path = profile_dir() / f"{index.read_text().strip()}.npz" if index.is_file() else None
     profile = KVProfile.load(path) if path is not None and path.is_file() else None
-    if profile is None or profile.version < PROFILE_VERSION or profile.meta.get("predictor_ranks") != RANKS:
-        # none yet, or an older version, or predictors of other ranks (the old file stays)
+    if (profile is None or profile.version < PROFILE_VERSION or profile.meta.get("predictor_ranks") != RANKS
+            or (profile.meta.get("layers") != "depth" and _has_sliding_window(llm_or_path))):
+        # none yet, an older version, predictors of other ranks, or a sliding-window model's profile whose second
+        # KV section reused the first one's layer keys (the old file stays)
         logger.info("building the KV profile of %s (a few calibration prefills)", model_path)
         profile = build_profile(model_path, text_path)
         profile.save(profile_dir() / f"{profile.digest.hex()}.npz")

@@ -75,6 +75,7 @@ class KVTensor:
     n_channels: int  # values per cell: per row (token-major), or number of rows (channel-major)
     offset: int  # of the payload in the blob
     data: np.ndarray | None  # None in a parse of a skeleton
+    depth: int = -1  # the layer's index over every KV section, section 0's first (== layer with one section)
 
     element_bytes = property(lambda self: self.ggml_type.type_size)
     block_size = property(lambda self: self.ggml_type.block_size)
@@ -196,7 +197,7 @@ def _read_cells(r: _Reader, count: int, has_ext: bool, seq_id: int) -> tuple:
     return cat("pos", np.int32), cat("n", np.uint32), seq_ids, cat("ext", _CELL_EXT_DTYPE) if has_ext else None
 
 
-def _read_layers(r: _Reader, sec: int, st: KVStream, has_v: bool):
+def _read_layers(r: _Reader, sec: int, st: KVStream, has_v: bool, depth: int = 0):
     v_trans, n_layer = r.scalar("<I", "v_trans"), r.scalar("<I", "n_layer")
     if v_trans > 1 or n_layer == 0 or n_layer * 12 > len(r.buf) - r.off:
         r.fail(f"implausible layer header (v_trans={v_trans}, n_layer={n_layer})")
@@ -221,11 +222,12 @@ def _read_layers(r: _Reader, sec: int, st: KVStream, has_v: bool):
                     r.fail(f"{name}: row size {row_bytes} is not a whole number of {gtype.name} blocks")
                 n_channels, shape = row_bytes // gtype.type_size * gtype.block_size, (n, row_bytes)
             data = r.payload(shape, name)
-            tensor = KVTensor(name, sec, st.index, layer, kind, gtype, transposed, n, n_channels, r.spans[-1][0], data)
+            tensor = KVTensor(name, sec, st.index, layer, kind, gtype, transposed, n, n_channels, r.spans[-1][0], data,
+                              depth + layer)
             (st.k if kind == "k" else st.v).append(tensor)
 
 
-def _read_section(r: _Reader, index: int, has_ext: bool, has_v: bool, seq_id: int) -> KVSection:
+def _read_section(r: _Reader, index: int, has_ext: bool, has_v: bool, seq_id: int, depth: int = 0) -> KVSection:
     n_stream = r.scalar("<I", "n_stream")
     if not 0 < n_stream <= _MAX_SEQ:
         r.fail(f"section {index} claims {n_stream} streams")
@@ -234,7 +236,7 @@ def _read_section(r: _Reader, index: int, has_ext: bool, has_v: bool, seq_id: in
         cell_count = r.scalar("<I", "cell_count")
         streams.append(KVStream(s, cell_count, *_read_cells(r, cell_count, has_ext, seq_id)))
         if cell_count:
-            _read_layers(r, index, streams[-1], has_v)
+            _read_layers(r, index, streams[-1], has_v, depth)
     return KVSection(index, streams)
 
 
@@ -261,7 +263,8 @@ def _parse(buf: memoryview, has_ext: bool, has_v: bool, skeleton: bool) -> SeqSt
             r.fail("a recurrent (Mamba/RWKV-style) or hybrid memory section; only attention KV caches are "
                    "supported", UnsupportedStateError)
         try:
-            sections.append(_read_section(r, len(sections), has_ext, has_v, seq_id))
+            depth = sum(max((len(st.k) for st in sec.streams), default=0) for sec in sections)
+            sections.append(_read_section(r, len(sections), has_ext, has_v, seq_id, depth))
             sections[-1].span = (start, r.off)
         except (CorruptDataError, UnsupportedStateError) as err:
             if sections:

@@ -19,7 +19,10 @@ import numpy as np
 
 from .blob import parse_seq_state, write_seq_state
 
-__all__ = ["window_slots", "write_state"]
+__all__ = ["model_layer_ids", "window_slots", "write_state"]
+
+# architectures whose full-attention layers come first in each period (llama.cpp load_swa_pattern(..., true))
+_DENSE_FIRST = ("cohere2moe", "laguna", "modern-bert", "smallthinker")
 
 def window_slots(blob, llm):
     """``blob`` with each later KV section padded so its cells land in the slots they held; ``blob`` itself when
@@ -88,3 +91,20 @@ def _padded_data(tensor, count: int) -> bytes:
 def write_state(llm, blob, seq_id: int = 0) -> None:
     """``write_seq_state`` into a ``Llama`` with its sliding-window cells back in their slots."""
     write_seq_state(llm.ctx, window_slots(blob, llm), seq_id)
+
+
+def model_layer_ids(llm, state) -> list[int]:
+    """The model's own index of each layer of ``state`` in depth order (``KVTensor.depth``: the first section's
+    layers, then the sliding-window section's). llama.cpp keeps the full-attention layers in the first cache and
+    the sliding-window ones in the second, each in model order; which is which follows the architecture's period
+    (Gemma 3: five sliding-window layers, then one full)."""
+    counts = [max((len(st.k) for st in sec.streams), default=0) for sec in state.sections]
+    n_layer = sum(counts)
+    if len(counts) != 2 or not counts[0]:
+        return list(range(n_layer))
+    period = n_layer // counts[0]
+    arch = llm.metadata.get("general.architecture", "")
+    full = [il for il in range(n_layer) if (il % period == 0 if arch in _DENSE_FIRST else il % period == period - 1)]
+    if len(full) != counts[0]:
+        return list(range(n_layer))
+    return full + [il for il in range(n_layer) if il not in set(full)]

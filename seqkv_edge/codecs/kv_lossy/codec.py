@@ -303,7 +303,7 @@ class KVLossyCodec(StateCodec):
         decoded = [{} for _ in stream_index]  # per stream: format 4's features
         # each stream's tensors in coding order: format 4 predicts from the tensors decoded before
         order = sorted(range(len(tensors)), key=lambda i: (stream_index[tensors[i].section, tensors[i].stream],
-                                                           *coding_rank(tensors[i].kind, tensors[i].layer)))
+                                                           *coding_rank(tensors[i].kind, tensors[i].depth)))
         for i in order:
             tensor = tensors[i]
             stream = stream_index[tensor.section, tensor.stream]
@@ -312,5 +312,5 @@ class KVLossyCodec(StateCodec):
             if len(pos) != tensor.n_cells:
                 raise ModelMismatchError(f"decoding {tensor.name}: {len(pos)} cell positions for {tensor.n_cells} cells")
             _decode_tensor(payloads[i], tensor, pos, rope, profile, decoded[stream])
-            forget_unused(decoded[stream], tensor.layer)
+            forget_unused(decoded[stream], tensor.depth)
 

@@ -80,7 +80,8 @@ class _Prepared:
     def __init__(self, tensor, positions: np.ndarray, rope: dict | None, profile=None, version: int = FORMAT_VERSION):
         x = tensor_values(tensor, rope)
         self.version = version
-        self.kind, self.name, self.layer = tensor.kind, tensor.name, tensor.layer
+        # the profile, step weights and predictions know layers by depth: unique over a state's KV sections
+        self.kind, self.name, self.layer = tensor.kind, tensor.name, tensor.depth
         self.roped = tensor.kind == "k" and rope_supported(rope)
         if self.roped:
             x = undo_rope(x, positions, rope)
@@ -310,14 +311,14 @@ def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, pr
     if n_digest:
         head_dim = n_ch // n_heads
         found = profile_for_digest(digest, profile)
-        matrices = found.matrices(tensor.kind, tensor.layer, n_heads, head_dim)
+        matrices = found.matrices(tensor.kind, tensor.depth, n_heads, head_dim)
         if matrices is None:
             raise ModelMismatchError(f"decoding {tensor.name}: KV profile {found.digest.hex()} has no "
                                      f"{n_heads} x {head_dim} basis for this tensor")
         if flags & _FLAG_PREDICTED:
             _add_prediction(body, tensor, found, decoded or {})
         if decoded is not None:
-            decoded[tensor.kind, tensor.layer] = body
+            decoded[tensor.kind, tensor.depth] = body
         body = per_head(body, matrices[1], n_heads)
     body += offset
     if n_sink:
@@ -338,12 +339,12 @@ def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, pr
 
 def _add_prediction(body: np.ndarray, tensor, profile: KVProfile, decoded: dict) -> None:
     """Format 4: add the inter-layer prediction (``predict``) from the tensors decoded before."""
-    keys = feature_keys(tensor.kind, tensor.layer)
+    keys = feature_keys(tensor.kind, tensor.depth)
     if not keys or any(key not in decoded or len(decoded[key]) != len(body) for key in keys):
         raise CorruptDataError(f"decoding {tensor.name}: predicted from {keys}, which the state does not hold "
                                "decoded before it")
-    w = profile.predictor(tensor.kind, tensor.layer, sum(decoded[key].shape[1] for key in keys), body.shape[1])
+    w = profile.predictor(tensor.kind, tensor.depth, sum(decoded[key].shape[1] for key in keys), body.shape[1])
     if w is None:
         raise ModelMismatchError(f"decoding {tensor.name}: KV profile {profile.digest.hex()} has no predictor of "
                                  f"this shape")
-    body += predict(decoded, tensor.kind, tensor.layer, *w)
+    body += predict(decoded, tensor.kind, tensor.depth, *w)
