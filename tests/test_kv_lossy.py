@@ -392,3 +392,28 @@ def test_native_format_3_coder_round_trips_indices_with_escapes():
     for bad in (coded[:-2], np.concatenate([coded[:-6], np.zeros(6, np.uint8)])):
         assert lib.lossy3_decode(ffi.from_buffer("uint8_t[]", bad), len(bad), n_rows, n_ch,
                                  ffi.from_buffer("float[]", step), ffi.from_buffer("float[]", y)) != 0
+
+
+def test_repeated_sink_rows_and_foreign_head_sizes_are_refused(tiny_model_path):
+    """A payload naming one cell twice as a sink, and rope parameters whose head size does not divide a quantized
+    tensor's channels, end in clear errors before anything is sized by them."""
+    from seqkv_edge.codecs.kv_lossy.tensor import _HEADER, _decode_tensor
+    from seqkv_edge.errors import UnsupportedStateError
+    from seqkv_edge.state.values import _rotation_size
+
+    llm = make_llama(tiny_model_path)
+    blob, state = session(llm)
+    rope = rope_params(llm)
+    tensor = state.tensors()[0]
+    payload = KVLossyCodec(bits=2.0).encode_state(state, rope)[0]
+    version, flags, n_heads, n_cells, n_ch, n_sink, n_coded = _HEADER.unpack_from(payload)
+    at = fields_at(payload)["step"] + 2 * n_ch  # the sink rows follow the steps
+    row = payload[at:at + 4]
+    doubled = bytearray(_HEADER.pack(version, flags, n_heads, n_cells, n_ch, n_sink + 1, n_coded))
+    doubled += payload[_HEADER.size:at] + row + row + payload[at + 4:at + 4 + 2 * n_ch]
+    doubled += payload[at + 4:at + 4 + 2 * n_ch] + payload[at + 4 + 2 * n_ch:]
+    _, tensors = skeleton_layout(state.skeleton(), expected_size=len(blob))
+    with pytest.raises(CorruptDataError, match="sink rows"):
+        _decode_tensor(bytes(doubled), tensors[0], state.sections[0].streams[0].positions, rope)
+    with pytest.raises(UnsupportedStateError, match="does not divide"):
+        _rotation_size(tensor, 64 * tensor.n_channels)

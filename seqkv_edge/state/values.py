@@ -22,12 +22,16 @@ def _hadamard(n: int) -> np.ndarray:
     return h / np.float32(math.sqrt(n))
 
 
-def _rotation_size(kind: str, head_dim: int | None) -> int:
+def _rotation_size(tensor, head_dim: int | None) -> int:
     """llama.cpp stores quantized K/V after a normalised Hadamard rotation (measured on 0.3.36: head 64 ->
-    64 for K and V; head 128 -> 128 for K, 64 for V; head 32 -> none)."""
+    64 for K and V; head 128 -> 128 for K, 64 for V; head 32 -> none). A head size that does not divide the
+    tensor's channels (rope parameters of another model, or damaged) is refused before anything is sized by it."""
     if not head_dim or head_dim % 64:
         return 0
-    return head_dim if kind == "k" and head_dim & (head_dim - 1) == 0 else 64
+    if head_dim > tensor.n_channels or tensor.n_channels % head_dim:
+        raise UnsupportedStateError(f"{tensor.name}: a head size of {head_dim} does not divide its "
+                                    f"{tensor.n_channels} channels")
+    return head_dim if tensor.kind == "k" and head_dim & (head_dim - 1) == 0 else 64
 
 
 def rope_head_dim(rope: dict | None, kind: str) -> int | None:
@@ -59,7 +63,7 @@ def tensor_values(tensor, rope: dict | None = None) -> np.ndarray:
         qs = blocks[..., 2:]
         q = np.concatenate([qs & 15, qs >> 4], axis=-1).astype(np.float32) - 8.0
     x = (q * d).reshape(n_cells, n_ch)
-    rot = _rotation_size(tensor.kind, rope_head_dim(rope, tensor.kind))
+    rot = _rotation_size(tensor, rope_head_dim(rope, tensor.kind))
     if rot:
         x = matmul(x.reshape(-1, rot), _hadamard(rot)).reshape(n_cells, n_ch)
     return np.ascontiguousarray(x, dtype=np.float32)
@@ -116,7 +120,7 @@ def store_values(tensor, x: np.ndarray, rope: dict | None = None) -> None:
     elif name == "f32":
         raw = x.astype(np.float32).view(np.uint8)
     elif name in ("q8_0", "q4_0"):
-        rot = _rotation_size(tensor.kind, rope_head_dim(rope, tensor.kind))
+        rot = _rotation_size(tensor, rope_head_dim(rope, tensor.kind))
         if rot:
             x = matmul(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, rot), _hadamard(rot)).reshape(x.shape)
         raw = (_quantize_q8_0 if name == "q8_0" else _quantize_q4_0)(np.ascontiguousarray(x, dtype=np.float32))

@@ -301,8 +301,8 @@ def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, pr
     offset = np.frombuffer(parts[0], np.float32)
     step = np.frombuffer(parts[1], np.float16).astype(np.float32)
     sink_rows = np.frombuffer(parts[2], np.uint32)
-    if n_sink and sink_rows.max() >= n_cells:
-        raise CorruptDataError(f"decoding {tensor.name}: sink row out of range")
+    if n_sink and (sink_rows.max() >= n_cells or len(np.unique(sink_rows)) != n_sink):
+        raise CorruptDataError(f"decoding {tensor.name}: sink rows out of range or repeated")
     n_body, n_older = n_cells - n_sink, n_coded - n_coded_recent
     body = np.empty((n_body, n_ch), np.float32)
     _decode_rows(version, parts[4][:n_older], n_body - n_recent, n_ch, step, body[:n_body - n_recent], tensor.name)
