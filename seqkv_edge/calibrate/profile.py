@@ -9,9 +9,8 @@ Keys are coded for what they are used for: query-key scores. The calibration pre
 queries (llama.cpp's graph callback), and each key head is first whitened by the query metric
 ``M = E_Δ[R(Δ)ᵀ E[q qᵀ] R(Δ)]`` (the queries of the head's GQA group, averaged over relative RoPE
 rotations R(Δ)), so that squared error in the coded domain is squared error in attention scores; the KLT is
-then taken in that domain (analysis ``W P``, synthesis its inverse). Measured on the default model at 2 bits
-per value: mean KL 0.019 (plain KLT) -> 0.011. Values use the plain KLT (an ``W_o``-weighted metric gave
-nothing).
+then taken in that domain (analysis ``W P``, synthesis its inverse): lower KL than a plain KLT at the same rate.
+Values use the plain KLT (an ``W_o``-weighted metric gained nothing).
 
 Profile version 2 adds the inter-layer predictors of format 4 (``seqkv_edge.codecs.kv_lossy.predict``), fitted on a
 few more calibration texts; they are hashed into the digest (version 1 digests are unchanged, so old payloads

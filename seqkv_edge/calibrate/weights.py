@@ -23,14 +23,8 @@ decode the same way. The default model's weights ship with the package (``data/k
 ``seqkv calibrate`` measures any other model (about 5 minutes per text here) and writes them beside its KV
 profile (``$SEQKV_HOME/kv_profiles/<fingerprint>.weights.json``), which ``load_or_build_profile`` attaches.
 
-Measured on the default model at 2 bits per value, profile on, six texts none of which were probed
-(GPL-3, MPL-2.0, Apache-2.0, fortunes literature, people, wisdom; 1,000 context + 256 teacher-forced tokens;
-``python benchmarks/lossy_weights.py``): uniform steps 0.0113 mean KL, 94.0% top-1 agreement; per-layer
-weights 0.0079, 95.4%; per-head weights (shipped) 0.0073, 95.0% (every text lower than uniform, the worst
-0.0096; top-1 single figures jitter by about ±1.5 points). Unshrunk per-layer weights (``SHRINK`` 1) gave only
-0.0110: the fit overstates its extremes. Format 4 (same six texts): the weights allocated on the bodies 0.0048,
-96.4%; re-allocated on the closed-loop residuals (shipped, same sensitivities) 0.0042, 96.3%, every text's KL
-equal or lower (uniform steps 0.0058, 96.1%).
+Unshrunk weights (``SHRINK`` 1) do worse than halved ones: the fit overstates its extremes. Figures, with and
+without the weights (``python benchmarks/lossy_weights.py``): ``benchmarks/RESULTS.md``.
 
     >>> sens = measure_sensitivity(model_path)       # doctest: +SKIP
     >>> allocate(sens)["v"][3]                        # step multipliers of layer 3's value heads  # doctest: +SKIP

@@ -6,8 +6,7 @@ each element; with the channel's residual scale it selects one of a few hundred 
 Gaussian-shaped rANS tables, and one rANS step codes the element's sign, exponent and top
 mantissa bits together with its raw low mantissa bits. Groups of four channels whose moving
 predictor would save less than a bit per value get a constant one instead, which decodes about
-twice as fast (on the default model: every V group, about half the K groups; ratio 1.257x -> 1.241x,
-decode ~210 -> ~315 MB/s per core). The C core is ``native/kvcodec.c``;
+twice as fast for a small loss of ratio. The C core is ``native/kvcodec.c``;
 the stream format (version 1) is described there and frozen by ``tests/fixtures/kv_lossless_v1_*``.
 
 Supported ggml types: f32 (0), f16 (1), q4_0 (2), q8_0 (8), bf16 (30). A tensor is a uint8 array,

@@ -4,8 +4,8 @@ bit-identically.
 An iSWA model (Gemma 3, ...) writes a second KV section for its sliding-window layers holding only the cells still
 inside the window: positions ``p0 .. n-1`` of a session of ``n`` tokens. ``llama_state_seq_set_data`` puts them
 into slots ``0 .. n-p0-1`` of a fresh cache, while the saved context kept cell ``pos`` in slot ``pos``; attention
-then sums the same terms in another order and the next logits differ (up to ~1 in a logit measured on Gemma 3
-270M past its 512-token window, with and without flash attention; llama.cpp #25295). Writing ``p0`` placeholder
+then sums the same terms in another order and the next logits differ (llama.cpp #25295; figures in
+``benchmarks/RESULTS.md``). Writing ``p0`` placeholder
 cells (positions ``0 .. p0-1``, zero K/V) in front of the window puts every real cell back in its slot; the
 placeholders lie outside the window, so attention masks them and llama.cpp prunes them on the next decode, as it
 pruned the originals. Needs a full-size sliding-window cache (llama-cpp-python's default, ``swa_full``): a ring

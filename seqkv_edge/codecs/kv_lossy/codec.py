@@ -18,18 +18,11 @@ Per tensor (one layer's K or V), on float32 values ``[n_cells, n_channels]``:
 5. indices entropy-coded by rANS (``native/lossy3.c``; formats 1 and 2: ``native/lossy.c``): format 3 gives each channel / component a static model
    (P(0), P(1 | not 0) and a geometric tail, 30 bits per channel and stream) fitted to its own indices, codes
    channel by channel with four interleaved states, and predicts its size from the index statistics (the rate
-   search codes nothing); formats 1 and 2 used adaptive models (about 4% more bits at 2 bits per value).
+   search codes nothing); formats 1 and 2 used adaptive models.
 
-Measured (default model, GPL-3, 1,000 context tokens, 256 teacher-forced, flash attention), mean KL / top-1, in
-one run of ``benchmarks/lossy_rate_quality.py --ours-only --v2``: at 2 bits per value 0.0126 / 94.9% (format 3),
-0.0118 / 94.1% (format 2); at 3 bits 0.0052 / 97.3% (format 3) and 0.0056 / 96.5% (format 2); format 1 gave
-0.031 / 92.2% at 2 bits. Any change to the cache, even one f16 ulp in 0.01% of the values, costs this Q4_K_M model
-~0.004 nats of KL (its quantized activations amplify it): that floor is in every figure above. With the model's
-per-head step weights (``seqkv_edge.calibrate.weights``), averaged over six texts (``benchmarks/lossy_weights.py``):
-0.0073 / 95.0% at 2 bits (uniform steps 0.0113 / 94.0%), 0.0033 / 96.2% at 3 bits (format 3). Format 4's
-inter-layer prediction, same six texts: 0.0042 / 96.5% at 2 bits (format 3: 0.0073 / 95.0%); with profile version
-3's reduced-rank key predictors and the feedback rate control: 0.0048 / 96.4%; with step weights allocated
-on the closed-loop residuals (``calibrate.weights``): 0.0042 / 96.3%.
+Any change to the cache, even one f16 ulp in a few values, costs a Q4_K_M model some KL (its quantized activations
+amplify it): every quality figure has that floor. Figures, and the commands that measure them:
+``benchmarks/RESULTS.md``.
 
 Decoding inverts this and writes each tensor in the *target* tensor's cache type (f16, bf16, f32, q8_0,
 q4_0; quantized types with llama.cpp's Hadamard rotation where it applies).
@@ -37,14 +30,9 @@ q4_0; quantized types with llama.cpp's Hadamard rotation where it applies).
 Rate control: ``bits`` (average bits per KV value over the whole state, side information counted) is hit
 by a secant search on log(scale) over size estimates from every 32nd cell (format 4: those cells run through the
 closed loop), stopped within 5% and 0.1 bit (usually two estimates), then by feedback while coding: each tensor's
-scale is moved so that the coded total lands on the target (:class:`_Feedback`; within 0.15% on the default
-model's states at 1 to 4 bits, the scales of one state within ~10% of each other). Formats 1 and 2 code the
+scale is moved so that the coded total lands on the target (:class:`_Feedback`). Formats 1 and 2 code the
 whole state at each search step. ``max_kl`` maps to a scale through tables measured with the quality harness
 on the default model (Qwen2.5-Coder-0.5B; ``benchmarks/lossy_kl_table.py``).
-
-Speed, one core, 24.6 MB f16 states of 2,000 tokens (``benchmarks/lossy_throughput.py``, format 4 with the
-profile; three runs on a noisy 2-core machine): encode 114-154 MB/s at 1 to 3 bits per value and with
-``max_kl``, decode 157-184 MB/s (format 3: encode 256-298, decode 235-365); at 8 bits encode falls to ~64 MB/s.
 
     >>> codec = KVLossyCodec(bits=2.0)                                   # doctest: +SKIP
     >>> payloads = codec.encode_state(state, rope_params(llm))  # one payload per tensor  # doctest: +SKIP
@@ -52,7 +40,7 @@ profile; three runs on a noisy 2-core machine): encode 114-154 MB/s at 1 to 3 bi
     >>> profile = load_or_build_profile(llm)  # format 2: model-derived bases  # doctest: +SKIP
     >>> payloads = codec.encode_state(state, rope_params(llm), profile=profile)  # doctest: +SKIP
 
-The payload of one tensor (formats 1 to 4) is described in ``codecs/kv_lossy/tensor.py``.
+The payload of one tensor (formats 1 to 5) is described in ``codecs/kv_lossy/tensor.py``.
 """
 from __future__ import annotations
 

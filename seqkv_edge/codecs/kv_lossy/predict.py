@@ -12,14 +12,8 @@ The loop is closed: the encoder predicts from what the decoder will have (the re
 do not accumulate across layers. Rows (cells) are independent, which lets the rate search run the loop on a
 subsample of rows.
 
-Measured on the default model (coded domain, predictors fitted on the four calibration texts, scored on GPL-3
-and fortunes/wisdom): the prediction removes 5.1 dB of the keys' energy and 5.6-5.9 dB of the values' (from the
-previous layer alone; adding the layer before that: 6.6-6.9 dB, for 1.6x the arithmetic). At 2 bits per value,
-six texts none of which is a calibration text (``benchmarks/lossy_weights.py``): mean KL 0.0073 -> 0.0042,
-top-1 95.0% -> 96.5% (with the reduced-rank key predictors of :data:`RANKS`: 0.0048, 96.4%; with step weights
-allocated on the residuals: 0.0042, 96.3%).
-Fitted on one licence alone (Apache-2.0, 2,200 tokens) instead of the four texts, the
-mean KL on five of those texts was 0.0050 instead of 0.0043: varied calibration text pays.
+The previous layer alone carries most of the predictable energy (a second one adds little for its arithmetic),
+and varied calibration text fits better predictors than one long text (figures: ``benchmarks/RESULTS.md``).
 
     >>> predictors = fit_predictors([bodies_of_text_1, bodies_of_text_2])
     ... # {"k1": [256, 48], "k1_out": [48, 128], "v1": [384, 128], ...}
@@ -33,11 +27,7 @@ from ...detmath import matmul
 
 RIDGE = 1e-2  # ridge penalty relative to the mean eigenvalue of the features' Gram matrix
 # reduced-rank predictors (two factors, ``"k1"`` [n_features, rank] and ``"k1_out"`` [rank, n_channels]) where
-# they keep the gain: on the default model (scored on GPL-3, fortunes/wisdom and MPL-2.0) the keys' prediction
-# keeps 5.44 of its 5.54 dB at rank 48 (5.28 at 32, 4.66 at 16), for 48 x (256 + 128) instead of 256 x 128
-# products per cell; rank 32 cost 40-50% more KL at 1 bit per value (the rate where most components are coded
-# as their prediction), rank 48 none measurable. The values' prediction would keep only 4.9 / 3.9 of its 5.5 dB
-# at rank 64 / 48.
+# they keep the gain: the keys' at rank 48 (lower ranks cost KL at 1 bit per value); the values' lose too much
 RANKS = {"k": 48}
 OUT_SUFFIX = "_out"
 PREDICTOR_TOKENS = 1000  # cells per calibration text
