@@ -1,9 +1,11 @@
 """``seqkv bench``: our session files against llama.cpp's raw state, zstd and re-prefill.
 
-For each KV cache type it prefills the same text, then times and sizes:
-``Llama.save_state``/``load_state`` (raw llama.cpp state), zstd-3 of that state, our
-``save_session``/``load_session``, and re-prefilling the tokens; and checks the restored
-state is bit-identical to the original.
+For each KV cache type it prefills the same text, then times and sizes: llama.cpp's own raw C path (the
+sequence state written with ``llama_state_seq_get_data`` + write + fsync, restored with one read +
+``llama_state_seq_set_data``: ``state.raw``, what llama-server's slot save/restore does), llama-cpp-python's
+``Llama.save_state``/``load_state`` (a second baseline: Python copies of the whole-context state), zstd-3 of that
+state, our ``save_session``/``load_session``, and re-prefilling the tokens; and checks the restored state is
+bit-identical to the original.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import zstandard
 
 from ..config import SeqKV
 from ..sessions.prefill import prefill
+from ..state import llama_api
 from ..state.blob import read_seq_state
+from ..state.raw import raw_restore, raw_save
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,10 @@ def bench_cache_type(model_path, tokens, cache_type, workdir, n_ctx, n_threads, 
     prefill_s = prefill(llm, tokens, desc=f"prefill {cache_type}" if progress else None)
     original = bytes(read_seq_state(llm.ctx))
 
+    raw_path = workdir / f"bench_{cache_type}.raw"
+    t = time.perf_counter()
+    raw_save(llm.ctx, raw_path)
+    raw_save_s = time.perf_counter() - t
     t = time.perf_counter()
     raw = llm.save_state()
     save_state_s = time.perf_counter() - t
@@ -50,9 +58,15 @@ def bench_cache_type(model_path, tokens, cache_type, workdir, n_ctx, n_threads, 
 
     fresh = _new_llama(model_path, cache_type, n_ctx, n_threads)
     t = time.perf_counter()
+    raw_restore(fresh.ctx, raw_path)
+    raw_restore_s = time.perf_counter() - t
+    fresh.reset()
+    llama_api.clear_cells(fresh)
+    t = time.perf_counter()
     fresh.load_state(raw)
     load_state_s = time.perf_counter() - t
     fresh.reset()
+    llama_api.clear_cells(fresh)
     restored = fresh.load_session(path)
     exact = bytes(read_seq_state(fresh.ctx)) == original
     del fresh
@@ -66,6 +80,8 @@ def bench_cache_type(model_path, tokens, cache_type, workdir, n_ctx, n_threads, 
         "ratio_vs_raw": info.raw_bytes / info.file_bytes,
         "ratio_vs_zstd3": zstd3 / info.file_bytes,
         "zstd3_ratio": raw.llama_state_size / zstd3,
+        "raw_save_s": raw_save_s,
+        "raw_restore_s": raw_restore_s,
         "save_state_s": save_state_s,
         "load_state_s": load_state_s,
         "save_session_s": info.seconds["total"],
@@ -74,6 +90,8 @@ def bench_cache_type(model_path, tokens, cache_type, workdir, n_ctx, n_threads, 
         "decode_mb_s": info.raw_bytes / 1e6 / max(restored.seconds["decode"], 1e-9),
         "prefill_s": prefill_s,
         "restore_speedup_vs_prefill": prefill_s / restored.seconds["total"],
+        "save_vs_raw": info.seconds["total"] / raw_save_s,
+        "restore_vs_raw": restored.seconds["total"] / raw_restore_s,
         "bit_exact": exact,
         "save_steps_s": info.seconds,
         "load_steps_s": restored.seconds,
@@ -83,9 +101,11 @@ def bench_cache_type(model_path, tokens, cache_type, workdir, n_ctx, n_threads, 
 COLUMNS = [
     ("cache", "cache_type", "{}"), ("tokens", "tokens", "{}"), ("raw state B", "seq_state_bytes", "{:,}"),
     ("ours B", "file_bytes", "{:,}"), ("ratio", "ratio_vs_raw", "{:.4f}x"), ("zstd-3", "zstd3_ratio", "{:.4f}x"),
-    ("vs zstd", "ratio_vs_zstd3", "{:.3f}x"), ("save_state", "save_state_s", "{:.3f}s"),
-    ("save_session", "save_session_s", "{:.3f}s"), ("load_state", "load_state_s", "{:.3f}s"),
-    ("load_session", "load_session_s", "{:.3f}s"), ("re-prefill", "prefill_s", "{:.2f}s"),
+    ("vs zstd", "ratio_vs_zstd3", "{:.3f}x"), ("raw C save", "raw_save_s", "{:.3f}s"),
+    ("save_session", "save_session_s", "{:.3f}s"), ("vs raw C", "save_vs_raw", "{:.2f}x"),
+    ("raw C restore", "raw_restore_s", "{:.3f}s"), ("load_session", "load_session_s", "{:.3f}s"),
+    ("vs raw C", "restore_vs_raw", "{:.2f}x"), ("py save_state", "save_state_s", "{:.3f}s"),
+    ("py load_state", "load_state_s", "{:.3f}s"), ("re-prefill", "prefill_s", "{:.2f}s"),
     ("vs prefill", "restore_speedup_vs_prefill", "{:.0f}x"), ("exact", "bit_exact", "{}"),
 ]
 

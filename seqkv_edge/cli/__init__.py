@@ -155,7 +155,9 @@ def _bench_snapshot(args, model_path: str):
     with tempfile.TemporaryDirectory() as tmp:
         for cache_type in args.cache_types.split(","):
             rows.append(bench_cache_type(model_path, tokens, cache_type, Path(tmp), args.n_ctx, args.threads))
-    print(f"\nKV snapshot, lossless (text: {text_name}, first {len(tokens)} tokens):")
+    print(f"\nKV snapshot, lossless (text: {text_name}, first {len(tokens)} tokens; raw C: llama_state_seq_get_data/"
+          "set_data with the file written, fsynced and read back, as llama-server does; py save_state/load_state: "
+          "llama-cpp-python's own, a second baseline):")
     print(format_table(rows))
     for r in rows:
         print(f"{r['cache_type']}: codec encode {r['encode_mb_s']:.0f} MB/s, decode {r['decode_mb_s']:.0f} MB/s "

@@ -10,6 +10,8 @@ import zstandard
 
 from ..config import SeqKV
 from ..sessions.prefill import prefill
+from ..state import llama_api
+from ..state.raw import raw_restore, raw_save
 from ..textdata import read_text
 
 SYSTEM = "You are a careful assistant who answers questions about software licenses."
@@ -52,7 +54,10 @@ def run_demo(model_path: str, n_tokens: int, n_ctx: int, out: str | None) -> int
 
     workdir = Path(out) if out else Path(tempfile.mkdtemp(prefix="seqkv-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "demo.seqkv"
+    path, raw_path = workdir / "demo.seqkv", workdir / "demo.raw"
+    t = time.perf_counter()
+    raw_bytes = raw_save(llm.ctx, raw_path)
+    raw_save_s = time.perf_counter() - t
     t = time.perf_counter()
     raw = llm.save_state()
     save_state_s = time.perf_counter() - t
@@ -63,22 +68,32 @@ def run_demo(model_path: str, n_tokens: int, n_ctx: int, out: str | None) -> int
 
     fresh = new_llama()
     t = time.perf_counter()
+    raw_restore(fresh.ctx, raw_path)
+    raw_restore_s = time.perf_counter() - t
+    llama_api.clear_cells(fresh)
+    t = time.perf_counter()
     fresh.load_state(raw)
     load_state_s = time.perf_counter() - t
     fresh.reset()
+    llama_api.clear_cells(fresh)
     restored = fresh.load_session(path)
     restored_more = greedy(fresh, history, N_CONTINUE)
 
     rows = [
-        ("llama.cpp save_state (raw)", raw.llama_state_size, save_state_s, load_state_s),
+        ("llama.cpp raw C state file", raw_bytes, raw_save_s, raw_restore_s),
+        ("llama-cpp-python save_state", raw.llama_state_size, save_state_s, load_state_s),
         ("zstd -3 of the raw state", zstd3, None, None),
         ("seqkv session (lossless)", saved.file_bytes, saved.seconds["total"], restored.seconds["total"]),
     ]
-    print(f"\n{'':<28} {'bytes':>12} {'ratio':>8} {'save s':>8} {'restore s':>10}")
+    print(f"\n{'':<30} {'bytes':>12} {'ratio':>8} {'save s':>8} {'restore s':>10} {'vs raw C':>9}")
     for name, size, save_s, load_s in rows:
-        print(f"{name:<28} {size:>12,} {raw.llama_state_size / size:>7.3f}x "
-              f"{'' if save_s is None else f'{save_s:.3f}':>8} {'' if load_s is None else f'{load_s:.3f}':>10}")
-    print(f"{'re-prefill the tokens':<28} {'':>12} {'':>8} {'':>8} {prefill_s:>10.2f}")
+        print(f"{name:<30} {size:>12,} {raw_bytes / size:>7.3f}x "
+              f"{'' if save_s is None else f'{save_s:.3f}':>8} {'' if load_s is None else f'{load_s:.3f}':>10} "
+              f"{'' if load_s is None else f'{load_s / raw_restore_s:.2f}x':>9}")
+    print(f"{'re-prefill the tokens':<30} {'':>12} {'':>8} {'':>8} {prefill_s:>10.2f} "
+          f"{prefill_s / raw_restore_s:>8.0f}x")
+    print("raw C: llama_state_seq_get_data + write + fsync, then one read + llama_state_seq_set_data (llama-server's "
+          "slot save/restore); ratios against its sequence state")
     same = original_more == restored_more
     print(f"\nsession file: {path} ({saved.n_tokens} tokens)")
     print(f"continuation after restore identical to the uninterrupted session: {same}")
