@@ -18,9 +18,10 @@ import mmap
 import os
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 from ..codecs.varint import read_varint, write_varint
 from ..errors import CorruptDataError
@@ -32,6 +33,7 @@ MAGIC = b"SQKV"
 FORMAT_VERSION = 2  # 2: hybrid schedules are run-length coded (SCHEDULE_RUNS); version 1 files still read
 SUPPORTED_VERSIONS = (1, 2)
 Buffer = Union[bytes, bytearray, memoryview]
+_PARALLEL_CRC_BYTES = 1 << 22  # files with more payload bytes than this check their sections' CRCs in threads
 
 
 class Kind(enum.IntEnum):
@@ -117,13 +119,12 @@ def parse_container(data: Buffer, source: str = "session data") -> Container:
         end = pos + length
         if end + 4 > len(buf):
             raise CorruptDataError(f"{source} is truncated inside a {_kind_name(kind)} section")
-        payload = buf[pos:end]
         (crc,) = struct.unpack_from("<I", buf, end)
-        if zlib.crc32(payload) != crc:
-            raise CorruptDataError(f"{source}: checksum mismatch in a {_kind_name(kind)} section at byte {pos}")
         crcs += struct.pack("<I", crc)
-        sections.append((kind, payload))
+        sections.append((kind, buf[pos:end], crc, pos))
         pos = end + 4
+    _check_crcs(sections, source)
+    sections = [(kind, payload) for kind, payload, _, _ in sections]
     if not sections or sections[0][0] not in (Kind.META, Kind.HEADER):
         raise CorruptDataError(f"{source} does not start with a META or HEADER section")
     if sections[0][0] == Kind.HEADER:
@@ -136,6 +137,23 @@ def parse_container(data: Buffer, source: str = "session data") -> Container:
     return Container(version=version, meta=meta, header=None, sections=sections[1:])
 
 
+def _check_crcs(sections: list[tuple], source: str) -> None:
+    """Each (kind, payload, crc, offset) section's payload matches its CRC; large files are checked in threads
+    (zlib releases the GIL), the first damaged section in file order is reported."""
+    def damaged(section) -> bool:
+        return zlib.crc32(section[1]) != section[2]
+
+    n_threads = min(os.cpu_count() or 1, len(sections))
+    if n_threads > 1 and sum(len(s[1]) for s in sections) > _PARALLEL_CRC_BYTES:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            bad = list(pool.map(damaged, sections))
+    else:
+        bad = [damaged(section) for section in sections]
+    for (kind, _, _, offset), is_bad in zip(sections, bad):
+        if is_bad:
+            raise CorruptDataError(f"{source}: checksum mismatch in a {_kind_name(kind)} section at byte {offset}")
+
+
 def _kind_name(kind: int) -> str:
     try:
         return Kind(kind).name
@@ -143,13 +161,21 @@ def _kind_name(kind: int) -> str:
         return f"kind-{kind}"
 
 
-def read_container(path: Union[str, Path]) -> Container:
-    """Map a session file and parse it (section payloads are views into the mapping)."""
+def read_container(path: Union[str, Path], buffer: Optional[Callable[[int], Buffer]] = None) -> Container:
+    """Map a session file and parse it (section payloads are views into the mapping); with ``buffer``
+    (``buffer(size)``: a writable buffer of ``size`` bytes, e.g. one reused between restores) read it there instead,
+    with one ``readinto``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no session file at {path}")
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
             raise CorruptDataError(f"{path} is empty")
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return parse_container(mapped, source=str(path))
+        if buffer is None:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        else:
+            data = memoryview(buffer(size)).cast("B")[:size]
+            if f.readinto(data) != size:
+                raise CorruptDataError(f"{path} changed size while it was read")
+    return parse_container(data, source=str(path))

@@ -10,7 +10,11 @@ from ..state import llama_api
 from ..state.blob import read_seq_state
 from ..state.swa import write_state
 
-__all__ = ["SessionInfo", "rollback_on_failure", "set_tokens"]
+__all__ = ["SessionInfo", "reused_buffer", "rollback_on_failure", "set_tokens"]
+
+# Restores keep their file and state buffers on the Llama up to this size each: writing into fresh pages costs about
+# as much as decoding into them (page faults), and llama.cpp's raw restore reuses its buffer too.
+_KEEP_BUFFER_BYTES = 1 << 28
 
 
 @dataclass
@@ -64,6 +68,19 @@ def set_tokens(llm, tokens) -> None:
     llm.input_ids[:n] = tokens
     llm.n_tokens = n
     llama_api.mark_logits_stale(llm)
+
+
+def reused_buffer(llm, name: str, size: int) -> memoryview:
+    """A writable buffer of ``size`` bytes, the one kept on ``llm`` under ``name`` when it is large enough (buffers
+    up to ``_KEEP_BUFFER_BYTES`` are kept for the next call; its previous contents are not cleared)."""
+    kept = llm.__dict__.setdefault("_seqkv_buffers", {})
+    buf = kept.get(name)
+    if buf is None or len(buf) < size:
+        kept.pop(name, None)
+        buf = bytearray(size)
+        if size <= _KEEP_BUFFER_BYTES:
+            kept[name] = buf
+    return memoryview(buf)[:size]
 
 
 @contextmanager

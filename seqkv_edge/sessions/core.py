@@ -14,7 +14,7 @@ from typing import Union
 
 from ..container.session_file import read_container
 from . import named, snapshot, tokens
-from .base import SessionInfo, rollback_on_failure
+from .base import SessionInfo, reused_buffer, rollback_on_failure
 from .prefill import Progress
 
 __all__ = ["load", "save", "session_store"]
@@ -50,7 +50,7 @@ def load(llm, target: Union[str, Path], config, progress: Progress = None) -> Se
     store = session_store(llm, config)
     if store is not None and named.is_session_name(target):
         return named.load_named(llm, store, target, codec=_chunk_codec(llm, store), progress=progress)
-    container = read_container(target)
+    container = read_container(target, buffer=lambda size: reused_buffer(llm, "file", size))
     with rollback_on_failure(llm):
         if container.header is not None:
             return tokens.load_file(llm, target, container, progress)

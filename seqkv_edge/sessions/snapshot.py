@@ -24,10 +24,10 @@ from ..state.blob import (
     max_cell_bytes,
     parse_seq_state,
     read_seq_state,
-    skeleton_layout,
+    skeleton_state,
 )
 from ..state.swa import write_state
-from .base import SessionInfo, set_tokens
+from .base import SessionInfo, reused_buffer, set_tokens
 from .timing import Clock
 
 log = logging.getLogger(__name__)
@@ -188,14 +188,16 @@ def _describe_cache(cache: dict) -> str:
     )
 
 
-def decode_state(container: Container, source: str) -> tuple[bytearray, np.ndarray]:
-    """Decode a session file's tokens and rebuild its llama.cpp state blob (tensors decoded in place)."""
+def decode_state(container: Container, source: str, out=None) -> tuple[bytearray, np.ndarray]:
+    """Decode a session file's tokens and rebuild its llama.cpp state blob (tensors decoded in place; in
+    ``out(size)``, a writable buffer, when given: then the blob returned is a memoryview of it)."""
     meta, codecs = container.meta, container.meta.get("codecs", {})
     tokens = _decode_bounded(codecs["tokens"], container.payload(Kind.TOKENS), meta["n_tokens"], source)
     if len(tokens) != meta["n_tokens"]:
         raise CorruptDataError(f"{source}: {len(tokens)} tokens decoded, the header says {meta['n_tokens']}")
     skeleton = _decode_bounded(codecs["skeleton"], container.payload(Kind.SKELETON), meta["state_bytes"], source)
-    blob, tensors = skeleton_layout(skeleton, expected_size=meta["state_bytes"], **meta.get("layout", {}))
+    state = skeleton_state(skeleton, expected_size=meta["state_bytes"], out=out, **meta.get("layout", {}))
+    blob, tensors = state.blob if out is not None else state.blob.obj, state.tensors()
     coded = container.payloads(Kind.KV)
     if len(coded) != len(tensors) or len(tensors) != len(meta["tensors"]):
         raise CorruptDataError(f"{source}: {len(coded)} KV sections for {len(tensors)} tensors in the state layout")
@@ -205,7 +207,7 @@ def decode_state(container: Container, source: str) -> tuple[bytearray, np.ndarr
     kv_codec = get_codec(codecs["kv"])
     if not isinstance(kv_codec, StateCodec):
         raise CorruptDataError(f"{source}: codec {codecs['kv']['id']!r} does not code KV tensors")
-    streams = [st for sec in parse_seq_state(blob, **meta.get("layout", {})).sections for st in sec.streams]
+    streams = [st for sec in state.sections for st in sec.streams]
     try:
         kv_codec.decode_state(coded, tensors, [st.positions for st in streams if st.cell_count], meta.get("rope"))
     except (ValueError, IndexError, TypeError, KeyError) as exc:  # payload fields a decoder trusted
@@ -230,7 +232,7 @@ def load(llm, path: Union[str, Path], container: Container) -> SessionInfo:
     source = str(path)
     check_model(container, llm, source)
     clock.lap("check")
-    blob, tokens = decode_state(container, source)
+    blob, tokens = decode_state(container, source, out=lambda size: reused_buffer(llm, "state", size))
     clock.lap("decode")
     write_state(llm, blob)
     set_tokens(llm, tokens)

@@ -318,22 +318,35 @@ def parse_seq_state(blob, *, model=None, arch: str | None = None, has_cell_ext: 
 
 
 def skeleton_layout(skeleton, *, expected_size: int | None = None, has_cell_ext: bool | None = None,
-                    has_v: bool | None = None) -> tuple[bytearray, list[KVTensor]]:
+                    has_v: bool | None = None, out=None) -> tuple[bytearray, list[KVTensor]]:
     """Allocate the blob of a ``SeqState.skeleton()``: headers in place, tensor payloads zeroed.
 
     Returns the blob and its tensors, whose ``data`` are writable views to fill (e.g. decode in place).
-    Pass ``expected_size`` (the original blob's length) to refuse a corrupt skeleton before allocating.
+    Pass ``expected_size`` (the original blob's length) to refuse a corrupt skeleton before allocating;
+    ``out`` (``out(size)``: a writable buffer of ``size`` bytes) to build it in a buffer of the caller's, whose
+    tensor payloads are then left as they were.
     """
+    state = skeleton_state(skeleton, expected_size=expected_size, has_cell_ext=has_cell_ext, has_v=has_v, out=out)
+    return state.blob.obj if out is None else state.blob, state.tensors()
+
+
+def skeleton_state(skeleton, *, expected_size: int | None = None, has_cell_ext: bool | None = None,
+                   has_v: bool | None = None, out=None) -> SeqState:
+    """``skeleton_layout`` as a parsed ``SeqState`` of the new blob (``.blob``: a memoryview of it; streams with
+    their cell positions, tensors with writable views)."""
     layout = _parse_any(skeleton, has_cell_ext, has_v, None, skeleton=True)
     skel = memoryview(skeleton).cast("B")
     size = len(skel) + sum(n for _, n in layout.spans)
     if expected_size is not None and size != expected_size:
         raise CorruptDataError(f"the state skeleton describes a {size}-byte blob, expected {expected_size} bytes")
-    out, src, dst = bytearray(size), 0, 0
+    blob = memoryview(bytearray(size) if out is None else out(size)).cast("B")
+    if len(blob) != size or blob.readonly:
+        raise ValueError(f"out({size}) gave a {'read-only ' if blob.readonly else ''}buffer of {len(blob)} bytes")
+    src, dst = 0, 0
     for off, n in layout.spans + [(len(skel), 0)]:
-        out[dst:dst + off - src] = skel[src:off]
+        blob[dst:dst + off - src] = skel[src:off]
         dst, src = dst + off - src + n, off
-    return out, _parse_any(out, layout.has_cell_ext, layout.has_v, None, skeleton=False).tensors()
+    return _parse_any(blob, layout.has_cell_ext, layout.has_v, None, skeleton=False)
 
 
 def build_seq_state(skeleton, payloads, *, has_cell_ext: bool | None = None, has_v: bool | None = None) -> bytearray:
