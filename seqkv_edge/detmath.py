@@ -11,11 +11,47 @@ Encoder and decoder both compute through here wherever the decoder recomputes wh
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .native import require
 
 __all__ = ["matmul", "per_head", "rope_angles"]
+
+# Products of at least this many multiply-adds are split into row blocks computed in parallel threads: every output
+# is summed exactly as in one call (rows are independent, blocks start on the C kernel's 4-row tiles), so the bits
+# do not depend on the thread count.
+_PARALLEL_MACS = 1 << 21
+_TILE_ROWS = 4
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _row_blocks(n_rows: int, macs: int) -> list[tuple[int, int]]:
+    """(start, stop) row blocks for a product of ``macs`` multiply-adds: one per core when it pays."""
+    n_blocks = min(os.cpu_count() or 1, n_rows // (8 * _TILE_ROWS), max(macs // _PARALLEL_MACS, 1))
+    if n_blocks <= 1:
+        return [(0, n_rows)]
+    step = -(-n_rows // n_blocks // _TILE_ROWS) * _TILE_ROWS
+    return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+
+
+def _in_blocks(blocks: list[tuple[int, int]], fn) -> None:
+    """``fn(start, stop)`` for each block: the first ones in the shared pool, the last in this thread."""
+    global _pool
+    if len(blocks) == 1:
+        fn(*blocks[0])
+        return
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max((os.cpu_count() or 1) - 1, 1), thread_name_prefix="detmath")
+    futures = [_pool.submit(fn, *block) for block in blocks[:-1]]
+    fn(*blocks[-1])
+    for future in futures:
+        future.result()
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -36,9 +72,14 @@ def matmul(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, accumula
     if out.dtype != np.float32 or out.shape != (x.shape[0], w.shape[1]) or out.strides[1] != 4:
         raise ValueError(f"matmul: out must be float32 {(x.shape[0], w.shape[1])} with contiguous rows")
     if x.shape[0] and w.shape[1]:
-        lib.det_matmul(ffi.from_buffer("float[]", x), x.shape[0], x.shape[1], x.shape[1],
-                       ffi.from_buffer("float[]", w), w.shape[1], _row_pointer(ffi, out), out.strides[0] // 4,
-                       int(accumulate))
+        base_x, base_w, base_out = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", w), _row_pointer(ffi, out)
+        out_stride = out.strides[0] // 4
+
+        def rows(start: int, stop: int) -> None:
+            lib.det_matmul(base_x + start * x.shape[1], stop - start, x.shape[1], x.shape[1], base_w, w.shape[1],
+                           base_out + start * out_stride, out_stride, int(accumulate))
+
+        _in_blocks(_row_blocks(x.shape[0], x.size * w.shape[1]), rows)
     return out
 
 
@@ -59,9 +100,15 @@ def per_head(x: np.ndarray, matrices: np.ndarray, n_heads: int) -> np.ndarray:
     if not x.size:
         return out
     base_x, base_out = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out)
-    for h in range(n_heads):
-        lib.det_matmul(base_x + h * width, x.shape[0], width, x.shape[1], ffi.from_buffer("float[]", matrices[h]),
-                       width, base_out + h * width, x.shape[1], 0)
+    heads = [ffi.from_buffer("float[]", matrices[h]) for h in range(n_heads)]
+    n_ch = x.shape[1]
+
+    def rows(start: int, stop: int) -> None:
+        for h in range(n_heads):
+            lib.det_matmul(base_x + start * n_ch + h * width, stop - start, width, n_ch, heads[h], width,
+                           base_out + start * n_ch + h * width, n_ch, 0)
+
+    _in_blocks(_row_blocks(x.shape[0], x.size * width), rows)
     return out
 
 

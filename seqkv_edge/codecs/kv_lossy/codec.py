@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -57,7 +59,7 @@ from ..base import StateCodec
 from .predict import ClosedLoop, coding_rank, forget_unused
 from .profile import KVProfile
 from .weights import valid_weights
-from .tensor import FORMAT_VERSION, VERSIONS, _decode_tensor, _Prepared
+from .tensor import FORMAT_VERSION, VERSIONS, _entropy_decode, _finish_tensor, _Prepared
 
 logger = logging.getLogger(__name__)
 
@@ -292,13 +294,21 @@ class KVLossyCodec(StateCodec):
         # each stream's tensors in coding order: format 4 predicts from the tensors decoded before
         order = sorted(range(len(tensors)), key=lambda i: (stream_index[tensors[i].section, tensors[i].stream],
                                                            *coding_rank(tensors[i].kind, tensors[i].depth)))
-        for i in order:
-            tensor = tensors[i]
-            stream = stream_index[tensor.section, tensor.stream]
-            pos = per_stream[stream] if per_stream is not None else positions
-            pos = np.asarray(pos, dtype=np.int32)
-            if len(pos) != tensor.n_cells:
-                raise ModelMismatchError(f"decoding {tensor.name}: {len(pos)} cell positions for {tensor.n_cells} cells")
-            _decode_tensor(payloads[i], tensor, pos, rope, profile, decoded[stream])
-            forget_unused(decoded[stream], tensor.depth)
-
+        n_threads = os.cpu_count() or 1
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            # the entropy decoding of every tensor is independent: it runs ahead in the pool (a few tensors, to bound
+            # memory) while the predictions, which need the tensors before, follow in coding order here
+            ahead, submitted = {}, 0
+            for step, i in enumerate(order):
+                for j in order[submitted:step + 2 * n_threads + 1]:
+                    ahead[j] = pool.submit(_entropy_decode, payloads[j], tensors[j])
+                    submitted += 1
+                tensor = tensors[i]
+                stream = stream_index[tensor.section, tensor.stream]
+                pos = per_stream[stream] if per_stream is not None else positions
+                pos = np.asarray(pos, dtype=np.int32)
+                if len(pos) != tensor.n_cells:
+                    raise ModelMismatchError(f"decoding {tensor.name}: {len(pos)} cell positions for "
+                                             f"{tensor.n_cells} cells")
+                profile = _finish_tensor(ahead.pop(i).result(), tensor, pos, rope, profile, decoded[stream]) or profile
+                forget_unused(decoded[stream], tensor.depth)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -263,9 +264,28 @@ def _decode_rows(version: int, coded, n_rows: int, n_ch: int, step: np.ndarray, 
 
 
 def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, profile=None,
-                   decoded: dict | None = None) -> None:
+                   decoded: dict | None = None):
     """Decode one payload into ``tensor``; ``decoded`` (``(kind, layer)`` -> coded-domain rows of the stream's
-    tensors decoded so far) gives format 4's predictions their features and receives this tensor's rows."""
+    tensors decoded so far) gives format 4's predictions their features and receives this tensor's rows. Returns
+    the profile it decoded with (None without one). The two steps, :func:`_entropy_decode` and
+    :func:`_finish_tensor`, can run apart: the first needs nothing decoded before."""
+    return _finish_tensor(_entropy_decode(payload, tensor), tensor, positions, rope, profile, decoded)
+
+
+class _Body(NamedTuple):
+    """A payload's side information and its entropy-decoded body (``index * step`` rows of the non-sink cells)."""
+
+    flags: int
+    n_heads: int
+    digest: bytes
+    offset: np.ndarray
+    sink_rows: np.ndarray
+    sink_values: memoryview
+    body: np.ndarray
+
+
+def _entropy_decode(payload, tensor) -> _Body:
+    """Check a payload's header against ``tensor`` and entropy-decode its body (independent of other tensors)."""
     buf = memoryview(payload).cast("B")
     if len(buf) < _HEADER.size:
         raise CorruptDataError(f"decoding {tensor.name}: lossy payload of {len(buf)} bytes is truncated")
@@ -307,9 +327,18 @@ def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, pr
     _decode_rows(version, parts[4][:n_older], n_body - n_recent, n_ch, step, body[:n_body - n_recent], tensor.name)
     _decode_rows(version, parts[4][n_older:], n_recent, n_ch, step / np.float32(divisor), body[n_body - n_recent:],
                  tensor.name)
-    if n_digest:
+    return _Body(flags, n_heads, digest, offset, sink_rows, parts[3], body)
+
+
+def _finish_tensor(coded: _Body, tensor, positions: np.ndarray, rope: dict | None, profile=None,
+                   decoded: dict | None = None):
+    """The rest of :func:`_decode_tensor`: prediction, synthesis, offsets, sinks, RoPE, the cache type."""
+    flags, n_heads, body = coded.flags, coded.n_heads, coded.body
+    n_cells, n_ch, n_sink = tensor.n_cells, tensor.n_channels, len(coded.sink_rows)
+    found = None
+    if coded.digest:
         head_dim = n_ch // n_heads
-        found = profile_for_digest(digest, profile)
+        found = profile_for_digest(coded.digest, profile)
         matrices = found.matrices(tensor.kind, tensor.depth, n_heads, head_dim)
         if matrices is None:
             raise ModelMismatchError(f"decoding {tensor.name}: KV profile {found.digest.hex()} has no "
@@ -319,12 +348,12 @@ def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, pr
         if decoded is not None:
             decoded[tensor.kind, tensor.depth] = body
         body = per_head(body, matrices[1], n_heads)
-    body += offset
+    body += coded.offset
     if n_sink:
         x = np.empty((n_cells, n_ch), np.float32)
         sink = np.zeros(n_cells, bool)
-        sink[sink_rows] = True
-        x[sink_rows] = np.frombuffer(parts[3], np.float16).reshape(n_sink, n_ch)
+        sink[coded.sink_rows] = True
+        x[coded.sink_rows] = np.frombuffer(coded.sink_values, np.float16).reshape(n_sink, n_ch)
         x[~sink] = body
     else:
         x = body
@@ -334,6 +363,7 @@ def _decode_tensor(payload, tensor, positions: np.ndarray, rope: dict | None, pr
                                      "model's rope parameters are needed (rope_params(llm))")
         x = apply_rope(x, positions, rope)
     store_values(tensor, x, rope)
+    return found
 
 
 def _add_prediction(body: np.ndarray, tensor, profile: KVProfile, decoded: dict) -> None:
