@@ -83,3 +83,43 @@ def test_threads_saving_one_session_file_never_leave_a_part(tmp_path):
 
     assert run_threads(saver(1), saver(2), reader) == []
     assert not [p for p in tmp_path.iterdir() if p.name != "one.seqkv"]  # no temporary file left
+
+
+def test_writers_and_pinning_readers_share_one_redis_store():
+    """The same stress on the Redis backend (one client object shared by three threads, a real server)."""
+    import uuid
+
+    import pytest
+    from redis_server import RedisServer, redis_available
+
+    from seqkv_edge.store import RedisStore
+
+    if not redis_available():
+        pytest.skip("redis-server is not installed")
+    with RedisServer() as server:
+        store = RedisStore(server.url, namespace=uuid.uuid4().hex[:8], split_payload=splitter())
+        rng = np.random.default_rng(1)
+        base = ints(rng, 40)
+        sessions = [np.concatenate([base, ints(rng, 20)]) for _ in range(4)]
+
+        def writer():
+            for i in range(ROUNDS // 2):
+                put(store, f"s{i % 4}", sessions[i % 4])
+                victim = f"s{(i + 1) % 4}"
+                if i % 3 == 2 and victim in store.list_sessions():
+                    store.delete_session(victim)
+
+        def reader():
+            for i in range(ROUNDS // 2):
+                match = store.longest_prefix(sessions[i % 4])
+                with store.pin(match.node_ids):
+                    try:
+                        store.get_payloads(match.node_ids)
+                    except KeyError:  # deleted between the lookup and the pin: documented
+                        pass
+                store.list_sessions()
+
+        errors = run_threads(writer, reader, reader)
+        assert errors == []
+        store.check()
+        store.close()
