@@ -31,21 +31,21 @@ def run_threads(*workers) -> list[BaseException]:
     return errors
 
 
-def test_writers_and_pinning_readers_share_one_sqlite_store(tmp_path):
-    store = SQLiteStore(tmp_path, split_payload=splitter(), durable=False)
+def stress(store, rounds: int) -> list[BaseException]:
+    """One writer (put, delete) and two readers (lookup, pin, read, list) on one store object, ``rounds`` each."""
     rng = np.random.default_rng(0)
     base = ints(rng, 40)
     sessions = [np.concatenate([base, ints(rng, 20)]) for _ in range(4)]
 
     def writer():
-        for i in range(ROUNDS):
+        for i in range(rounds):
             put(store, f"s{i % 4}", sessions[i % 4])
             victim = f"s{(i + 1) % 4}"
             if i % 3 == 2 and victim in store.list_sessions():
                 store.delete_session(victim)
 
     def reader():
-        for i in range(ROUNDS):
+        for i in range(rounds):
             match = store.longest_prefix(sessions[i % 4])
             with store.pin(match.node_ids):
                 try:
@@ -54,8 +54,12 @@ def test_writers_and_pinning_readers_share_one_sqlite_store(tmp_path):
                     pass
             store.list_sessions()
 
-    errors = run_threads(writer, reader, reader)
-    assert errors == []
+    return run_threads(writer, reader, reader)
+
+
+def test_writers_and_pinning_readers_share_one_sqlite_store(tmp_path):
+    store = SQLiteStore(tmp_path, split_payload=splitter(), durable=False)
+    assert stress(store, ROUNDS) == []
     (leases,) = store._db.execute("SELECT count(*) FROM leases").fetchone()
     assert leases == 0  # every pin was released
     store.check()
@@ -98,28 +102,6 @@ def test_writers_and_pinning_readers_share_one_redis_store():
         pytest.skip("redis-server is not installed")
     with RedisServer() as server:
         store = RedisStore(server.url, namespace=uuid.uuid4().hex[:8], split_payload=splitter())
-        rng = np.random.default_rng(1)
-        base = ints(rng, 40)
-        sessions = [np.concatenate([base, ints(rng, 20)]) for _ in range(4)]
-
-        def writer():
-            for i in range(ROUNDS // 2):
-                put(store, f"s{i % 4}", sessions[i % 4])
-                victim = f"s{(i + 1) % 4}"
-                if i % 3 == 2 and victim in store.list_sessions():
-                    store.delete_session(victim)
-
-        def reader():
-            for i in range(ROUNDS // 2):
-                match = store.longest_prefix(sessions[i % 4])
-                with store.pin(match.node_ids):
-                    try:
-                        store.get_payloads(match.node_ids)
-                    except KeyError:  # deleted between the lookup and the pin: documented
-                        pass
-                store.list_sessions()
-
-        errors = run_threads(writer, reader, reader)
-        assert errors == []
+        assert stress(store, ROUNDS // 2) == []
         store.check()
         store.close()

@@ -6,11 +6,11 @@ import os
 
 import numpy as np
 import pytest
+from continuation import next_logits
 
 from seqkv_edge import Llama, SeqKV
 from seqkv_edge.errors import ModelNotInstalledError
 from seqkv_edge.models import KNOWN_MODELS, model_path
-from seqkv_edge.state import llama_api
 from seqkv_edge.state.blob import read_seq_state
 from seqkv_edge.textdata import read_text
 
@@ -37,15 +37,6 @@ def prompt(llm):
     return llm.tokenize(read_text()[0].encode())[:N_PROMPT]
 
 
-def continuation(llm, tokens):
-    """The logits of each of ``tokens`` evaluated one at a time."""
-    rows = []
-    for token in tokens:
-        llm.eval([token])
-        rows.append(np.ctypeslib.as_array(llama_api.logits(llm), shape=(llm.n_vocab(),)).copy())
-    return np.array(rows)
-
-
 @pytest.mark.parametrize("settings", [{}, {"store": "store"}], ids=["file", "store"])
 def test_lossless_sessions_continue_bit_identically(model, tmp_path, settings):
     settings = {k: str(tmp_path / v) for k, v in settings.items()}
@@ -55,11 +46,11 @@ def test_lossless_sessions_continue_bit_identically(model, tmp_path, settings):
     llm.eval(tokens[:-N_NEXT])
     saved = bytes(read_seq_state(llm.ctx))
     llm.save_session(target)
-    expected = continuation(llm, tokens[-N_NEXT:])
+    expected = next_logits(llm, tokens[-N_NEXT:])
     fresh = make(model, **settings)
     fresh.load_session(target)
     assert bytes(read_seq_state(fresh.ctx)) == saved
-    assert np.array_equal(continuation(fresh, tokens[-N_NEXT:]), expected)
+    assert np.array_equal(next_logits(fresh, tokens[-N_NEXT:]), expected)
 
 
 def test_hybrid_token_sessions_replay_bit_identically(model, tmp_path):
@@ -82,5 +73,5 @@ def test_lossy_sessions_restore_and_continue(model, tmp_path):
     fresh = make(model, kv="lossy", bits=2.0)
     fresh.load_session(tmp_path / "l.seqkv")
     assert fresh.n_tokens == len(tokens)
-    rows = continuation(fresh, llm.tokenize(b" The end.", add_bos=False))
+    rows = next_logits(fresh, llm.tokenize(b" The end.", add_bos=False))
     assert np.isfinite(rows).all()

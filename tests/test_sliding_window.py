@@ -7,10 +7,10 @@ import os
 
 import numpy as np
 import pytest
+from continuation import next_logits
 
 from seqkv_edge import Llama, SeqKV
 from seqkv_edge.errors import ModelNotInstalledError
-from seqkv_edge.state import llama_api
 from seqkv_edge.state.blob import parse_seq_state, read_seq_state, write_seq_state
 from seqkv_edge.state.swa import window_slots
 from seqkv_edge.textdata import read_text
@@ -34,14 +34,6 @@ def gemma_path():
 def make(path, flash_attn):
     return Llama(model_path=path, n_ctx=1024, n_threads=2, verbose=False, flash_attn=flash_attn,
                  kv_compressor=SeqKV())
-
-
-def next_logits(llm, tokens):
-    rows = []
-    for token in tokens:
-        llm.eval([token])
-        rows.append(np.ctypeslib.as_array(llama_api.logits(llm), shape=(llm.n_vocab(),)).copy())
-    return np.array(rows)
 
 
 @pytest.mark.parametrize("flash_attn", [False, True])
