@@ -114,13 +114,13 @@ def kv_encode(data: np.ndarray, ggml_type: int, token_major: bool, n_channels: i
               workspace: KVWorkspace | None = None) -> bytes:
     """Code a C-contiguous uint8 tensor; returns the self-delimiting stream."""
     ffi_, native = require()
-    src = ffi_.from_buffer(data)
     doing = f"coding a ggml type {ggml_type} tensor of {data.nbytes} bytes"
     bound = check(native.kvc_encode_bound(ggml_type, n_channels, data.nbytes), doing)
     out = bytearray(bound)
     ws = (workspace or thread_workspace()).handle
-    n = check(native.kvc_encode(src, data.nbytes, ggml_type, int(token_major), n_channels, pair_offset,
-                                ffi_.from_buffer(out), bound, ws), doing)
+    with ffi_.from_buffer(data) as src, ffi_.from_buffer(out) as dst:  # exports released before any raise
+        n = native.kvc_encode(src, data.nbytes, ggml_type, int(token_major), n_channels, pair_offset, dst, bound, ws)
+    n = check(n, doing)
     return bytes(memoryview(out)[:n])
 
 
@@ -128,26 +128,27 @@ def kv_decode(buf, ggml_type: int, token_major: bool, n_channels: int, out: np.n
               workspace: KVWorkspace | None = None) -> np.ndarray:
     """Decode a stream into out (a preallocated, C-contiguous, writable uint8 array)."""
     ffi_, native = require()
-    src = ffi_.from_buffer(buf)
     ws = (workspace or thread_workspace()).handle
-    check(native.kvc_decode(src, len(src), ggml_type, int(token_major), n_channels,
-                            ffi_.from_buffer(out, require_writable=True), out.nbytes, ws),
-          f"decoding a ggml type {ggml_type} tensor of {out.nbytes} bytes")
+    with ffi_.from_buffer(buf) as src, ffi_.from_buffer(out, require_writable=True) as dst:
+        rc = native.kvc_decode(src, len(src), ggml_type, int(token_major), n_channels, dst, out.nbytes, ws)
+    check(rc, f"decoding a ggml type {ggml_type} tensor of {out.nbytes} bytes")
     return out
 
 
 def kv_stream_info(buf) -> tuple[int, bool, int, int]:
     """(ggml_type, token_major, n_channels, n_tokens) from a stream's header."""
     ffi_, native = require()
-    src = ffi_.from_buffer(buf)
     typ, tm = ffi_.new("int *"), ffi_.new("int *")
     n_ch, n_tok = ffi_.new("int64_t *"), ffi_.new("int64_t *")
-    check(native.kvc_stream_info(src, len(src), typ, tm, n_ch, n_tok), "reading a kv_lossless stream header")
+    with ffi_.from_buffer(buf) as src:
+        rc = native.kvc_stream_info(src, len(src), typ, tm, n_ch, n_tok)
+    check(rc, "reading a kv_lossless stream header")
     return int(typ[0]), bool(tm[0]), int(n_ch[0]), int(n_tok[0])
 
 
 def kv_stream_size(buf) -> int:
     """Total size of the stream at the start of buf (streams are self-delimiting)."""
     ffi_, native = require()
-    src = ffi_.from_buffer(buf)
-    return check(native.kvc_stream_size(src, len(src)), "reading a kv_lossless stream header")
+    with ffi_.from_buffer(buf) as src:
+        n = native.kvc_stream_size(src, len(src))
+    return check(n, "reading a kv_lossless stream header")

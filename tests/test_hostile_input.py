@@ -34,10 +34,12 @@ def tiny_llm(tmp):
     return llm
 
 def expect_refusal(load):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         load()
     except SeqKVError as exc:
-        print("REFUSED", type(exc).__name__, exc)
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print("REFUSED", type(exc).__name__, exc, f"| peak resident memory grew by {{grown}} KiB")
     else:
         print("LOADED")
 """
@@ -49,6 +51,7 @@ def run_crafted(tmp_path, body: str) -> str:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, f"the loader died (rc {done.returncode}): {done.stderr[-2000:]}"
     assert "REFUSED" in done.stdout, done.stdout + done.stderr[-2000:]
+    print(done.stdout)  # the refusal and the memory it took (pytest -s shows it)
     return done.stdout
 
 
