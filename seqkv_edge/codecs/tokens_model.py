@@ -48,8 +48,9 @@ import logging
 import numpy as np
 
 from ..errors import CorruptDataError, SeqKVError
-from .registry import register_codec
+from ..native import require
 from .base import ModelTokensCodec
+from .registry import register_codec
 from .tokens_portable import (
     DEFAULT_N_VOCAB,
     FORMAT_VERSION,
@@ -69,9 +70,7 @@ CHECK_DTYPES = {8: "<u1", 16: "<u2", 32: "<u4"}
 
 
 def _lib():
-    from .. import _native
-
-    return _native.ffi, _native.lib
+    return require()
 
 
 def _check_row(logits_row, n_vocab: int) -> np.ndarray:

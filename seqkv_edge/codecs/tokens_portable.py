@@ -26,8 +26,9 @@ import zlib
 import numpy as np
 
 from ..errors import CorruptDataError, SeqKVError
-from .registry import register_codec
+from ..native import require
 from .base import TokensCodec
+from .registry import register_codec
 from .varint import read_varint, write_varint  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,7 @@ _CRC_BYTES = 4
 
 
 def _lib():
-    from .. import _native
-
-    return _native.ffi, _native.lib
+    return require()
 
 
 # ---------------------------------------------------------------- helpers shared with tokens_model

@@ -43,7 +43,8 @@ def prepare_index(db: sqlite3.Connection, *, durable: bool, timeout_s: float, wh
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             break
         except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() > deadline:
+            busy = getattr(error, "sqlite_errorcode", sqlite3.SQLITE_BUSY) == sqlite3.SQLITE_BUSY  # Python >= 3.11
+            if not busy or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
     if mode.lower() != "wal":
