@@ -11,7 +11,7 @@ of the key without removing it.
 name, then the memory section); entries are converted to and from the sequence-0 state the
 chunks hold (:func:`seqkv_edge.container.chunks.full_to_seq_state`).
 
->>> llm = llama_cpp.Llama(model_path=path, n_ctx=4096)                    # doctest: +SKIP
+>>> llm = load_plain_llama(model_path=path, n_ctx=4096)  # or any llama_cpp.Llama  # doctest: +SKIP
 >>> llm.set_cache(SeqKVCache(open_session_store("prompt-cache/"), llm))  # doctest: +SKIP
 >>> llm.create_completion(long_prompt + "Q1")                             # doctest: +SKIP
 >>> llm.create_completion(long_prompt + "Q2")  # restores long_prompt's KV from the store  # doctest: +SKIP
