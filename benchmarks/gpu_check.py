@@ -4,11 +4,11 @@ Needs only Python 3 + numpy, gcc and nvcc: no network, no build of the package. 
 (native/segcode.c, gcc) and the kernels (native/segcode_cuda.cu, nvcc --fmad=false) into two shared
 libraries and calls both through ctypes, then checks, writing JSON after every phase:
   machine_code  the kernels' SASS/PTX (when cuobjdump and nvdisasm are there): no FMA, no approximation;
-  golden        GPU encode of every tests/fixtures/segcode_v1_* input == the frozen bytes, GPU decode == input;
-  fuzz          random shapes and scales: GPU bytes == CPU bytes (int32 and float32 input), each side decodes
-                the other's stream, damaged streams give the CPU's error code, never a crash;
-  throughput    large tensors: GPU encode / decode wall time including host<->device copies, and the split
-                into copies in / kernels / copies out; the CPU coder on all cores for comparison.
+  golden        GPU encode of every tests/fixtures/segcode_v{1,2}_* input == the frozen bytes, GPU decode == input;
+  fuzz          random shapes and scales, formats 1 and 2: GPU bytes == CPU bytes (int32 and float32 input), each
+                side decodes the other's stream, damaged streams give the CPU's error code, never a crash;
+  throughput    large tensors, each format (--formats): GPU encode / decode wall time including host<->device
+                copies, and the split into copies in / kernels / copies out; the CPU coder on all cores beside it.
 With --emulate the kernels are built for the host (g++ -DSEGC_EMULATE): the whole script runs without a GPU.
 """
 from __future__ import annotations
@@ -54,27 +54,33 @@ class CpuSegcode:
         p, u32, i64, c_int = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int64, ctypes.c_int
         for name, args in {"segc_encode_bound": [u32, u32], "segc_encode": [p, u32, u32, p, i64, c_int],
                            "segc_encode_f32": [p, p, u32, u32, p, i64, c_int],
-                           "segc_decode": [p, i64, u32, u32, p, c_int]}.items():
+                           "segc_decode": [p, i64, u32, u32, p, c_int],
+                           "segc2_encode_bound": [u32, u32], "segc2_encode": [p, u32, u32, p, i64, c_int],
+                           "segc2_encode_f32": [p, p, u32, u32, p, i64, c_int],
+                           "segc2_decode": [p, i64, u32, u32, p, c_int]}.items():
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = args, i64
         self.threads = os.cpu_count() or 1
 
-    def encode(self, q):
+    def _fn(self, name, format):
+        return getattr(self.lib, f"segc{'' if format == 1 else '2'}_{name}")
+
+    def encode(self, q, format=1):
         q = np.ascontiguousarray(q, dtype=np.int32)
-        cap = self.lib.segc_encode_bound(*q.shape)
+        cap = self._fn("encode_bound", format)(*q.shape)
         out = np.empty(cap, dtype=np.uint8)
-        n = self.lib.segc_encode(q.ctypes.data, q.shape[0], q.shape[1], out.ctypes.data, cap, self.threads)
+        n = self._fn("encode", format)(q.ctypes.data, q.shape[0], q.shape[1], out.ctypes.data, cap, self.threads)
         if n < 0:
             raise RuntimeError(f"cpu encode: code {n}")
         return out[:n].tobytes()
 
-    def encode_f32(self, x, inv_step):
+    def encode_f32(self, x, inv_step, format=1):
         x = np.ascontiguousarray(x, dtype=np.float32)
         inv_step = np.ascontiguousarray(inv_step, dtype=np.float32)
-        cap = self.lib.segc_encode_bound(*x.shape)
+        cap = self._fn("encode_bound", format)(*x.shape)
         out = np.empty(cap, dtype=np.uint8)
-        n = self.lib.segc_encode_f32(x.ctypes.data, inv_step.ctypes.data, x.shape[0], x.shape[1], out.ctypes.data,
-                                     cap, self.threads)
+        n = self._fn("encode_f32", format)(x.ctypes.data, inv_step.ctypes.data, x.shape[0], x.shape[1],
+                                           out.ctypes.data, cap, self.threads)
         if n < 0:
             raise RuntimeError(f"cpu encode_f32: code {n}")
         return out[:n].tobytes()
@@ -83,7 +89,8 @@ class CpuSegcode:
         """(return code, int32 output)"""
         src = np.frombuffer(buf, dtype=np.uint8)
         q = np.empty((n_cells, n_channels), dtype=np.int32)
-        rc = self.lib.segc_decode(src.ctypes.data, src.size, n_cells, n_channels, q.ctypes.data, self.threads)
+        fn = self.lib.segc2_decode if len(buf) > 4 and buf[4] == 2 else self.lib.segc_decode
+        rc = fn(src.ctypes.data, src.size, n_cells, n_channels, q.ctypes.data, self.threads)
         return int(rc), q
 
 
@@ -91,27 +98,30 @@ def gpu_decode_rc(gpu, buf, n_cells, n_channels):
     src = np.frombuffer(buf, dtype=np.uint8)
     q = np.empty((n_cells, n_channels), dtype=np.int32)
     ms = (ctypes.c_double * 3)()
-    rc = gpu.lib.segc_cuda_decode(src.ctypes.data, src.size, n_cells, n_channels, q.ctypes.data, ms)
+    fn = gpu.lib.segc2_cuda_decode if len(buf) > 4 and buf[4] == 2 else gpu.lib.segc_cuda_decode
+    rc = fn(src.ctypes.data, src.size, n_cells, n_channels, q.ctypes.data, ms)
     return int(rc), q
 
 
 def check_golden(gpu, cpu):
-    manifest = json.loads((FIXTURES / "segcode_v1_manifest.json").read_text())
     results = {}
-    for name, case in sorted(manifest["cases"].items()):
-        stream = (FIXTURES / f"segcode_v1_{name}.bin").read_bytes()
-        data = np.load(FIXTURES / f"segcode_v1_{name}.npy")
-        if case["kind"] == "int32":
-            gpu_bytes, cpu_bytes, expected = gpu.encode(data), cpu.encode(data), data
-        else:
-            inv_step = np.load(FIXTURES / f"segcode_v1_{name}_inv_step.npy")
-            gpu_bytes, cpu_bytes = gpu.encode_f32(data, inv_step), cpu.encode_f32(data, inv_step)
-            expected = cpu.decode_rc(stream, *data.shape)[1]
-        results[name] = {
-            "gpu_encode_sha256_ok": hashlib.sha256(gpu_bytes).hexdigest() == case["sha256"],
-            "cpu_encode_sha256_ok": hashlib.sha256(cpu_bytes).hexdigest() == case["sha256"],
-            "gpu_decode_ok": bool(np.array_equal(gpu.decode(stream, *data.shape), expected)),
-        }
+    for fmt in (1, 2):
+        manifest = json.loads((FIXTURES / f"segcode_v{fmt}_manifest.json").read_text())
+        for name, case in sorted(manifest["cases"].items()):
+            stream = (FIXTURES / f"segcode_v{fmt}_{name}.bin").read_bytes()
+            data = np.load(FIXTURES / f"segcode_v{fmt}_{name}.npy")
+            if case["kind"] == "int32":
+                data = data.astype(np.int32)
+                gpu_bytes, cpu_bytes, expected = gpu.encode(data, fmt), cpu.encode(data, fmt), data
+            else:
+                inv_step = np.load(FIXTURES / f"segcode_v{fmt}_{name}_inv_step.npy")
+                gpu_bytes, cpu_bytes = gpu.encode_f32(data, inv_step, fmt), cpu.encode_f32(data, inv_step, fmt)
+                expected = cpu.decode_rc(stream, *data.shape)[1]
+            results[f"v{fmt}_{name}"] = {
+                "gpu_encode_sha256_ok": hashlib.sha256(gpu_bytes).hexdigest() == case["sha256"],
+                "cpu_encode_sha256_ok": hashlib.sha256(cpu_bytes).hexdigest() == case["sha256"],
+                "gpu_decode_ok": bool(np.array_equal(gpu.decode(stream, *data.shape), expected)),
+            }
     return {"cases": results, "ok": all(all(r.values()) for r in results.values())}
 
 
@@ -119,16 +129,17 @@ def check_fuzz(gpu, cpu, n_cases, seed):
     rng = np.random.default_rng(seed)
     failures, n_damaged, n_damaged_rc_equal = [], 0, 0
     for case in range(n_cases):
-        shape = (int(rng.integers(1, 3000)), int(rng.integers(1, 400)))
+        fmt = 1 + case % 2
+        shape = (int(rng.integers(1, 3000 if fmt == 1 else 6000)), int(rng.integers(1, 400)))
         scale = float(rng.choice([0.0, 0.1, 0.5, 1.0, 3.0, 30.0, 1000.0, 1e5]))
         q = np.clip(np.round(rng.laplace(0.0, scale, size=shape)), -32767, 32767).astype(np.int32)
-        g, c = gpu.encode(q), cpu.encode(q)
+        g, c = gpu.encode(q, fmt), cpu.encode(q, fmt)
         ok = g == c and np.array_equal(gpu.decode(c, *shape), q) and np.array_equal(cpu.decode_rc(g, *shape)[1], q)
         x = (rng.standard_normal(shape) * rng.uniform(0.01, 10.0, size=shape[1])).astype(np.float32)
         inv_step = rng.uniform(0.1, 20.0, size=shape[1]).astype(np.float32)
-        ok = ok and gpu.encode_f32(x, inv_step) == cpu.encode_f32(x, inv_step)
+        ok = ok and gpu.encode_f32(x, inv_step, fmt) == cpu.encode_f32(x, inv_step, fmt)
         if not ok:
-            failures.append({"case": case, "shape": shape, "scale": scale})
+            failures.append({"case": case, "format": fmt, "shape": shape, "scale": scale})
         damaged = bytearray(c)
         for pos in rng.integers(0, len(damaged), size=int(rng.integers(1, 5))):
             damaged[pos] ^= 1 << int(rng.integers(0, 8))
@@ -142,29 +153,30 @@ def check_fuzz(gpu, cpu, n_cases, seed):
             "ok": not failures and n_damaged_rc_equal == n_damaged}
 
 
-def check_throughput(gpu, cpu, sizes, reps):
+def check_throughput(gpu, cpu, sizes, reps, formats=(1, 2)):
     rows = []
     rng = np.random.default_rng(7)
-    for n_cells, n_channels in sizes:
+    for (n_cells, n_channels), fmt in [(size, fmt) for size in sizes for fmt in formats]:
         x = (rng.laplace(0.0, 1.0, size=(n_cells, n_channels)) * 2.0).astype(np.float32)
         q = np.clip(np.round(x), -32767, 32767).astype(np.int32)
         del x
         kv_gb = 2 * q.size / 1e9  # as f16 KV
-        row = {"n_cells": n_cells, "n_channels": n_channels, "kv_f16_gb": kv_gb,
-               "segments": ((n_cells + 255) // 256) * ((n_channels + 63) // 64)}
+        cells_per_segment = 256 if fmt == 1 else 2048
+        row = {"format": fmt, "n_cells": n_cells, "n_channels": n_channels, "kv_f16_gb": kv_gb,
+               "segments": ((n_cells + cells_per_segment - 1) // cells_per_segment) * ((n_channels + 63) // 64)}
         start = time.perf_counter()
-        cpu_stream = cpu.encode(q)
+        cpu_stream = cpu.encode(q, fmt)
         row["cpu_encode_s"] = time.perf_counter() - start
         row["bits_per_value"] = 8 * len(cpu_stream) / q.size
         start = time.perf_counter()
         cpu.decode_rc(cpu_stream, n_cells, n_channels)
         row["cpu_decode_s"] = time.perf_counter() - start
         row["cpu_threads"] = cpu.threads
-        gpu.encode(q[: min(n_cells, 256)])  # warm-up: context creation, module load
+        gpu.encode(q[: min(n_cells, 256)], fmt)  # warm-up: context creation, module load
         enc_wall, enc_ms, dec_wall, dec_ms = [], [], [], []
         for _ in range(reps):
             start = time.perf_counter()
-            stream = gpu.encode(q)
+            stream = gpu.encode(q, fmt)
             enc_wall.append(time.perf_counter() - start)
             enc_ms.append(gpu.last_ms)
             start = time.perf_counter()
@@ -194,6 +206,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="4096x1024,65536x1024,65536x4096",
                         help="throughput shapes, CELLSxCHANNELS,... (65536x4096 = 268M values, 512 MB of f16 KV)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--formats", default="1,2", help="segment coder formats to time")
     args = parser.parse_args()
     report = {"host": platform.node(), "python": sys.version.split()[0], "numpy": np.__version__,
               "emulate": args.emulate, "phases": {}}
@@ -227,7 +240,8 @@ def main() -> int:
     phase("golden", lambda: check_golden(gpu, cpu))
     phase("fuzz", lambda: check_fuzz(gpu, cpu, args.fuzz, seed=2026))
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",") if s]
-    phase("throughput", lambda: check_throughput(gpu, cpu, sizes, args.reps))
+    formats = tuple(int(f) for f in args.formats.split(",") if f)
+    phase("throughput", lambda: check_throughput(gpu, cpu, sizes, args.reps, formats))
     ok = all(report["phases"].get(p, {}).get("ok", True) for p in ("golden", "fuzz"))
     report["ok"] = ok
     save()

@@ -11,6 +11,14 @@
  * Segment s covers cell block s / n_channel_blocks and channel block s % n_channel_blocks; edge
  * segments are smaller. n_segments = ceil(n_cells / SEGC_CELLS) * ceil(n_channels / SEGC_CHANNELS).
  *
+ * Format 2 (segc2_*, segcode_core.h): segments of SEGC2_CELLS x SEGC2_CHANNELS coded with one static model
+ * per channel, fitted to the whole tensor and stored once in a table section every segment reads:
+ *   the header above with version 2, u32 table_bytes, the table section, u32 size[n_segments], the bodies.
+ * segc_decode / segc_decode_f32 read format 1 only; segc2_decode / segc2_decode_f32 format 2 only;
+ * segc_stream_info returns the version (1 or 2). segc2_cost tells the bits a format-2 stream of x quantized
+ * with inv_step would take, from its rows t % row_every == 0; segc2_cost_sample that of a stream of n_rows
+ * rows from n_sampled of them.
+ *
  * Every function returns a negative SKV_ERR_* code on failure. Decoders read nothing outside
  * [src, src + src_len) and allocate only what the caller's n_cells x n_channels implies; a stream
  * describing another shape is SKV_ERR_MISMATCH. n_threads <= 0 means one; the bytes never depend on it.
@@ -41,10 +49,26 @@ int64_t segc_decode(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint3
 /* decodes and dequantizes: x = index * step[channel] */
 int64_t segc_decode_f32(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
                         const float *step, float *x, int n_threads);
+/* the stream's format version (1 or 2) */
 int segc_stream_info(const uint8_t *src, int64_t src_len, uint32_t *n_cells, uint32_t *n_channels);
 /* byte offsets of each segment body from src (n_segments + 1 entries: the last is the stream's size) */
 int64_t segc_segment_offsets(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
                              uint64_t *offsets);
+int64_t segc2_segment_count(uint32_t n_cells, uint32_t n_channels);
+int64_t segc2_encode_bound(uint32_t n_cells, uint32_t n_channels);
+int64_t segc2_encode(const int32_t *q, uint32_t n_cells, uint32_t n_channels, uint8_t *dst, int64_t dst_cap,
+                     int n_threads);
+int64_t segc2_encode_f32(const float *x, const float *inv_step, uint32_t n_cells, uint32_t n_channels,
+                         uint8_t *dst, int64_t dst_cap, int n_threads);
+int64_t segc2_decode(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels, int32_t *q,
+                     int n_threads);
+int64_t segc2_decode_f32(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
+                         const float *step, float *x, int n_threads);
+int64_t segc2_segment_offsets(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
+                              uint64_t *offsets);
+double segc2_cost(const float *x, uint32_t n_rows, uint32_t n_channels, const float *inv_step, uint32_t row_every);
+double segc2_cost_sample(const float *x, uint32_t n_sampled, uint32_t n_channels, const float *inv_step,
+                         uint32_t n_rows);
 int segc_quantize(const float *x, const float *inv_step, uint32_t n_cells, uint32_t n_channels, int32_t *q);
 int segc_dequantize(const int32_t *q, const float *step, uint32_t n_cells, uint32_t n_channels, float *x);
 

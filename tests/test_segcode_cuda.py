@@ -12,7 +12,7 @@ import pytest
 from seqkv_edge.codecs import segcode, segcode_cuda
 
 FIXTURES = Path(__file__).parent / "fixtures"
-MANIFEST = json.loads((FIXTURES / "segcode_v1_manifest.json").read_text())
+MANIFESTS = {fmt: json.loads((FIXTURES / f"segcode_v{fmt}_manifest.json").read_text()) for fmt in (1, 2)}
 NVCC = shutil.which("nvcc")
 
 
@@ -23,17 +23,18 @@ def emulated(tmp_path_factory):
     return segcode_cuda.CudaSegcode(segcode_cuda.build(tmp_path_factory.mktemp("segcode_emu"), emulate=True))
 
 
-@pytest.mark.parametrize("name", sorted(MANIFEST["cases"]))
-def test_emulated_kernels_give_the_golden_bytes(emulated, name):
-    case = MANIFEST["cases"][name]
-    stream = (FIXTURES / f"segcode_v1_{name}.bin").read_bytes()
-    data = np.load(FIXTURES / f"segcode_v1_{name}.npy")
+@pytest.mark.parametrize("fmt,name", [(fmt, name) for fmt, m in MANIFESTS.items() for name in sorted(m["cases"])])
+def test_emulated_kernels_give_the_golden_bytes(emulated, fmt, name):
+    case = MANIFESTS[fmt]["cases"][name]
+    stream = (FIXTURES / f"segcode_v{fmt}_{name}.bin").read_bytes()
+    data = np.load(FIXTURES / f"segcode_v{fmt}_{name}.npy")
     if case["kind"] == "int32":
-        produced = emulated.encode(data)
+        data = data.astype(np.int32)
+        produced = emulated.encode(data, format=fmt)
         expected = data
     else:
-        inv_step = np.load(FIXTURES / f"segcode_v1_{name}_inv_step.npy")
-        produced = emulated.encode_f32(data, inv_step)
+        inv_step = np.load(FIXTURES / f"segcode_v{fmt}_{name}_inv_step.npy")
+        produced = emulated.encode_f32(data, inv_step, format=fmt)
         expected = segcode.quantize(data, inv_step)
         step = (1.0 / inv_step).astype(np.float32)
         assert np.array_equal(emulated.decode_f32(stream, *data.shape, step),
@@ -42,21 +43,23 @@ def test_emulated_kernels_give_the_golden_bytes(emulated, name):
     assert np.array_equal(emulated.decode(stream, *data.shape), expected)
 
 
+@pytest.mark.parametrize("fmt", [1, 2])
 @pytest.mark.parametrize("seed", range(6))
-def test_emulated_kernels_and_cpu_decode_each_other(emulated, seed):
+def test_emulated_kernels_and_cpu_decode_each_other(emulated, fmt, seed):
     rng = np.random.default_rng(100 + seed)
-    shape = (int(rng.integers(1, 700)), int(rng.integers(1, 300)))
+    shape = (int(rng.integers(1, 700 if fmt == 1 else 4500)), int(rng.integers(1, 300)))
     scale = float(rng.choice([0.2, 1.0, 4.0, 60.0, 5000.0]))
     q = np.clip(np.round(rng.laplace(0.0, scale, size=shape)), -32767, 32767).astype(np.int32)
-    from_kernels, from_cpu = emulated.encode(q), segcode.encode(q, threads=2)
+    from_kernels, from_cpu = emulated.encode(q, format=fmt), segcode.encode(q, threads=2, format=fmt)
     assert from_kernels == from_cpu
     assert np.array_equal(segcode.decode(from_kernels, *shape), q)
     assert np.array_equal(emulated.decode(from_cpu, *shape), q)
 
 
-def test_emulated_kernels_refuse_damaged_streams(emulated):
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_emulated_kernels_refuse_damaged_streams(emulated, fmt):
     q = np.round(np.random.default_rng(1).laplace(0.0, 2.0, size=(300, 130))).astype(np.int32)
-    stream = segcode.encode(q)
+    stream = segcode.encode(q, format=fmt)
     for bad in (stream[: len(stream) // 2], stream[:16] + b"\xff" * (len(stream) - 16)):
         with pytest.raises(RuntimeError, match="corrupt"):
             emulated.decode(bad, 300, 130)

@@ -5,15 +5,23 @@ The stream (``native/segcode.h``) cuts the tensor into segments of ``SEGMENT_CEL
 rANS lanes, and a size table locating every segment; so segments code on any number of CPU threads
 (or GPU threads, ``native/segcode_cuda.cu``) to the same bytes.
 
+Format 2 (``format=2``) cuts segments of ``SEGMENT2_CELLS`` x ``SEGMENT_CHANNELS`` and codes each
+channel with one static model fitted to the whole tensor, stored once in a table section that every
+segment reads: the rate of per-channel models, segments still independent. :func:`decode` reads both
+formats; :func:`cost` tells a format-2 stream's size without coding it.
+
 >>> import numpy as np
 >>> q = np.arange(-300, 300, dtype=np.int32).reshape(20, 30)
 >>> data = encode(q, threads=2)
 >>> bool((decode(data, 20, 30) == q).all())
 True
+>>> bool((decode(encode(q, format=2), 20, 30) == q).all())
+True
 """
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -33,12 +41,17 @@ __all__ = [
     "dequantize",
     "stream_info",
     "segment_offsets",
+    "cost",
+    "cost_sample",
+    "FORMATS",
 ]
 
 SEGMENT_CELLS = 256
 SEGMENT_CHANNELS = 64
 LANES = 32
 MAX_ABS = 32767
+SEGMENT2_CELLS = 2048
+FORMATS = (1, 2)
 
 
 def _threads(threads: int | None) -> int:
@@ -70,32 +83,53 @@ def _per_channel(v, n_channels: int, name: str) -> np.ndarray:
     return v
 
 
-def encode(q: np.ndarray, threads: int | None = None) -> bytes:
+def _format(format: int) -> int:
+    if format not in FORMATS:
+        raise ValueError(f"segment coder format {format}: this version writes {FORMATS}")
+    return format
+
+
+def encode(q: np.ndarray, threads: int | None = None, format: int = 1) -> bytes:
     """Code an int32 [n_cells, n_channels] matrix of indices in [-MAX_ABS, MAX_ABS]."""
     ffi, lib = require()
     q = _matrix(q, np.int32, "q")
     n_cells, n_channels = q.shape
     doing = f"segment-coding a {n_cells} x {n_channels} index matrix"
-    bound = _check(lib.segc_encode_bound(n_cells, n_channels), doing)
+    bound_fn, encode_fn = ((lib.segc_encode_bound, lib.segc_encode) if _format(format) == 1
+                           else (lib.segc2_encode_bound, lib.segc2_encode))
+    bound = _check(bound_fn(n_cells, n_channels), doing)
     out = np.empty(bound, dtype=np.uint8)  # scratch slots: untouched pages are never committed
-    n = _check(lib.segc_encode(ffi.cast("const int32_t *", ffi.from_buffer(q)), n_cells, n_channels,
-                               ffi.from_buffer(out), bound, _threads(threads)), doing)
+    n = _check(encode_fn(ffi.cast("const int32_t *", ffi.from_buffer(q)), n_cells, n_channels,
+                         ffi.from_buffer(out), bound, _threads(threads)), doing)
     return out[:n].tobytes()
 
 
-def encode_f32(x: np.ndarray, inv_step, threads: int | None = None) -> bytes:
+def encode_f32(x: np.ndarray, inv_step, threads: int | None = None, format: int = 1) -> bytes:
     """Quantize float32 x (index = round(x * inv_step[channel]), ties away from zero) and code it."""
     ffi, lib = require()
     x = _matrix(x, np.float32, "x")
     n_cells, n_channels = x.shape
     inv_step = _per_channel(inv_step, n_channels, "inv_step")
     doing = f"segment-coding a {n_cells} x {n_channels} float32 matrix"
-    bound = _check(lib.segc_encode_bound(n_cells, n_channels), doing)
-    out = np.empty(bound, dtype=np.uint8)
-    n = _check(lib.segc_encode_f32(ffi.cast("const float *", ffi.from_buffer(x)),
-                                   ffi.cast("const float *", ffi.from_buffer(inv_step)), n_cells, n_channels,
-                                   ffi.from_buffer(out), bound, _threads(threads)), doing)
+    bound_fn, encode_fn = ((lib.segc_encode_bound, lib.segc_encode_f32) if _format(format) == 1
+                           else (lib.segc2_encode_bound, lib.segc2_encode_f32))
+    bound = _check(bound_fn(n_cells, n_channels), doing)
+    out = _scratch(bound)
+    n = _check(encode_fn(ffi.cast("const float *", ffi.from_buffer(x)),
+                         ffi.cast("const float *", ffi.from_buffer(inv_step)), n_cells, n_channels,
+                         ffi.from_buffer(out), bound, _threads(threads)), doing)
     return out[:n].tobytes()
+
+
+_thread_scratch = threading.local()
+
+
+def _scratch(n_bytes: int) -> np.ndarray:
+    """The calling thread's reusable encoder buffer of at least ``n_bytes`` (its slots are scratch)."""
+    buf = getattr(_thread_scratch, "buf", None)
+    if buf is None or buf.size < n_bytes:
+        buf = _thread_scratch.buf = np.empty(n_bytes, np.uint8)
+    return buf
 
 
 def _decode_out(out, n_cells: int, n_channels: int, dtype) -> np.ndarray:
@@ -106,14 +140,22 @@ def _decode_out(out, n_cells: int, n_channels: int, dtype) -> np.ndarray:
     return out
 
 
+def _version(src, n_cells: int, n_channels: int) -> int:
+    ffi, lib = require()
+    got_cells, got_channels = ffi.new("uint32_t *"), ffi.new("uint32_t *")
+    return _check(lib.segc_stream_info(src, len(src), got_cells, got_channels),
+                  f"decoding a {n_cells} x {n_channels} segment-coded matrix")
+
+
 def decode(buf, n_cells: int, n_channels: int, threads: int | None = None, out: np.ndarray | None = None
            ) -> np.ndarray:
-    """Decode a stream of an [n_cells, n_channels] matrix (the shape the caller expects) to int32."""
+    """Decode a stream (format 1 or 2) of an [n_cells, n_channels] matrix (the shape the caller expects) to int32."""
     ffi, lib = require()
     out = _decode_out(out, n_cells, n_channels, np.int32)
     src = ffi.from_buffer(buf)
-    _check(lib.segc_decode(src, len(src), n_cells, n_channels,
-                           ffi.cast("int32_t *", ffi.from_buffer(out, require_writable=True)), _threads(threads)),
+    fn = lib.segc_decode if _version(src, n_cells, n_channels) == 1 else lib.segc2_decode
+    _check(fn(src, len(src), n_cells, n_channels, ffi.cast("int32_t *", ffi.from_buffer(out, require_writable=True)),
+              _threads(threads)),
            f"decoding a {n_cells} x {n_channels} segment-coded matrix")
     return out
 
@@ -125,10 +167,31 @@ def decode_f32(buf, n_cells: int, n_channels: int, step, threads: int | None = N
     out = _decode_out(out, n_cells, n_channels, np.float32)
     step = _per_channel(step, n_channels, "step")
     src = ffi.from_buffer(buf)
-    _check(lib.segc_decode_f32(src, len(src), n_cells, n_channels, ffi.cast("const float *", ffi.from_buffer(step)),
-                               ffi.cast("float *", ffi.from_buffer(out, require_writable=True)), _threads(threads)),
+    fn = lib.segc_decode_f32 if _version(src, n_cells, n_channels) == 1 else lib.segc2_decode_f32
+    _check(fn(src, len(src), n_cells, n_channels, ffi.cast("const float *", ffi.from_buffer(step)),
+              ffi.cast("float *", ffi.from_buffer(out, require_writable=True)), _threads(threads)),
            f"decoding a {n_cells} x {n_channels} segment-coded float32 matrix")
     return out
+
+
+def cost(x: np.ndarray, inv_step, row_every: int = 1) -> float:
+    """Bits a format-2 stream of ``x`` quantized with ``inv_step`` takes, estimated from every ``row_every``-th row
+    (the models fitted to those rows' statistics, without the encoder's refinement; nothing is coded)."""
+    ffi, lib = require()
+    x = _matrix(x, np.float32, "x")
+    inv_step = _per_channel(inv_step, x.shape[1], "inv_step")
+    return float(lib.segc2_cost(ffi.cast("const float *", ffi.from_buffer(x)), x.shape[0], x.shape[1],
+                                ffi.cast("const float *", ffi.from_buffer(inv_step)), max(1, int(row_every))))
+
+
+def cost_sample(sample: np.ndarray, inv_step, n_rows: int) -> float:
+    """Bits a format-2 stream of ``n_rows`` rows takes, estimated from ``sample`` (some of its rows)."""
+    ffi, lib = require()
+    sample = _matrix(sample, np.float32, "sample")
+    inv_step = _per_channel(inv_step, sample.shape[1], "inv_step")
+    return float(lib.segc2_cost_sample(ffi.cast("const float *", ffi.from_buffer(sample)), sample.shape[0],
+                                       sample.shape[1], ffi.cast("const float *", ffi.from_buffer(inv_step)),
+                                       int(n_rows)))
 
 
 def quantize(x: np.ndarray, inv_step) -> np.ndarray:
@@ -168,9 +231,11 @@ def segment_offsets(buf, n_cells: int, n_channels: int) -> np.ndarray:
     """Byte offsets of every segment body (n_segments + 1 entries, the last one the stream's size)."""
     ffi, lib = require()
     src = ffi.from_buffer(buf)
-    n_seg = _check(lib.segc_segment_count(n_cells, n_channels), "counting segments")
+    v1 = _version(src, n_cells, n_channels) == 1
+    n_seg = _check((lib.segc_segment_count if v1 else lib.segc2_segment_count)(n_cells, n_channels),
+                   "counting segments")
     offsets = np.empty(n_seg + 1, dtype=np.uint64)
-    _check(lib.segc_segment_offsets(src, len(src), n_cells, n_channels,
-                                    ffi.cast("uint64_t *", ffi.from_buffer(offsets, require_writable=True))),
-           "reading a segment-coded stream's size table")
+    _check((lib.segc_segment_offsets if v1 else lib.segc2_segment_offsets)(
+        src, len(src), n_cells, n_channels, ffi.cast("uint64_t *", ffi.from_buffer(offsets, require_writable=True))),
+        "reading a segment-coded stream's size table")
     return offsets

@@ -102,9 +102,15 @@ class CudaSegcode:
             "segc_cuda_encode_f32": [p, p, u32, u32, p, i64, p],
             "segc_cuda_decode": [p, i64, u32, u32, p, p],
             "segc_cuda_decode_f32": [p, i64, u32, u32, p, p, p],
+            "segc2_cuda_encode_bound": [u32, u32],
+            "segc2_cuda_encode": [p, u32, u32, p, i64, p],
+            "segc2_cuda_encode_f32": [p, p, u32, u32, p, i64, p],
+            "segc2_cuda_decode": [p, i64, u32, u32, p, p],
+            "segc2_cuda_decode_f32": [p, i64, u32, u32, p, p, p],
         }.items():
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = args, i64
+        lib.segc_cuda_device_count.argtypes, lib.segc_cuda_device_count.restype = [], ctypes.c_int
         self.last_ms = (0.0, 0.0, 0.0)  # host->device, kernels, device->host of the last call
 
     @staticmethod
@@ -119,32 +125,47 @@ class CudaSegcode:
         self.last_ms = tuple(ms)
         return rc
 
-    def encode(self, q: np.ndarray) -> bytes:
+    def device_count(self) -> int:
+        """GPUs the CUDA runtime sees (0 for the host emulation), or a negative code."""
+        return int(self.lib.segc_cuda_device_count())
+
+    def _api(self, name: str, format: int):
+        if format not in (1, 2):
+            raise ValueError(f"segment coder format {format}: the kernels write (1, 2)")
+        return getattr(self.lib, f"segc{'' if format == 1 else '2'}_cuda_{name}")
+
+    @staticmethod
+    def _version(buf) -> int:
+        return buf[4] if len(buf) > 4 and buf[4] == 2 else 1
+
+    def encode(self, q: np.ndarray, format: int = 1) -> bytes:
         q = np.ascontiguousarray(q, dtype=np.int32)
-        cap = self.lib.segc_cuda_encode_bound(*q.shape)
+        cap = self._api("encode_bound", format)(*q.shape)
         out = np.empty(cap, dtype=np.uint8)
-        n = self._call(self.lib.segc_cuda_encode, self._ptr(q), q.shape[0], q.shape[1], self._ptr(out), cap)
+        n = self._call(self._api("encode", format), self._ptr(q), q.shape[0], q.shape[1], self._ptr(out), cap)
         return out[:n].tobytes()
 
-    def encode_f32(self, x: np.ndarray, inv_step: np.ndarray) -> bytes:
+    def encode_f32(self, x: np.ndarray, inv_step: np.ndarray, format: int = 1) -> bytes:
         x = np.ascontiguousarray(x, dtype=np.float32)
         inv_step = np.ascontiguousarray(inv_step, dtype=np.float32)
-        cap = self.lib.segc_cuda_encode_bound(*x.shape)
+        cap = self._api("encode_bound", format)(*x.shape)
         out = np.empty(cap, dtype=np.uint8)
-        n = self._call(self.lib.segc_cuda_encode_f32, self._ptr(x), self._ptr(inv_step), x.shape[0], x.shape[1],
+        n = self._call(self._api("encode_f32", format), self._ptr(x), self._ptr(inv_step), x.shape[0], x.shape[1],
                        self._ptr(out), cap)
         return out[:n].tobytes()
 
     def decode(self, buf: bytes, n_cells: int, n_channels: int) -> np.ndarray:
+        """Decode a stream of format 1 or 2 (its header says which)."""
         src = np.frombuffer(buf, dtype=np.uint8)
         q = np.empty((n_cells, n_channels), dtype=np.int32)
-        self._call(self.lib.segc_cuda_decode, self._ptr(src), src.size, n_cells, n_channels, self._ptr(q))
+        self._call(self._api("decode", self._version(buf)), self._ptr(src), src.size, n_cells, n_channels,
+                   self._ptr(q))
         return q
 
     def decode_f32(self, buf: bytes, n_cells: int, n_channels: int, step: np.ndarray) -> np.ndarray:
         src = np.frombuffer(buf, dtype=np.uint8)
         step = np.ascontiguousarray(step, dtype=np.float32)
         x = np.empty((n_cells, n_channels), dtype=np.float32)
-        self._call(self.lib.segc_cuda_decode_f32, self._ptr(src), src.size, n_cells, n_channels, self._ptr(step),
-                   self._ptr(x))
+        self._call(self._api("decode_f32", self._version(buf)), self._ptr(src), src.size, n_cells, n_channels,
+                   self._ptr(step), self._ptr(x))
         return x
