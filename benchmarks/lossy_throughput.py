@@ -1,14 +1,17 @@
 """kv_lossy on real KV dumps: single-thread encode and decode throughput, and the rate actually stored.
 
 Usage:
-    python benchmarks/lossy_throughput.py [DUMP ...] [--reps N] [--bits 1,2,3] [--max-kl 0.01] [--version 3]
+    python benchmarks/lossy_throughput.py [DUMP ...] [--reps N] [--bits 1,2,3] [--max-kl 0.01] [--version 5,6]
+                                          [--cores 1]
 
 A DUMP is a llama.cpp per-sequence state blob (llama_state_seq_get_data) of the default model with f16 K and V.
 Default: the two f16 dumps (flash attention on and off) that benchmarks/codec_throughput.py makes once from the
 default model (Qwen2.5-Coder-0.5B Q4_K_M, 2,000 tokens of the GPL-3 text) in $SEQKV_HOME/kvdumps.
-Throughput is MB of f16 KV tensor bytes per second, one thread (BLAS pinned to one thread), best of --reps runs,
-for the whole state: values read and RoPE undone, bases applied, rate search (``bits``) or the calibrated scale
-(``max_kl``), quantization and entropy coding; decoding back into the state's own f16 tensors.
+Throughput is MB of f16 KV tensor bytes per second on --cores cores (default one: the process is pinned to them,
+BLAS to one thread; the codec's own threads share them), best of --reps runs, for the whole state: values read and
+RoPE undone, bases applied, rate search (``bits``) or the calibrated scale (``max_kl``), quantization and entropy
+coding; decoding back into the state's own f16 tensors. --version takes several formats (one table each, side by
+side: format 6 is format 5's pipeline with the segment coder's format 2, whose segments run in parallel threads).
 """
 from __future__ import annotations
 
@@ -73,18 +76,23 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="timing repetitions (best is kept)")
     parser.add_argument("--bits", default="1,2,3", help="comma-separated rate targets (bits per value)")
     parser.add_argument("--max-kl", type=float, default=0.01, help="a quality target (one pass, no rate search)")
-    parser.add_argument("--version", type=int, default=FORMAT_VERSION, help="lossy payload format to write")
+    parser.add_argument("--version", default=str(FORMAT_VERSION),
+                        help="lossy payload formats to write, comma-separated (e.g. 5,6)")
+    parser.add_argument("--cores", type=int, default=1, help="cores the process may use (pinned; default 1)")
     args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:max(1, args.cores)])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     paths = dump_paths(args.dumps, F16_DUMPS)
-    rope, profile = model_setup(str(default_model_path()))
-    if args.version < 2:
-        profile = None
-    codecs = [(f"bits={b}", KVLossyCodec(bits=float(b), version=args.version)) for b in args.bits.split(",")]
-    codecs.append((f"max_kl={args.max_kl:g}", KVLossyCodec(max_kl=args.max_kl, version=args.version)))
-    print(f"kv_lossy format {args.version}, model profile {'on' if profile else 'off'}, 1 thread, "
-          f"load average {os.getloadavg()[0]:.2f}")
-    for path in paths:
-        bench_dump(path, codecs, rope, profile, args.reps)
+    rope, model_profile = model_setup(str(default_model_path()))
+    for version in (int(v) for v in args.version.split(",")):
+        profile = model_profile if version >= 2 else None
+        codecs = [(f"bits={b}", KVLossyCodec(bits=float(b), version=version)) for b in args.bits.split(",")]
+        codecs.append((f"max_kl={args.max_kl:g}", KVLossyCodec(max_kl=args.max_kl, version=version)))
+        print(f"kv_lossy format {version}, model profile {'on' if profile else 'off'}, {cores} core(s), "
+              f"load average {os.getloadavg()[0]:.2f}")
+        for path in paths:
+            bench_dump(path, codecs, rope, profile, args.reps)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-NAMES = ("kv_lossy_v1", "kv_lossy_v2", "kv_lossy_v3", "kv_lossy_v4", "kv_lossy_v4_profile3", "kv_lossy_v5")
+NAMES = ("kv_lossy_v1", "kv_lossy_v2", "kv_lossy_v3", "kv_lossy_v4", "kv_lossy_v4_profile3", "kv_lossy_v5",
+         "kv_lossy_v6")
 DIGESTS = FIXTURES / "kv_lossy_decoded_sha256.json"
 
 

@@ -1,6 +1,6 @@
 """The lossy KV codec on the tiny model: error bounds per cache type and layout, rate control, safe restores,
-model-derived bases (format 2), static entropy models (format 3), and the frozen format versions 1 to 3
-(tests/fixtures/kv_lossy_v*.npz)."""
+model-derived bases (format 2), static entropy models (format 3), segment-coded streams (format 6), and the frozen
+format versions 1 to 6 (tests/fixtures/kv_lossy_v*.npz)."""
 from __future__ import annotations
 
 import json
@@ -19,6 +19,7 @@ from seqkv_edge.calibrate.profile import (
     with_predictors,
 )
 from seqkv_edge.codecs import get_codec
+from seqkv_edge.codecs.kv_lossy import codec as codec_module
 from seqkv_edge.codecs.kv_lossy.codec import KVLossyCodec, tensor_values
 from seqkv_edge.errors import CorruptDataError, ModelMismatchError
 from seqkv_edge.state.blob import (
@@ -41,6 +42,7 @@ FIXTURE_V3 = Path(__file__).parent / "fixtures" / "kv_lossy_v3.npz"
 FIXTURE_V4 = Path(__file__).parent / "fixtures" / "kv_lossy_v4.npz"
 FIXTURE_V4_P3 = Path(__file__).parent / "fixtures" / "kv_lossy_v4_profile3.npz"  # KV profile version 3
 FIXTURE_V5 = Path(__file__).parent / "fixtures" / "kv_lossy_v5.npz"
+FIXTURE_V6 = Path(__file__).parent / "fixtures" / "kv_lossy_v6.npz"
 
 
 def make_llama(path, type_k=F16, type_v=F16, flash_attn=False):
@@ -152,7 +154,7 @@ def test_config_round_trip_and_validation():
     assert json.loads(json.dumps(codec.get_config())) == {"id": "kv_lossy", "bits": 2.0, "max_kl": None, "version": 5}
     assert get_codec(codec.get_config()) == codec
     assert get_codec(KVLossyCodec(max_kl=0.01).get_config()).max_kl == 0.01
-    for bad in ({}, {"bits": 2.0, "max_kl": 0.1}, {"bits": 0.0}, {"max_kl": -1.0}, {"bits": 2.0, "version": 6}):
+    for bad in ({}, {"bits": 2.0, "max_kl": 0.1}, {"bits": 0.0}, {"max_kl": -1.0}, {"bits": 2.0, "version": 7}):
         with pytest.raises(ValueError):
             KVLossyCodec(**bad)
 
@@ -308,9 +310,9 @@ def test_older_versions_are_still_written_on_request(tiny_model_path, version):
 
 @pytest.mark.parametrize("version,fixture,profile_version", [(2, FIXTURE_V2, 1), (3, FIXTURE_V3, 1),
                                                               (4, FIXTURE_V4, 2), (4, FIXTURE_V4_P3, 3),
-                                                              (5, FIXTURE_V5, 3)])
+                                                              (5, FIXTURE_V5, 3), (6, FIXTURE_V6, 3)])
 def test_profiled_format_fixtures_still_decode(tmp_path, monkeypatch, version, fixture, profile_version):
-    """Written by format versions 2 to 5 with a profile (stored in the fixture; version 3: the keys' predictors
+    """Written by format versions 2 to 6 with a profile (stored in the fixture; version 3: the keys' predictors
     reduced-rank); decoded values must never change."""
     monkeypatch.setenv("SEQKV_HOME", str(tmp_path))
     fx = np.load(fixture)
@@ -417,3 +419,86 @@ def test_repeated_sink_rows_and_foreign_head_sizes_are_refused(tiny_model_path):
         _decode_tensor(bytes(doubled), tensors[0], state.sections[0].streams[0].positions, rope)
     with pytest.raises(UnsupportedStateError, match="does not divide"):
         _rotation_size(tensor, 64 * tensor.n_channels)
+
+
+# ---- format 6: the segment coder (format 2) under format 5's pipeline ----
+
+@pytest.mark.parametrize("profiled", ["predictors"], indirect=True)
+def test_format_6_closed_loop_reconstructs_what_the_decoder_gets(profiled, monkeypatch):
+    """The encoder predicts each tensor from the rows the decoder will have: index * step of what it coded,
+    bit for bit (segcode.quantize, then one float multiply), so the loop is closed exactly."""
+    from seqkv_edge.codecs.kv_lossy import tensor as lossy_tensor
+
+    llm, blob, state, rope, profile = profiled
+    encoded, decoded = {}, {}
+    encode, entropy_decode = lossy_tensor._Prepared.encode, lossy_tensor._entropy_decode
+
+    def spy_encode(self, scale, weights=None, residual=None, decoded_rows=False):
+        result = encode(self, scale, weights, residual, decoded_rows)
+        if decoded_rows:
+            encoded[self.name] = result[1].copy()
+        return result
+
+    def spy_decode(payload, tensor, coder=None):
+        body = entropy_decode(payload, tensor, coder)
+        decoded[tensor.name] = body.body.copy()
+        return body
+
+    monkeypatch.setattr(lossy_tensor._Prepared, "encode", spy_encode)
+    monkeypatch.setattr(codec_module, "_entropy_decode", spy_decode)
+    payloads, out, tensors = lossy_round_trip(state, blob, KVLossyCodec(bits=2.0, version=6), rope, profile)
+    assert {p[0] for p in payloads} == {6} and sum(p[1] & 8 != 0 for p in payloads) == len(payloads) - 1
+    assert encoded and set(encoded) <= set(decoded)
+    for name, rows in encoded.items():
+        assert np.array_equal(rows, decoded[name]), name
+
+
+@pytest.mark.parametrize("profiled", ["predictors"], indirect=True)
+@pytest.mark.parametrize("bits", [1.0, 2.0, 4.0])
+def test_format_6_rate_control_and_thread_count(profiled, monkeypatch, bits):
+    """Format 6 lands on the target rate, and neither the coding threads nor the decoding ones change a byte."""
+    llm, blob, state, rope, profile = profiled
+    n_values = sum(t.n_cells * t.n_channels for t in state.tensors())
+    runs = []
+    for cpus in (1, 3):
+        monkeypatch.setattr("os.cpu_count", lambda cpus=cpus: cpus)
+        payloads, out, tensors = lossy_round_trip(state, blob, KVLossyCodec(bits=bits, version=6), rope, profile)
+        runs.append((payloads, bytes(out)))
+    assert runs[0] == runs[1]
+    assert abs(8 * sum(map(len, runs[0][0])) / n_values / bits - 1) <= 0.05
+
+
+def test_device_is_a_setting_not_part_of_the_config(monkeypatch):
+    from seqkv_edge.codecs.kv_lossy import backend
+
+    assert KVLossyCodec(bits=2.0, version=6, device="cpu").get_config() == KVLossyCodec(bits=2.0, version=6).get_config()
+    assert "device" not in KVLossyCodec(bits=2.0, device="cuda").get_config()
+    with pytest.raises(ValueError, match="device"):
+        KVLossyCodec(bits=2.0, device="metal-ish")
+    assert isinstance(backend.for_state("auto", 10 << 20), backend.CpuSegments)  # small states stay on the CPU
+    monkeypatch.setattr(backend, "_cuda", None)
+    monkeypatch.setattr(backend.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="nvcc"):
+        backend.for_state("cuda", 10 << 20)
+    assert isinstance(backend.for_state("auto", 1 << 40), backend.CpuSegments)  # no CUDA: the CPU, silently
+
+
+@pytest.mark.parametrize("profiled", ["predictors"], indirect=True)
+def test_format_6_on_the_cuda_backend_gives_the_cpu_bytes(profiled, monkeypatch, tmp_path):
+    """device="cuda" runs the segment coder's kernels (here their host emulation): the same payloads, and each side
+    decodes the other's."""
+    import shutil
+
+    from seqkv_edge.codecs import segcode_cuda
+    from seqkv_edge.codecs.kv_lossy import backend
+
+    if not shutil.which("g++"):
+        pytest.skip("g++ is needed to build the kernels' host emulation")
+    llm, blob, state, rope, profile = profiled
+    cpu_payloads, cpu_out, _ = lossy_round_trip(state, blob, KVLossyCodec(bits=2.0, version=6, device="cpu"), rope,
+                                                profile)
+    emulated = segcode_cuda.CudaSegcode(segcode_cuda.build(tmp_path, emulate=True))
+    monkeypatch.setattr(backend, "_cuda", backend.CudaSegments(emulated))
+    gpu_payloads, gpu_out, _ = lossy_round_trip(state, blob, KVLossyCodec(bits=2.0, version=6, device="cuda"), rope,
+                                                profile)
+    assert gpu_payloads == cpu_payloads and bytes(gpu_out) == bytes(cpu_out)

@@ -40,7 +40,10 @@ on the default model (Qwen2.5-Coder-0.5B; ``benchmarks/lossy_kl_table.py``).
     >>> profile = load_or_build_profile(llm)  # format 2: model-derived bases  # doctest: +SKIP
     >>> payloads = codec.encode_state(state, rope_params(llm), profile=profile)  # doctest: +SKIP
 
-The payload of one tensor (formats 1 to 5) is described in ``codecs/kv_lossy/tensor.py``.
+Format 6 is format 5 with each coded stream in the segment coder's format 2 (``codecs/segcode.py``): per-channel
+static models, independent segments coded in parallel threads, or on a GPU (``device="cuda"``), to the same bytes.
+
+The payload of one tensor (formats 1 to 6) is described in ``codecs/kv_lossy/tensor.py``.
 """
 from __future__ import annotations
 
@@ -57,6 +60,8 @@ from ...state.values import store_values, tensor_values
 from ..registry import register_codec
 from ..base import StateCodec
 from .predict import ClosedLoop, coding_rank, forget_unused
+from . import backend
+from .backend import DEVICES
 from .profile import KVProfile
 from .weights import valid_weights
 from .tensor import FORMAT_VERSION, VERSIONS, _entropy_decode, _finish_tensor, _Prepared
@@ -142,7 +147,7 @@ class KVLossyCodec(StateCodec):
     needs_model = True
 
     def __init__(self, bits: float | None = None, max_kl: float | None = None, version: int = FORMAT_VERSION,
-                 weights: dict | None = None):
+                 weights: dict | None = None, device: str = "auto"):
         if (bits is None) == (max_kl is None):
             raise ValueError("KVLossyCodec: give exactly one of bits (target bits per value) or max_kl")
         if bits is not None and not 0.05 <= bits <= 16:
@@ -154,7 +159,11 @@ class KVLossyCodec(StateCodec):
         if weights is not None and not valid_weights(weights):
             raise ValueError("KVLossyCodec(weights=...): {'k': [per-layer step multipliers > 0, or per-head lists "
                              "of them], 'v': [...]}")
+        if device not in DEVICES:
+            raise ValueError(f"KVLossyCodec(device={device!r}): choose one of {DEVICES}")
         self.bits, self.max_kl, self.version = bits, max_kl, version
+        # format 6: where the segment coder runs; the bytes are the same on every device, so not in the config
+        self.device = device
         self.weights = None if weights is None else {k: list(ws) for k, ws in weights.items()}
         self.last_scale: float | None = None
 
@@ -175,9 +184,10 @@ class KVLossyCodec(StateCodec):
         if profile is not None and self.version < 2:
             raise ValueError("KVLossyCodec(version=1) cannot use a KV profile: profiles need format version 2")
         prepared, loops = [], []
+        coder = self._coder(state.tensors(), self.version)
         for sec in state.sections:
             for st in sec.streams:
-                stream = [_Prepared(t, st.positions, rope, profile, self.version) for t in st.k + st.v]
+                stream = [_Prepared(t, st.positions, rope, profile, self.version, coder) for t in st.k + st.v]
                 prepared += stream
                 if self.version >= 4 and profile is not None and profile.predictors:
                     loops.append(ClosedLoop(stream, profile))
@@ -216,6 +226,12 @@ class KVLossyCodec(StateCodec):
         logger.debug("kv_lossy: scale %.4g, %.3f bits per value", scale,
                      8 * sum(map(len, payloads)) / max(n_values, 1))
         return payloads
+
+    def _coder(self, tensors, version: int):
+        """The segment coder's backend (``device``) for format ``version`` (6: else None) and these tensors."""
+        if version < 6:
+            return None
+        return backend.for_state(self.device, sum(2 * t.n_cells * t.n_channels for t in tensors))
 
     def _search_coding(self, prepared, n_values: int, weights: dict | None) -> tuple[float, list]:
         """Formats 1 and 2: secant search coding the whole state at every step; the best step's payloads."""
@@ -295,13 +311,14 @@ class KVLossyCodec(StateCodec):
         order = sorted(range(len(tensors)), key=lambda i: (stream_index[tensors[i].section, tensors[i].stream],
                                                            *coding_rank(tensors[i].kind, tensors[i].depth)))
         n_threads = os.cpu_count() or 1
+        coder = self._coder(tensors, max((p[0] for p in payloads if len(p)), default=0))
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
             # the entropy decoding of every tensor is independent: it runs ahead in the pool (a few tensors, to bound
             # memory) while the predictions, which need the tensors before, follow in coding order here
             ahead, submitted = {}, 0
             for step, i in enumerate(order):
                 for j in order[submitted:step + 2 * n_threads + 1]:
-                    ahead[j] = pool.submit(_entropy_decode, payloads[j], tensors[j])
+                    ahead[j] = pool.submit(_entropy_decode, payloads[j], tensors[j], coder)
                     submitted += 1
                 tensor = tensors[i]
                 stream = stream_index[tensor.section, tensor.stream]

@@ -33,6 +33,12 @@ summation order, one IEEE operation at a time, no libm, so every CPU decodes the
 closed loop predicts exactly what they decode. Versions 1-4 decode through the same code (reproducible on every
 CPU from this release on; within float rounding of what earlier releases decoded, whose matrix products
 depended on the BLAS kernel of the CPU).
+
+Payload format version 6: the layout and pipeline of version 5; each coded stream is a segment coder stream of
+format 2 (``native/segcode.h``: per-channel static models in one table section, then independent segments of
+2,048 cells x 64 channels, 32 interleaved rANS lanes each), so CPU threads or GPU threads code it in parallel to
+the same bytes. Indices are ``round(x / step)`` with ties away from zero (``segcode.quantize``: one float
+multiply by ``1 / step``), and the decoder writes ``index * step``.
 """
 from __future__ import annotations
 
@@ -45,13 +51,15 @@ import numpy as np
 from ...detmath import per_head
 from ...errors import CorruptDataError, ModelMismatchError
 from ...native import check, require
+from .. import segcode
 from ...state.rope import apply_rope, rope_supported, undo_rope
 from ...state.values import rope_head_dim, store_values, tensor_values
+from .backend import CpuSegments
 from .predict import feature_keys, predict
 from .profile import DIGEST_BYTES, KVProfile, profile_for_digest
 
 FORMAT_VERSION = 5
-VERSIONS = (1, 2, 3, 4, 5)
+VERSIONS = (1, 2, 3, 4, 5, 6)
 _HEADER = struct.Struct("<BBHIIII")
 _HEADER2 = struct.Struct("<IeI")  # format 2: n_recent, recent_divisor, recent_coded_bytes
 _FLAG_ROPE, _FLAG_ROTATED, _FLAG_RECENT, _FLAG_PREDICTED = 1, 2, 4, 8
@@ -77,9 +85,11 @@ def _recent_rows(version: int, n_body: int) -> int:
 class _Prepared:
     """A tensor made ready to quantize at any scale: residuals, offsets, head rms, sink rows."""
 
-    def __init__(self, tensor, positions: np.ndarray, rope: dict | None, profile=None, version: int = FORMAT_VERSION):
+    def __init__(self, tensor, positions: np.ndarray, rope: dict | None, profile=None, version: int = FORMAT_VERSION,
+                 coder=None):
         x = tensor_values(tensor, rope)
         self.version = version
+        self.coder = coder if coder is not None else CpuSegments()  # format 6: where the segment coder runs
         # the profile, step weights and predictions know layers by depth: unique over a state's KV sections
         self.kind, self.name, self.layer = tensor.kind, tensor.name, tensor.depth
         self.roped = tensor.kind == "k" and rope_supported(rope)
@@ -141,7 +151,9 @@ class _Prepared:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         out = np.empty(rows.shape, np.float32)
         for part, div in _streams(split):
-            if rows[part].size:
+            if rows[part].size and self.version >= 6:
+                out[part] = segcode.dequantize(segcode.quantize(rows[part], inv * div), step / div)
+            elif rows[part].size:
                 lib.lossy3_reconstruct(ffi.from_buffer("float[]", rows[part]), rows[part].shape[0], self.n_channels,
                                        ffi.from_buffer("float[]", inv * div), ffi.from_buffer("float[]", step / div),
                                        ffi.from_buffer("float[]", out[part]))
@@ -157,7 +169,9 @@ class _Prepared:
         bits = 8.0 * self.side_bytes
         if sample is None:
             for rows, row_inv in self._parts(inv):
-                if rows.size:
+                if rows.size and self.version >= 6:
+                    bits += segcode.cost(rows, row_inv, row_every)
+                elif rows.size:
                     bits += lib.lossy3_cost(ffi.from_buffer("float[]", rows), rows.shape[0], self.n_channels,
                                             ffi.from_buffer("float[]", row_inv), row_every)
             return bits
@@ -165,7 +179,9 @@ class _Prepared:
         sampled_older = -(-self.n_older // row_every)  # the sampled rows of the older cells come first
         for (part, div), n_rows in zip(_streams(sampled_older), (self.n_older, self.n_recent)):
             rows, row_inv = sample[part], inv * div
-            if rows.size:
+            if rows.size and self.version >= 6:
+                bits += segcode.cost_sample(rows, row_inv, n_rows)
+            elif rows.size:
                 bits += lib.lossy3_cost_sample(ffi.from_buffer("float[]", rows), rows.shape[0], self.n_channels,
                                                ffi.from_buffer("float[]", row_inv), n_rows)
         return bits
@@ -179,7 +195,11 @@ class _Prepared:
         inv = np.float32(1.0) / step.astype(np.float32)
         rows = self.body if residual is None else residual
         out = np.empty(rows.shape, np.float32) if decoded else None
-        if self.version >= 3:
+        if self.version >= 6:
+            older, recent = (self._code_rows6(rows[part], inv * div, step.astype(np.float32) / div,
+                                              None if out is None else out[part])
+                             for part, div in _streams(self.n_older))
+        elif self.version >= 3:
             older, recent = (self._code_rows3(rows[part], inv * div, step.astype(np.float32) / div,
                                               None if out is None else out[part])
                              for part, div in _streams(self.n_older))
@@ -197,6 +217,16 @@ class _Prepared:
         payload = b"".join([header, digest, self.offset.tobytes(), step.tobytes(),
                             self.sink_rows.tobytes(), self.sink_values.tobytes(), older, recent])
         return (payload, out) if decoded else payload
+
+    def _code_rows6(self, rows: np.ndarray, inv: np.ndarray, step: np.ndarray, out: np.ndarray | None) -> bytes:
+        """Format 6: quantize ``rows`` (``segcode.quantize``) and segment-code the indices (format 2) on the codec's
+        device; ``out`` (if given) receives ``index * step``, what the decoder gets back."""
+        if not rows.size:
+            return b""
+        q = segcode.quantize(rows, inv)
+        if out is not None:
+            out[...] = segcode.dequantize(q, step)
+        return self.coder.encode(q)
 
     def _code_rows3(self, rows: np.ndarray, inv: np.ndarray, step: np.ndarray, out: np.ndarray | None) -> bytes:
         """Format 3: quantize ``rows`` with steps ``1 / inv`` and code them (native, static per-channel models);
@@ -244,10 +274,19 @@ def _scratch(n_bytes: int) -> np.ndarray:
     return buf
 
 
-def _decode_rows(version: int, coded, n_rows: int, n_ch: int, step: np.ndarray, out: np.ndarray, name: str) -> None:
+def _decode_rows(version: int, coded, n_rows: int, n_ch: int, step: np.ndarray, out: np.ndarray, name: str,
+                 coder=None) -> None:
     """Entropy-decode one stream of ``n_rows`` cells and write ``index * step`` into ``out`` (float32 rows)."""
     ffi, lib = require()
     if not n_rows * n_ch and not len(coded):
+        return
+    if version >= 6:
+        if not n_rows * n_ch:
+            raise CorruptDataError(f"decoding {name}: {len(coded)} coded bytes for no cells")
+        try:
+            (coder or CpuSegments()).decode_f32(coded, n_rows, n_ch, np.ascontiguousarray(step, np.float32), out)
+        except (CorruptDataError, ValueError) as exc:
+            raise CorruptDataError(f"decoding {name}: the segment-coded indices are corrupt ({exc})") from exc
         return
     if version >= 3:
         rc = lib.lossy3_decode(ffi.from_buffer("uint8_t[]", coded), len(coded), n_rows, n_ch,
@@ -284,8 +323,9 @@ class _Body(NamedTuple):
     body: np.ndarray
 
 
-def _entropy_decode(payload, tensor) -> _Body:
-    """Check a payload's header against ``tensor`` and entropy-decode its body (independent of other tensors)."""
+def _entropy_decode(payload, tensor, coder=None) -> _Body:
+    """Check a payload's header against ``tensor`` and entropy-decode its body (independent of other tensors);
+    ``coder``: where format 6's segment coder runs (default: the CPU)."""
     buf = memoryview(payload).cast("B")
     if len(buf) < _HEADER.size:
         raise CorruptDataError(f"decoding {tensor.name}: lossy payload of {len(buf)} bytes is truncated")
@@ -324,9 +364,10 @@ def _entropy_decode(payload, tensor) -> _Body:
         raise CorruptDataError(f"decoding {tensor.name}: sink rows out of range or repeated")
     n_body, n_older = n_cells - n_sink, n_coded - n_coded_recent
     body = np.empty((n_body, n_ch), np.float32)
-    _decode_rows(version, parts[4][:n_older], n_body - n_recent, n_ch, step, body[:n_body - n_recent], tensor.name)
+    _decode_rows(version, parts[4][:n_older], n_body - n_recent, n_ch, step, body[:n_body - n_recent], tensor.name,
+                 coder)
     _decode_rows(version, parts[4][n_older:], n_recent, n_ch, step / np.float32(divisor), body[n_body - n_recent:],
-                 tensor.name)
+                 tensor.name, coder)
     return _Body(flags, n_heads, digest, offset, sink_rows, parts[3], body)
 
 

@@ -1,0 +1,137 @@
+"""Where format 6 of the lossy codec entropy-codes: the segment coder (format 2) on the CPU or on an NVIDIA GPU.
+
+Both backends run the same per-segment C core (``native/segcode_core.h``) and give the same bytes, so the device
+is a setting of the machine, never of the stream: ``KVLossyCodec(device=...)`` leaves the codec config alone.
+
+- ``"cpu"``: :mod:`seqkv_edge.codecs.segcode`, segments split across threads;
+- ``"cuda"``: :mod:`seqkv_edge.codecs.segcode_cuda`'s kernels, compiled with nvcc at first use into
+  ``$SEQKV_HOME/segcode_cuda`` (needs the CUDA toolkit and a GPU);
+- ``"auto"``: the GPU when one is usable and the state holds more than :data:`AUTO_CUDA_BYTES` of KV, else the CPU.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import CorruptDataError
+from .. import segcode
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+AUTO_CUDA_BYTES = 256 << 20  # below this the copies to and from the GPU cost more than the CPU coder
+SEGMENT_FORMAT = 2
+
+__all__ = ["DEVICES", "AUTO_CUDA_BYTES", "CpuSegments", "CudaSegments", "cuda_segments", "for_state"]
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity where the platform says), at least one."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class CpuSegments:
+    """The segment coder on this machine's cores (``threads`` None: all of them)."""
+
+    device = "cpu"
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads if threads is not None else _usable_cores()
+
+    def encode(self, q: np.ndarray) -> bytes:
+        return segcode.encode(q, threads=self.threads, format=SEGMENT_FORMAT)
+
+    def decode_f32(self, buf, n_rows: int, n_channels: int, step: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return segcode.decode_f32(buf, n_rows, n_channels, step, threads=self.threads, out=out)
+
+
+class CudaSegments:
+    """The segment coder's kernels (``segcode_cuda.CudaSegcode``) behind the same two calls as :class:`CpuSegments`."""
+
+    device = "cuda"
+
+    def __init__(self, coder):
+        self.coder = coder
+        # one call at a time: each runs synchronously on the default stream (and the host emulation of the
+        # kernels keeps its grid in globals)
+        self._lock = threading.Lock()
+
+    def encode(self, q: np.ndarray) -> bytes:
+        with self._lock:
+            return self.coder.encode(q, format=SEGMENT_FORMAT)
+
+    def decode_f32(self, buf, n_rows: int, n_channels: int, step: np.ndarray, out: np.ndarray) -> np.ndarray:
+        with self._lock:
+            try:
+                out[...] = self.coder.decode_f32(bytes(buf), n_rows, n_channels, step)
+            except RuntimeError as exc:
+                if "corrupt" in str(exc) or "another shape" in str(exc):
+                    raise CorruptDataError(str(exc)) from exc
+                raise
+        return out
+
+
+_cuda_lock = threading.Lock()
+_cuda: CudaSegments | None = None
+
+
+def _library_dir() -> Path:
+    from ...models import seqkv_home
+
+    return seqkv_home() / "segcode_cuda"
+
+
+def cuda_segments() -> CudaSegments:
+    """The CUDA backend, built on first use; ``RuntimeError`` saying what is missing when there is none."""
+    global _cuda
+    with _cuda_lock:
+        if _cuda is not None:
+            return _cuda
+        from .. import segcode_cuda
+
+        if shutil.which("nvcc") is None:
+            raise RuntimeError("KVLossyCodec(device='cuda'): nvcc (the CUDA toolkit) is not on PATH; install it, or "
+                               "use device='cpu' (the same bytes)")
+        out_dir = _library_dir()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        library = out_dir / "libsegcode_cuda.so"
+        source = segcode_cuda.SOURCE
+        if not library.exists() or library.stat().st_mtime < max(source.stat().st_mtime,
+                                                                 (source.parent / "segcode_core.h").stat().st_mtime):
+            logger.info("building the segment coder's CUDA kernels into %s", out_dir)
+            library = segcode_cuda.build(out_dir)
+        coder = segcode_cuda.CudaSegcode(library)
+        n_gpus = coder.device_count()
+        if n_gpus < 1:
+            raise RuntimeError("KVLossyCodec(device='cuda'): the CUDA runtime finds no GPU "
+                               f"(cudaGetDeviceCount: {n_gpus}); use device='cpu' (the same bytes)")
+        _cuda = CudaSegments(coder)
+        return _cuda
+
+
+def _cuda_usable() -> bool:
+    if os.environ.get("SEQKV_NO_CUDA") or shutil.which("nvcc") is None:
+        return False
+    try:
+        cuda_segments()
+    except (RuntimeError, OSError) as exc:
+        logger.debug("no CUDA backend: %s", exc)
+        return False
+    return True
+
+
+def for_state(device: str, kv_bytes: int, threads: int | None = None):
+    """The backend ``device`` names for a state of ``kv_bytes`` bytes of KV (``"auto"``: see the module)."""
+    if device == "cpu" or (device == "auto" and (kv_bytes <= AUTO_CUDA_BYTES or not _cuda_usable())):
+        return CpuSegments(threads)
+    if device in ("cuda", "auto"):
+        return cuda_segments()
+    raise ValueError(f"device={device!r}: choose one of {DEVICES}")
