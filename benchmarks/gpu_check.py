@@ -56,7 +56,7 @@ class CpuSegcode:
                            "segc_encode_f32": [p, p, u32, u32, p, i64, c_int],
                            "segc_decode": [p, i64, u32, u32, p, c_int],
                            "segc2_encode_bound": [u32, u32], "segc2_encode": [p, u32, u32, p, i64, c_int],
-                           "segc2_encode_f32": [p, p, u32, u32, p, i64, c_int],
+                           "segc2_encode_f32": [p, p, u32, u32, p, i64, c_int, p, p],
                            "segc2_decode": [p, i64, u32, u32, p, c_int]}.items():
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = args, i64
@@ -80,7 +80,7 @@ class CpuSegcode:
         cap = self._fn("encode_bound", format)(*x.shape)
         out = np.empty(cap, dtype=np.uint8)
         n = self._fn("encode_f32", format)(x.ctypes.data, inv_step.ctypes.data, x.shape[0], x.shape[1],
-                                           out.ctypes.data, cap, self.threads)
+                                           out.ctypes.data, cap, self.threads, *((None, None) if format == 2 else ()))
         if n < 0:
             raise RuntimeError(f"cpu encode_f32: code {n}")
         return out[:n].tobytes()

@@ -47,7 +47,9 @@ struct segc_job {
     Segc2Stats *stats;         /* per segment, per channel of it (SEGC2_CHANNELS each) */
     Segc2Params *params;       /* per channel */
     Segc2Model *models;        /* per channel */
-    int32_t *q_work;           /* encode_f32: the quantized tensor */
+    int32_t *q_work;           /* encode: the indices, each segment's column by column */
+    const float *rec_step;     /* encode_f32: the steps of ... */
+    float *rec;                /* ... the values the decoder gives back, when wanted */
 };
 
 typedef struct {
@@ -298,26 +300,59 @@ int64_t segc2_encode_bound(uint32_t n_cells, uint32_t n_channels)
     return n_seg < 0 ? n_seg : segc2_slots_at(n_channels, n_seg) + n_seg * (int64_t)SEGC2_SEGMENT_BOUND;
 }
 
-static const int32_t *segc2_indices(const segc_job *job)
+/* a segment's indices in the work buffer: column by column, at cell0 * n_channels + ch0 * h (the segments of a
+ * tensor tile it) */
+static int32_t *segc2_work(const segc_job *job, uint32_t cell0, uint32_t ch0, uint32_t h)
 {
-    return job->q_work ? job->q_work : job->q;
+    return job->q_work + (uint64_t)cell0 * job->n_channels + (uint64_t)ch0 * h;
 }
 
-/* pass 1: quantize (encode_f32) and count a segment's channels */
+#define SEGC2_TILE 32 /* rows quantized and counted row by row, then stored column by column */
+
+/* pass 1: a segment's indices (quantized from fx, or q) into the work buffer, column by column, counted; with
+ * rec, the values the decoder gives back (index * rec_step) too */
 static int64_t segc2_count_segment(const segc_job *job, int64_t seg, int32_t *scratch)
 {
-    uint32_t cell0, ch0, h, w;
+    uint32_t cell0, ch0, h, w, bad = 0;
+    int32_t tile[SEGC2_TILE][SEGC2_CHANNELS];
     (void)scratch;
     segc2_segment_geometry(job->n_cells, job->n_channels, (uint32_t)seg, &cell0, &ch0, &h, &w);
-    if (job->q_work)
-        for (uint32_t r = 0; r < h; r++) {
-            const float *row = job->fx + (uint64_t)(cell0 + r) * job->n_channels + ch0;
-            int32_t *out = job->q_work + (uint64_t)(cell0 + r) * job->n_channels + ch0;
-            for (uint32_t k = 0; k < w; k++)
-                out[k] = segc_quantize_value(row[k], job->fscale[ch0 + k]);
+    int32_t *work = segc2_work(job, cell0, ch0, h);
+    Segc2Stats *stats = job->stats + (uint64_t)seg * SEGC2_CHANNELS;
+    for (uint32_t k = 0; k < w; k++)
+        segc2_stats_clear(&stats[k]);
+    for (uint32_t r0 = 0; r0 < h; r0 += SEGC2_TILE) {
+        uint32_t rows = h - r0 < SEGC2_TILE ? h - r0 : SEGC2_TILE;
+        for (uint32_t t = 0; t < rows; t++) {
+            uint64_t at = (uint64_t)(cell0 + r0 + t) * job->n_channels + ch0;
+            int32_t *v = tile[t];
+            if (job->fx) {
+                const float *restrict x = job->fx + at, *restrict inv = job->fscale + ch0;
+                for (uint32_t k = 0; k < w; k++)
+                    v[k] = segc_quantize_value(x[k], inv[k]);
+            }
+            else
+                for (uint32_t k = 0; k < w; k++)
+                    v[k] = job->q[at + k];
+            for (uint32_t k = 0; k < w; k++) {
+                uint32_t m = (uint32_t)(v[k] < 0 ? -(int64_t)v[k] : v[k]);
+                bad |= m > SEGC_MAX_ABS;
+                stats[k].hist[m < SEGC2_KMAX ? m : SEGC2_KMAX]++;
+                if (m >= SEGC2_KMAX && m <= SEGC_MAX_ABS)
+                    stats[k].esc_bits += 5 + segc2_escape_length(m);
+            }
+            if (job->rec) {
+                float *restrict rec = job->rec + at;
+                const float *restrict step = job->rec_step + ch0;
+                for (uint32_t k = 0; k < w; k++)
+                    rec[k] = segc_dequantize_value(v[k], step[k]);
+            }
         }
-    return segc2_count_block(segc2_indices(job) + (uint64_t)cell0 * job->n_channels + ch0, job->n_channels, h, w,
-                             job->stats + (uint64_t)seg * SEGC2_CHANNELS);
+        for (uint32_t k = 0; k < w; k++)
+            for (uint32_t t = 0; t < rows; t++)
+                work[(uint64_t)k * h + r0 + t] = tile[t][k];
+    }
+    return bad ? SKV_ERR_UNSUPPORTED : SKV_OK;
 }
 
 /* pass 2, one channel: its statistics over the cell blocks in order, its model */
@@ -348,8 +383,7 @@ static int64_t segc2_encode_segment(const segc_job *job, int64_t seg, int32_t *s
     uint32_t cell0, ch0, h, w;
     (void)scratch;
     segc2_segment_geometry(job->n_cells, job->n_channels, (uint32_t)seg, &cell0, &ch0, &h, &w);
-    return segc2_encode_block(segc2_indices(job) + (uint64_t)cell0 * job->n_channels + ch0, job->n_channels, h, w,
-                              job->models + ch0, segc2_slot(job, seg));
+    return segc2_encode_block(segc2_work(job, cell0, ch0, h), 1, h, h, w, job->models + ch0, segc2_slot(job, seg));
 }
 
 /* the first failing item's error (the same whatever the thread count), or SKV_OK */
@@ -374,10 +408,8 @@ static int64_t segc2_encode_job(segc_job *job, int n_threads, int64_t dst_cap)
     job->stats = (Segc2Stats *)malloc(sizeof(Segc2Stats) * (size_t)n_seg * SEGC2_CHANNELS);
     job->params = (Segc2Params *)malloc(sizeof(Segc2Params) * job->n_channels);
     job->models = (Segc2Model *)malloc(sizeof(Segc2Model) * job->n_channels);
-    if (job->fx)
-        job->q_work = (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
-    rc = job->result && job->stats && job->params && job->models && (!job->fx || job->q_work) ? SKV_OK
-                                                                                               : SKV_ERR_MEMORY;
+    job->q_work = (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
+    rc = job->result && job->stats && job->params && job->models && job->q_work ? SKV_OK : SKV_ERR_MEMORY;
     if (rc == SKV_OK) {
         job->fn = segc2_count_segment;
         rc = segc_run(job, n_seg, n_threads, 0);
@@ -427,12 +459,14 @@ int64_t segc2_encode(const int32_t *q, uint32_t n_cells, uint32_t n_channels, ui
 }
 
 int64_t segc2_encode_f32(const float *x, const float *inv_step, uint32_t n_cells, uint32_t n_channels,
-                         uint8_t *dst, int64_t dst_cap, int n_threads)
+                         uint8_t *dst, int64_t dst_cap, int n_threads, const float *step, float *rec)
 {
     segc_job job;
     memset(&job, 0, sizeof(job));
-    if (!x || !inv_step || !dst)
+    if (!x || !inv_step || !dst || (rec && !step))
         return SKV_ERR_ARGUMENT;
+    job.rec_step = step;
+    job.rec = rec;
     job.n_cells = n_cells;
     job.n_channels = n_channels;
     job.fx = x;
@@ -449,16 +483,29 @@ static int64_t segc2_decode_segment(const segc_job *job, int64_t seg, int32_t *s
     segc2_segment_geometry(job->n_cells, job->n_channels, (uint32_t)seg, &cell0, &ch0, &h, &w);
     const uint8_t *body = job->src + job->offsets[seg];
     uint32_t size = (uint32_t)(job->offsets[seg + 1] - job->offsets[seg]);
-    if (!job->x_out)
-        return segc2_decode_block(body, size, h, w, job->models + ch0,
-                                  job->q_out + (uint64_t)cell0 * job->n_channels + ch0, job->n_channels);
-    int32_t rc = segc2_decode_block(body, size, h, w, job->models + ch0, scratch, w);
+    int32_t rc = segc2_decode_block(body, size, h, w, job->models + ch0, scratch, 1, h); /* column by column */
     if (rc != SKV_OK)
         return rc;
-    for (uint32_t r = 0; r < h; r++) {
-        float *row = job->x_out + (uint64_t)(cell0 + r) * job->n_channels + ch0;
+    for (uint32_t r0 = 0; r0 < h; r0 += SEGC2_TILE) { /* back to rows, a tile at a time */
+        int32_t tile[SEGC2_TILE][SEGC2_CHANNELS];
+        uint32_t rows = h - r0 < SEGC2_TILE ? h - r0 : SEGC2_TILE;
         for (uint32_t k = 0; k < w; k++)
-            row[k] = segc_dequantize_value(scratch[r * w + k], job->fscale[ch0 + k]);
+            for (uint32_t t = 0; t < rows; t++)
+                tile[t][k] = scratch[k * h + r0 + t];
+        for (uint32_t t = 0; t < rows; t++) {
+            uint64_t at = (uint64_t)(cell0 + r0 + t) * job->n_channels + ch0;
+            const int32_t *restrict v = tile[t];
+            if (job->x_out) {
+                float *restrict out = job->x_out + at;
+                const float *restrict step = job->fscale + ch0;
+                for (uint32_t k = 0; k < w; k++)
+                    out[k] = segc_dequantize_value(v[k], step[k]);
+            } else {
+                int32_t *restrict out = job->q_out + at;
+                for (uint32_t k = 0; k < w; k++)
+                    out[k] = v[k];
+            }
+        }
     }
     return SKV_OK;
 }
@@ -490,7 +537,7 @@ static int64_t segc2_decode_job(segc_job *job, int64_t src_len, int n_threads)
         rc = segc_run(job, job->n_channels, n_threads, 0);
         job->offsets = offsets;
         job->fn = segc2_decode_segment;
-        rc = rc == SKV_OK ? segc_run(job, n_seg, n_threads, job->x_out != NULL) : rc;
+        rc = rc == SKV_OK ? segc_run(job, n_seg, n_threads, 1) : rc;
         rc = rc == SKV_OK ? segc_first_error(job->result, n_seg) : rc;
         if (rc == SKV_OK)
             rc = total;

@@ -58,8 +58,9 @@ int64_t segc2_segment_count(uint32_t n_cells, uint32_t n_channels);
 int64_t segc2_encode_bound(uint32_t n_cells, uint32_t n_channels);
 int64_t segc2_encode(const int32_t *q, uint32_t n_cells, uint32_t n_channels, uint8_t *dst, int64_t dst_cap,
                      int n_threads);
+/* rec, when not NULL, receives index * step[channel]: what the decoder gives back (a closed loop's prediction) */
 int64_t segc2_encode_f32(const float *x, const float *inv_step, uint32_t n_cells, uint32_t n_channels,
-                         uint8_t *dst, int64_t dst_cap, int n_threads);
+                         uint8_t *dst, int64_t dst_cap, int n_threads, const float *step, float *rec);
 int64_t segc2_decode(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels, int32_t *q,
                      int n_threads);
 int64_t segc2_decode_f32(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,

@@ -895,13 +895,13 @@ SEGC_FN void segc2_enc_escape(uint32_t *x, uint8_t **pp, int32_t v)
 }
 
 /*
- * Codes the h x w block at q (row stride `stride`) with the models of its channels (models[0 .. w - 1]) into
+ * Codes the h x w block at q (value (r, c) at q[r * stride + c * col_stride]) with the models of its channels (models[0 .. w - 1]) into
  * slot (SEGC2_SEGMENT_BOUND bytes, scratch as in format 1). Returns the body's byte count. The indices must
  * lie in the models' range (they were counted into the statistics the models were fitted to). Format 2 takes
  * a segment's values column by column: value i is row i % h of column i / h, coded by lane i % SEGC2_LANES,
  * so the lanes of a group mostly share one model.
  */
-SEGC_FN int32_t segc2_encode_block(const int32_t *q, uint32_t stride, uint32_t h, uint32_t w,
+SEGC_FN int32_t segc2_encode_block(const int32_t *q, uint32_t stride, uint32_t col_stride, uint32_t h, uint32_t w,
                                    const Segc2Model *models, uint8_t *slot)
 {
     uint32_t x[SEGC2_LANES], r, c, j, s;
@@ -922,7 +922,7 @@ SEGC_FN int32_t segc2_encode_block(const int32_t *q, uint32_t stride, uint32_t h
         r = base % h;
         if (m == SEGC2_LANES && r + SEGC2_LANES <= h) { /* one column: one model */
             const Segc2Model *t = &models[c];
-            const int32_t *in = q + (uint64_t)r * stride + c;
+            const int32_t *in = q + (uint64_t)r * stride + (uint64_t)c * col_stride;
             for (j = 0; j < SEGC2_LANES; j++) {
                 v[j] = in[(uint64_t)j * stride];
                 escaped |= (uint32_t)(v[j] < 0 ? -v[j] : v[j]) >= t->k;
@@ -936,7 +936,7 @@ SEGC_FN int32_t segc2_encode_block(const int32_t *q, uint32_t stride, uint32_t h
             }
         } else {
             for (j = 0; j < m; j++) {
-                v[j] = q[(uint64_t)r * stride + c];
+                v[j] = q[(uint64_t)r * stride + (uint64_t)c * col_stride];
                 col[j] = c;
                 escaped |= (uint32_t)(v[j] < 0 ? -v[j] : v[j]) >= models[c].k;
                 if (++r == h) {
@@ -1014,11 +1014,12 @@ SEGC_FN int32_t segc2_symbol_value(uint32_t s)
 }
 
 /*
- * Decodes a segment body of `size` bytes into the h x w block at q (row stride `stride`) with the models of
- * its channels; reads nothing outside [body, body + size). SKV_OK or SKV_ERR_CORRUPT.
+ * Decodes a segment body of `size` bytes into the h x w block at q (value (r, c) at q[r * stride + c *
+ * col_stride]) with the models of its channels; reads nothing outside [body, body + size). SKV_OK or SKV_ERR_CORRUPT.
  */
 SEGC_FN int32_t segc2_decode_block(const uint8_t *body, uint32_t size, uint32_t h, uint32_t w,
-                                   const Segc2Model *models, int32_t *q, uint32_t stride)
+                                   const Segc2Model *models, int32_t *q, uint32_t stride,
+                                   uint32_t col_stride)
 {
     uint32_t x[SEGC2_LANES], sym[SEGC2_LANES], col[SEGC2_LANES], r, c, s, j;
     int any = 0, err = 0;
@@ -1029,7 +1030,7 @@ SEGC_FN int32_t segc2_decode_block(const uint8_t *body, uint32_t size, uint32_t 
             return SKV_ERR_CORRUPT;
         for (r = 0; r < h; r++)
             for (c = 0; c < w; c++)
-                q[(uint64_t)r * stride + c] = 0;
+                q[(uint64_t)r * stride + (uint64_t)c * col_stride] = 0;
         return SKV_OK;
     }
     if (size < 4 * SEGC2_LANES)
@@ -1047,7 +1048,7 @@ SEGC_FN int32_t segc2_decode_block(const uint8_t *body, uint32_t size, uint32_t 
         if (m == SEGC2_LANES && r + SEGC2_LANES <= h && end - p >= 2 * SEGC2_LANES) {
             /* one column, one model, room for every word pass 1 can take: no bounds checks */
             const Segc2Model *t = &models[c];
-            int32_t *out = q + (uint64_t)r * stride + c;
+            int32_t *out = q + (uint64_t)r * stride + (uint64_t)c * col_stride;
             for (j = 0; j < SEGC2_LANES; j++) {
                 uint32_t v = x[j], slot = v & (SEGC_TOTFREQ - 1u);
                 s = t->lut[slot];
@@ -1086,7 +1087,7 @@ SEGC_FN int32_t segc2_decode_block(const uint8_t *body, uint32_t size, uint32_t 
             }
         }
         for (j = 0; j < m; j++) { /* pass 2: raw bits of the escaped ones, lane by lane */
-            q[(uint64_t)r * stride + c] = escaped && sym[j] == models[col[j]].esc
+            q[(uint64_t)r * stride + (uint64_t)c * col_stride] = escaped && sym[j] == models[col[j]].esc
                                               ? segc2_dec_escape(&x[j], &p, end, &err)
                                               : segc2_symbol_value(sym[j]);
             if (++r == h) {

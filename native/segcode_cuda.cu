@@ -107,7 +107,7 @@ __global__ void segc2_encode_kernel(const int32_t *q, uint32_t n_cells, uint32_t
     if (seg >= n_segments)
         return;
     segc2_segment_geometry(n_cells, n_channels, seg, &cell0, &ch0, &h, &w);
-    sizes[seg] = segc2_encode_block(q + (uint64_t)cell0 * n_channels + ch0, n_channels, h, w, models + ch0,
+    sizes[seg] = segc2_encode_block(q + (uint64_t)cell0 * n_channels + ch0, n_channels, 1, h, w, models + ch0,
                                     slots + (uint64_t)seg * SEGC2_SEGMENT_BOUND);
 }
 
@@ -120,7 +120,7 @@ __global__ void segc2_decode_kernel(const uint8_t *src, const uint64_t *offsets,
         return;
     segc2_segment_geometry(n_cells, n_channels, seg, &cell0, &ch0, &h, &w);
     status[seg] = segc2_decode_block(src + offsets[seg], (uint32_t)(offsets[seg + 1] - offsets[seg]), h, w,
-                                     models + ch0, q + (uint64_t)cell0 * n_channels + ch0, n_channels);
+                                     models + ch0, q + (uint64_t)cell0 * n_channels + ch0, n_channels, 1);
 }
 
 __global__ void segc_quantize_kernel(const float *x, const float *inv_step, uint64_t n, uint32_t n_channels,

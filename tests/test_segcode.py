@@ -253,3 +253,18 @@ def test_format_2_damaged_streams_raise_cleanly():
             segcode.decode(bytes(bad), 2300, 130)
     with pytest.raises(CorruptDataError, match="another shape"):
         segcode.decode(stream, 2300, 131)
+
+
+def test_format_2_encode_f32_gives_back_what_the_decoder_gives():
+    """encode_f32(..., step, out): out receives index * step in the coding pass, bit for bit decode_f32's values."""
+    rng = np.random.default_rng(17)
+    x = (rng.standard_normal((2300, 70)) * np.exp(rng.uniform(-1, 2, 70))).astype(np.float32)
+    inv_step = rng.uniform(0.5, 4.0, 70).astype(np.float32)
+    step = (1.0 / inv_step).astype(np.float32)
+    out = np.empty_like(x)
+    stream = segcode.encode_f32(x, inv_step, threads=2, format=2, step=step, out=out)
+    assert stream == segcode.encode_f32(x, inv_step, format=2)
+    assert np.array_equal(out, segcode.decode_f32(stream, 2300, 70, step))
+    assert np.array_equal(out, segcode.dequantize(segcode.quantize(x, inv_step), step))
+    with pytest.raises(ValueError):
+        segcode.encode_f32(x, inv_step, format=1, step=step, out=out)

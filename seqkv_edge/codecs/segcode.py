@@ -104,21 +104,36 @@ def encode(q: np.ndarray, threads: int | None = None, format: int = 1) -> bytes:
     return out[:n].tobytes()
 
 
-def encode_f32(x: np.ndarray, inv_step, threads: int | None = None, format: int = 1) -> bytes:
-    """Quantize float32 x (index = round(x * inv_step[channel]), ties away from zero) and code it."""
+def encode_f32(x: np.ndarray, inv_step, threads: int | None = None, format: int = 1, step=None,
+               out: np.ndarray | None = None) -> bytes:
+    """Quantize float32 x (index = round(x * inv_step[channel]), ties away from zero) and code it. Format 2 with
+    ``step`` and ``out`` (float32, x's shape): ``out`` also receives ``index * step[channel]`` (what
+    :func:`decode_f32` gives back), in the same pass."""
     ffi, lib = require()
     x = _matrix(x, np.float32, "x")
     n_cells, n_channels = x.shape
     inv_step = _per_channel(inv_step, n_channels, "inv_step")
     doing = f"segment-coding a {n_cells} x {n_channels} float32 matrix"
-    bound_fn, encode_fn = ((lib.segc_encode_bound, lib.segc_encode_f32) if _format(format) == 1
-                           else (lib.segc2_encode_bound, lib.segc2_encode_f32))
-    bound = _check(bound_fn(n_cells, n_channels), doing)
-    out = _scratch(bound)
-    n = _check(encode_fn(ffi.cast("const float *", ffi.from_buffer(x)),
-                         ffi.cast("const float *", ffi.from_buffer(inv_step)), n_cells, n_channels,
-                         ffi.from_buffer(out), bound, _threads(threads)), doing)
-    return out[:n].tobytes()
+    if (step is None) != (out is None) or (out is not None and _format(format) != 2):
+        raise ValueError("encode_f32: step and out go together, with format 2")
+    x_ptr, inv_ptr = ffi.cast("const float *", ffi.from_buffer(x)), ffi.cast("const float *", ffi.from_buffer(inv_step))
+    if _format(format) == 1:
+        bound = _check(lib.segc_encode_bound(n_cells, n_channels), doing)
+        buf = _scratch(bound)
+        n = _check(lib.segc_encode_f32(x_ptr, inv_ptr, n_cells, n_channels, ffi.from_buffer(buf), bound,
+                                       _threads(threads)), doing)
+        return buf[:n].tobytes()
+    step_ptr, rec_ptr = ffi.NULL, ffi.NULL
+    if out is not None:
+        step = _per_channel(step, n_channels, "step")
+        out = _decode_out(out, n_cells, n_channels, np.float32)
+        step_ptr = ffi.cast("const float *", ffi.from_buffer(step))
+        rec_ptr = ffi.cast("float *", ffi.from_buffer(out, require_writable=True))
+    bound = _check(lib.segc2_encode_bound(n_cells, n_channels), doing)
+    buf = _scratch(bound)
+    n = _check(lib.segc2_encode_f32(x_ptr, inv_ptr, n_cells, n_channels, ffi.from_buffer(buf), bound,
+                                    _threads(threads), step_ptr, rec_ptr), doing)
+    return buf[:n].tobytes()
 
 
 _thread_scratch = threading.local()

@@ -46,8 +46,15 @@ class CpuSegments:
     def __init__(self, threads: int | None = None):
         self.threads = threads if threads is not None else _usable_cores()
 
-    def encode(self, q: np.ndarray) -> bytes:
-        return segcode.encode(q, threads=self.threads, format=SEGMENT_FORMAT)
+    def encode_rows(self, rows: np.ndarray, inv_step: np.ndarray, step: np.ndarray, out: np.ndarray | None) -> bytes:
+        """Quantize ``rows`` with ``inv_step`` and code the indices; ``out`` receives ``index * step`` (one pass)."""
+        if out is None:
+            return segcode.encode_f32(rows, inv_step, threads=self.threads, format=SEGMENT_FORMAT)
+        rec = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
+        coded = segcode.encode_f32(rows, inv_step, threads=self.threads, format=SEGMENT_FORMAT, step=step, out=rec)
+        if rec is not out:
+            out[...] = rec
+        return coded
 
     def decode_f32(self, buf, n_rows: int, n_channels: int, step: np.ndarray, out: np.ndarray) -> np.ndarray:
         return segcode.decode_f32(buf, n_rows, n_channels, step, threads=self.threads, out=out)
@@ -64,9 +71,13 @@ class CudaSegments:
         # kernels keeps its grid in globals)
         self._lock = threading.Lock()
 
-    def encode(self, q: np.ndarray) -> bytes:
+    def encode_rows(self, rows: np.ndarray, inv_step: np.ndarray, step: np.ndarray, out: np.ndarray | None) -> bytes:
+        """As :meth:`CpuSegments.encode_rows`: the kernels quantize and code; ``out`` is computed here (the same
+        ``segcode`` arithmetic)."""
+        if out is not None:
+            out[...] = segcode.dequantize(segcode.quantize(rows, inv_step), step)
         with self._lock:
-            return self.coder.encode(q, format=SEGMENT_FORMAT)
+            return self.coder.encode_f32(rows, inv_step, format=SEGMENT_FORMAT)
 
     def decode_f32(self, buf, n_rows: int, n_channels: int, step: np.ndarray, out: np.ndarray) -> np.ndarray:
         with self._lock:

@@ -223,10 +223,7 @@ class _Prepared:
         device; ``out`` (if given) receives ``index * step``, what the decoder gets back."""
         if not rows.size:
             return b""
-        q = segcode.quantize(rows, inv)
-        if out is not None:
-            out[...] = segcode.dequantize(q, step)
-        return self.coder.encode(q)
+        return self.coder.encode_rows(rows, inv, step, out)
 
     def _code_rows3(self, rows: np.ndarray, inv: np.ndarray, step: np.ndarray, out: np.ndarray | None) -> bytes:
         """Format 3: quantize ``rows`` with steps ``1 / inv`` and code them (native, static per-channel models);
