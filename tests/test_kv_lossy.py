@@ -159,11 +159,12 @@ def test_config_round_trip_and_validation():
             KVLossyCodec(**bad)
 
 
-def test_corrupt_or_mismatched_payloads_raise(tiny_model_path):
+@pytest.mark.parametrize("version", [5, 6])
+def test_corrupt_or_mismatched_payloads_raise(tiny_model_path, version):
     llm = make_llama(tiny_model_path)
     blob, state = session(llm)
     rope = rope_params(llm)
-    codec = KVLossyCodec(bits=2.0)
+    codec = KVLossyCodec(bits=2.0, version=version)
     payloads = codec.encode_state(state, rope)
     positions = [state.sections[0].streams[0].positions]
     cases = [
@@ -477,10 +478,11 @@ def test_device_is_a_setting_not_part_of_the_config(monkeypatch):
         KVLossyCodec(bits=2.0, device="metal-ish")
     assert isinstance(backend.for_state("auto", 10 << 20), backend.CpuSegments)  # small states stay on the CPU
     monkeypatch.setattr(backend, "_cuda", None)
-    monkeypatch.setattr(backend.shutil, "which", lambda name: None)
+    monkeypatch.setattr(backend, "_nvcc", lambda: None)
     with pytest.raises(RuntimeError, match="nvcc"):
         backend.for_state("cuda", 10 << 20)
-    assert isinstance(backend.for_state("auto", 1 << 40), backend.CpuSegments)  # no CUDA: the CPU, silently
+    monkeypatch.setattr(backend, "_usable", None)
+    assert isinstance(backend.for_state("auto", 1 << 40), backend.CpuSegments)  # no CUDA: the CPU
 
 
 @pytest.mark.parametrize("profiled", ["predictors"], indirect=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -108,9 +108,10 @@ def cuda_segments() -> CudaSegments:
             return _cuda
         from .. import segcode_cuda
 
-        if shutil.which("nvcc") is None:
-            raise RuntimeError("KVLossyCodec(device='cuda'): nvcc (the CUDA toolkit) is not on PATH; install it, or "
-                               "use device='cpu' (the same bytes)")
+        nvcc = _nvcc()
+        if nvcc is None:
+            raise RuntimeError("KVLossyCodec(device='cuda'): nvcc (the CUDA toolkit, or the [cuda] extra's "
+                               "nvidia-cuda-nvcc) is not found; install it, or use device='cpu' (the same bytes)")
         out_dir = _library_dir()
         out_dir.mkdir(parents=True, exist_ok=True)
         library = out_dir / "libsegcode_cuda.so"
@@ -118,8 +119,16 @@ def cuda_segments() -> CudaSegments:
         if not library.exists() or library.stat().st_mtime < max(source.stat().st_mtime,
                                                                  (source.parent / "segcode_core.h").stat().st_mtime):
             logger.info("building the segment coder's CUDA kernels into %s", out_dir)
-            library = segcode_cuda.build(out_dir)
-        coder = segcode_cuda.CudaSegcode(library)
+            try:
+                library = segcode_cuda.build(out_dir, nvcc=nvcc)
+            except subprocess.CalledProcessError as exc:
+                raise RuntimeError(f"KVLossyCodec(device='cuda'): {nvcc} failed to build the kernels: "
+                                   f"{exc.stderr[-2000:]}") from exc
+        try:
+            coder = segcode_cuda.CudaSegcode(library)
+        except OSError as exc:
+            raise RuntimeError(f"KVLossyCodec(device='cuda'): the kernels' library does not load ({exc}); is the "
+                               "CUDA runtime installed?") from exc
         n_gpus = coder.device_count()
         if n_gpus < 1:
             raise RuntimeError("KVLossyCodec(device='cuda'): the CUDA runtime finds no GPU "
@@ -128,15 +137,33 @@ def cuda_segments() -> CudaSegments:
         return _cuda
 
 
+def _nvcc() -> str | None:
+    """nvcc from PATH, the nvidia-cuda-nvcc wheel, or the usual toolkit folder."""
+    from .. import segcode_cuda
+
+    found = segcode_cuda._tool("nvcc")
+    if found is None and Path("/usr/local/cuda/bin/nvcc").exists():
+        found = "/usr/local/cuda/bin/nvcc"
+    return found
+
+
+_usable: bool | None = None
+
+
 def _cuda_usable() -> bool:
-    if os.environ.get("SEQKV_NO_CUDA") or shutil.which("nvcc") is None:
-        return False
-    try:
-        cuda_segments()
-    except (RuntimeError, OSError) as exc:
-        logger.debug("no CUDA backend: %s", exc)
-        return False
-    return True
+    """Whether ``"auto"`` may pick the GPU: an NVIDIA driver is loaded, nvcc is there and the kernels run (checked
+    once; without a driver nothing is built)."""
+    global _usable
+    if _usable is None:
+        _usable = False
+        if (not os.environ.get("SEQKV_NO_CUDA") and Path("/proc/driver/nvidia/version").exists()
+                and _nvcc() is not None):
+            try:
+                cuda_segments()
+                _usable = True
+            except (RuntimeError, OSError) as exc:
+                logger.warning("device='auto' stays on the CPU: %s", exc)
+    return _usable
 
 
 def for_state(device: str, kv_bytes: int, threads: int | None = None):
