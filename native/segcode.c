@@ -3,11 +3,26 @@
  * contiguous ranges; each segment is coded by segcode_core.h, the code the CUDA kernels run.
  */
 #define _POSIX_C_SOURCE 200809L
+#if defined(__GNUC__) && !defined(__clang__)
+/* lets GCC vectorise the quantizer's selects (no floating-point exception is observed; no result changes) */
+#pragma GCC optimize("no-trapping-math")
+#endif
+/* the format-2 cost's logarithms from a table of segc2_log2_q16 (filled once, before any fit) */
+static unsigned segc2_log2_table[1u << 12 | 1];
+#define SEGC2_LOG2_Q16(f) segc2_log2_table[f]
 #include "segcode.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+
+static pthread_once_t segc2_log2_once = PTHREAD_ONCE_INIT;
+
+static void segc2_log2_fill(void)
+{
+    for (uint32_t f = 1; f <= SEGC_TOTFREQ; f++)
+        segc2_log2_table[f] = segc2_log2_q16(f);
+}
 
 int64_t segc_segment_count(uint32_t n_cells, uint32_t n_channels)
 {
@@ -334,10 +349,17 @@ static int64_t segc2_count_segment(const segc_job *job, int64_t seg, int32_t *sc
             else
                 for (uint32_t k = 0; k < w; k++)
                     v[k] = job->q[at + k];
-            for (uint32_t k = 0; k < w; k++) {
+            uint32_t bin[SEGC2_CHANNELS], escaped = 0;
+            for (uint32_t k = 0; k < w; k++) { /* vectorised: magnitudes, range, escapes */
                 uint32_t m = (uint32_t)(v[k] < 0 ? -(int64_t)v[k] : v[k]);
                 bad |= m > SEGC_MAX_ABS;
-                stats[k].hist[m < SEGC2_KMAX ? m : SEGC2_KMAX]++;
+                escaped |= m >= SEGC2_KMAX;
+                bin[k] = m < SEGC2_KMAX ? m : SEGC2_KMAX;
+            }
+            for (uint32_t k = 0; k < w; k++)
+                stats[k].hist[bin[k]]++;
+            for (uint32_t k = 0; escaped && k < w; k++) {
+                uint32_t m = (uint32_t)(v[k] < 0 ? -(int64_t)v[k] : v[k]);
                 if (m >= SEGC2_KMAX && m <= SEGC_MAX_ABS)
                     stats[k].esc_bits += 5 + segc2_escape_length(m);
             }
@@ -395,6 +417,14 @@ static int64_t segc_first_error(const int64_t *result, int64_t n)
     return SKV_OK;
 }
 
+/* threads worth starting for a tensor: one below SEGC2_THREAD_MIN_VALUES values (starting one costs more) */
+#define SEGC2_THREAD_MIN_VALUES (1 << 16)
+
+static int segc2_threads(const segc_job *job, int n_threads)
+{
+    return (uint64_t)job->n_cells * job->n_channels < SEGC2_THREAD_MIN_VALUES ? 1 : n_threads;
+}
+
 static int64_t segc2_encode_job(segc_job *job, int n_threads, int64_t dst_cap)
 {
     int64_t n_seg = segc2_segment_count(job->n_cells, job->n_channels), rc, s;
@@ -403,6 +433,8 @@ static int64_t segc2_encode_job(segc_job *job, int n_threads, int64_t dst_cap)
         return n_seg;
     if (dst_cap < segc2_encode_bound(job->n_cells, job->n_channels))
         return SKV_ERR_CAPACITY;
+    n_threads = segc2_threads(job, n_threads);
+    pthread_once(&segc2_log2_once, segc2_log2_fill);
     int64_t n_items = n_seg > (int64_t)job->n_channels ? n_seg : (int64_t)job->n_channels;
     job->result = (int64_t *)malloc(sizeof(int64_t) * (size_t)n_items);
     job->stats = (Segc2Stats *)malloc(sizeof(Segc2Stats) * (size_t)n_seg * SEGC2_CHANNELS);
@@ -533,6 +565,7 @@ static int64_t segc2_decode_job(segc_job *job, int64_t src_len, int n_threads)
                 : SKV_ERR_MEMORY;
     rc = total;
     if (total >= 0) {
+        n_threads = segc2_threads(job, n_threads);
         job->fn = segc2_decoder_model;
         rc = segc_run(job, job->n_channels, n_threads, 0);
         job->offsets = offsets;
@@ -612,6 +645,7 @@ static double segc2_cost_rows(const float *x, uint32_t n_rows, uint32_t n_channe
 {
     Segc2Stats *stats = (Segc2Stats *)malloc(sizeof(Segc2Stats) * n_channels);
     uint32_t n_sampled = 0;
+    pthread_once(&segc2_log2_once, segc2_log2_fill);
     if (!stats)
         return SKV_ERR_MEMORY;
     for (uint32_t c = 0; c < n_channels; c++)

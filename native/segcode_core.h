@@ -714,6 +714,11 @@ SEGC_FN uint32_t segc2_log2_q16(uint32_t f)
     return out;
 }
 
+/* a build may look the logarithm up in a table of segc2_log2_q16's values (the CPU driver does): same results */
+#ifndef SEGC2_LOG2_Q16
+#define SEGC2_LOG2_Q16(f) segc2_log2_q16(f)
+#endif
+
 SEGC_FN uint32_t segc2_param_bits(const Segc2Params *p)
 {
     return 6 + (p->k >= 2 ? 8 : 0) + (p->k >= 3 ? 16 : 0);
@@ -729,9 +734,9 @@ SEGC_FN uint64_t segc2_cost_q16(const Segc2Stats *s, const Segc2Params *p)
     n_sym = segc2_freqs(p, freq);
     for (uint32_t m = 0; m < p->k; m++)
         if (s->hist[m])
-            bits += (uint64_t)s->hist[m] * ((SEGC_SCALE_BITS << 16) - segc2_log2_q16(freq[m ? 2 * m - 1 : 0]));
+            bits += (uint64_t)s->hist[m] * ((SEGC_SCALE_BITS << 16) - SEGC2_LOG2_Q16(freq[m ? 2 * m - 1 : 0]));
     if (p->k == SEGC2_KMAX && s->hist[SEGC2_KMAX])
-        bits += (uint64_t)s->hist[SEGC2_KMAX] * ((SEGC_SCALE_BITS << 16) - segc2_log2_q16(freq[n_sym - 1])) +
+        bits += (uint64_t)s->hist[SEGC2_KMAX] * ((SEGC_SCALE_BITS << 16) - SEGC2_LOG2_Q16(freq[n_sym - 1])) +
                 (s->esc_bits << 16);
     return bits;
 }
