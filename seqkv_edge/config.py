@@ -7,6 +7,7 @@ from typing import Optional
 
 KV_TIERS = ("lossless", "lossy", "none")
 TOKEN_CODECS = ("portable", "hybrid", "model")
+DEVICES = ("auto", "cpu", "cuda")
 # without the model's KV profile 3 bits keep the default model near its KL floor; with it, 2 bits do (README)
 DEFAULT_LOSSY_BITS = 3.0
 
@@ -36,12 +37,15 @@ class SeqKV:
         portable_fallback: with ``hybrid``/``model`` tokens, also keep a portable copy so another
             llama.cpp build (which cannot reproduce the logits) can still restore by prefill.
         n_threads: threads coding KV tensors in parallel (default: all cores).
+        device: where the segment coder of lossy format 6 runs: ``"auto"`` (an NVIDIA GPU for states over
+            256 MB when CUDA is usable, else the CPU), ``"cpu"`` or ``"cuda"`` (an error when unavailable); it
+            never changes the stored bytes.
         store: a session store (a directory, or ``redis://host:port/db``): sessions saved by name are
             deduplicated there, and the Llama's completion cache restores the longest stored prefix.
         store_budget_bytes: evict KV snapshots beyond this many stored bytes (tokens are always kept).
 
     >>> SeqKV()
-    SeqKV(kv='lossless', tokens='portable', portable_fallback=False, bits=None, max_kl=None, model_profile=False, n_threads=None, store=None, store_budget_bytes=None)
+    SeqKV(kv='lossless', tokens='portable', portable_fallback=False, bits=None, max_kl=None, model_profile=False, n_threads=None, device='auto', store=None, store_budget_bytes=None)
     >>> SeqKV(kv="lossy").bits
     3.0
     >>> SeqKV(kv="fast")
@@ -57,6 +61,7 @@ class SeqKV:
     max_kl: Optional[float] = None
     model_profile: bool = False
     n_threads: Optional[int] = None
+    device: str = "auto"
     store: Optional[str] = None
     store_budget_bytes: Optional[int] = None
 
@@ -77,6 +82,8 @@ class SeqKV:
             raise ValueError(f"SeqKV(tokens={self.tokens!r}): choose one of {TOKEN_CODECS}")
         if self.n_threads is not None and self.n_threads < 1:
             raise ValueError(f"SeqKV(n_threads={self.n_threads}): must be >= 1")
+        if self.device not in DEVICES:
+            raise ValueError(f"SeqKV(device={self.device!r}): choose one of {DEVICES}")
 
     def save(self, llm, target, progress=None):
         """Save ``llm``'s session to ``target`` with these settings (the ``kv_compressor`` protocol): a file path,

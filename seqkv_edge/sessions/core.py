@@ -54,4 +54,4 @@ def load(llm, target: Union[str, Path], config, progress: Progress = None) -> Se
     with rollback_on_failure(llm):
         if container.header is not None:
             return tokens.load_file(llm, target, container, progress)
-        return snapshot.load(llm, target, container)
+        return snapshot.load(llm, target, container, device=config.device)

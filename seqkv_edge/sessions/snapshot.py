@@ -51,7 +51,7 @@ def _kv_codec(config) -> StateCodec:
     if config.kv == "lossy":
         from ..codecs.kv_lossy.codec import KVLossyCodec
 
-        return KVLossyCodec(bits=config.bits, max_kl=config.max_kl)
+        return KVLossyCodec(bits=config.bits, max_kl=config.max_kl, device=config.device)
     from ..codecs.kv_lossless import KVLosslessCodec
 
     return KVLosslessCodec(n_threads=config.threads)
@@ -188,7 +188,7 @@ def _describe_cache(cache: dict) -> str:
     )
 
 
-def decode_state(container: Container, source: str, out=None) -> tuple[bytearray, np.ndarray]:
+def decode_state(container: Container, source: str, out=None, device: str = "auto") -> tuple[bytearray, np.ndarray]:
     """Decode a session file's tokens and rebuild its llama.cpp state blob (tensors decoded in place; in
     ``out(size)``, a writable buffer, when given: then the blob returned is a memoryview of it)."""
     meta, codecs = container.meta, container.meta.get("codecs", {})
@@ -207,6 +207,8 @@ def decode_state(container: Container, source: str, out=None) -> tuple[bytearray
     kv_codec = get_codec(codecs["kv"])
     if not isinstance(kv_codec, StateCodec):
         raise CorruptDataError(f"{source}: codec {codecs['kv']['id']!r} does not code KV tensors")
+    if hasattr(kv_codec, "device"):
+        kv_codec.device = device  # where lossy format 6 decodes; not part of its config
     streams = [st for sec in state.sections for st in sec.streams]
     try:
         kv_codec.decode_state(coded, tensors, [st.positions for st in streams if st.cell_count], meta.get("rope"))
@@ -225,14 +227,14 @@ def _decode_bounded(config: dict, payload, limit: int, source: str):
     raise CorruptDataError(f"{source}: codec {config['id']!r} does not code this section")
 
 
-def load(llm, path: Union[str, Path], container: Container) -> SessionInfo:
+def load(llm, path: Union[str, Path], container: Container, device: str = "auto") -> SessionInfo:
     """Restore the snapshot file ``path`` (its ``container`` read) into ``llm``'s sequence 0; the caller rolls the
     context back on failure (``base.rollback_on_failure``)."""
     clock = Clock()
     source = str(path)
     check_model(container, llm, source)
     clock.lap("check")
-    blob, tokens = decode_state(container, source, out=lambda size: reused_buffer(llm, "state", size))
+    blob, tokens = decode_state(container, source, out=lambda size: reused_buffer(llm, "state", size), device=device)
     clock.lap("decode")
     write_state(llm, blob)
     set_tokens(llm, tokens)
