@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Optional
 
 import zstandard
@@ -39,37 +40,51 @@ def _new_llama(model_path: str, cache_type: str, n_ctx: int, n_threads: Optional
     )
 
 
+def save_all_ways(llm, workdir: Path, name: str) -> dict:
+    """Save ``llm``'s session three ways, timed: llama.cpp's raw C path, llama-cpp-python's ``save_state`` (and zstd
+    -3 of it), and a session file."""
+    raw_path, path = workdir / f"{name}.raw", workdir / f"{name}.seqkv"
+    t = time.perf_counter()
+    raw_bytes = raw_save(llm.ctx, raw_path)
+    raw_save_s = time.perf_counter() - t
+    t = time.perf_counter()
+    raw = llm.save_state()
+    save_state_s = time.perf_counter() - t
+    return {"raw_path": raw_path, "raw_bytes": raw_bytes, "raw_save_s": raw_save_s, "raw": raw,
+            "save_state_s": save_state_s, "zstd3": len(zstandard.ZstdCompressor(level=3).compress(raw.llama_state)),
+            "path": path, "info": llm.save_session(path)}
+
+
+def restore_all_ways(fresh, saved: dict) -> dict:
+    """Restore what :func:`save_all_ways` wrote into ``fresh`` three ways, timed, from an empty context each time;
+    the session file last (``fresh`` then holds it)."""
+    t = time.perf_counter()
+    raw_restore(fresh.ctx, saved["raw_path"])
+    raw_restore_s = time.perf_counter() - t
+    fresh.reset()
+    llama_api.clear_cells(fresh)
+    t = time.perf_counter()
+    fresh.load_state(saved["raw"])
+    load_state_s = time.perf_counter() - t
+    fresh.reset()
+    llama_api.clear_cells(fresh)
+    return {"raw_restore_s": raw_restore_s, "load_state_s": load_state_s, "restored": fresh.load_session(saved["path"])}
+
+
 def bench_cache_type(model_path, tokens, cache_type, workdir, n_ctx, n_threads, progress=True) -> dict:
     llm = _new_llama(model_path, cache_type, n_ctx, n_threads)
     prefill_s = prefill(llm, tokens, desc=f"prefill {cache_type}" if progress else None)
     original = bytes(read_seq_state(llm.ctx))
 
-    raw_path = workdir / f"bench_{cache_type}.raw"
-    t = time.perf_counter()
-    raw_save(llm.ctx, raw_path)
-    raw_save_s = time.perf_counter() - t
-    t = time.perf_counter()
-    raw = llm.save_state()
-    save_state_s = time.perf_counter() - t
-    zstd3 = len(zstandard.ZstdCompressor(level=3).compress(raw.llama_state))
-    path = workdir / f"bench_{cache_type}.seqkv"
-    info = llm.save_session(path)
+    saved = save_all_ways(llm, workdir, f"bench_{cache_type}")
     del llm
-
     fresh = _new_llama(model_path, cache_type, n_ctx, n_threads)
-    t = time.perf_counter()
-    raw_restore(fresh.ctx, raw_path)
-    raw_restore_s = time.perf_counter() - t
-    fresh.reset()
-    llama_api.clear_cells(fresh)
-    t = time.perf_counter()
-    fresh.load_state(raw)
-    load_state_s = time.perf_counter() - t
-    fresh.reset()
-    llama_api.clear_cells(fresh)
-    restored = fresh.load_session(path)
+    timed = restore_all_ways(fresh, saved)
     exact = bytes(read_seq_state(fresh.ctx)) == original
     del fresh
+    info, restored, raw, zstd3 = saved["info"], timed["restored"], saved["raw"], saved["zstd3"]
+    raw_save_s, save_state_s = saved["raw_save_s"], saved["save_state_s"]
+    raw_restore_s, load_state_s = timed["raw_restore_s"], timed["load_state_s"]
     return {
         "cache_type": cache_type,
         "tokens": len(tokens),

@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 
-import zstandard
-
+from ..bench.snapshots import restore_all_ways, save_all_ways
 from ..config import SeqKV
 from ..sessions.prefill import prefill
-from ..state import llama_api
-from ..state.raw import raw_restore, raw_save
 from ..textdata import read_text
 
 SYSTEM = "You are a careful assistant who answers questions about software licenses."
@@ -54,30 +50,15 @@ def run_demo(model_path: str, n_tokens: int, n_ctx: int, out: str | None) -> int
 
     workdir = Path(out) if out else Path(tempfile.mkdtemp(prefix="seqkv-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    path, raw_path = workdir / "demo.seqkv", workdir / "demo.raw"
-    t = time.perf_counter()
-    raw_bytes = raw_save(llm.ctx, raw_path)
-    raw_save_s = time.perf_counter() - t
-    t = time.perf_counter()
-    raw = llm.save_state()
-    save_state_s = time.perf_counter() - t
-    zstd3 = len(zstandard.ZstdCompressor(level=3).compress(raw.llama_state))
-    saved = llm.save_session(path)
+    ways = save_all_ways(llm, workdir, "demo")
     original_more = greedy(llm, history, N_CONTINUE)
     del llm
-
     fresh = new_llama()
-    t = time.perf_counter()
-    raw_restore(fresh.ctx, raw_path)
-    raw_restore_s = time.perf_counter() - t
-    llama_api.clear_cells(fresh)
-    t = time.perf_counter()
-    fresh.load_state(raw)
-    load_state_s = time.perf_counter() - t
-    fresh.reset()
-    llama_api.clear_cells(fresh)
-    restored = fresh.load_session(path)
+    timed = restore_all_ways(fresh, ways)
     restored_more = greedy(fresh, history, N_CONTINUE)
+    path, raw, raw_bytes, zstd3, saved = ways["path"], ways["raw"], ways["raw_bytes"], ways["zstd3"], ways["info"]
+    raw_save_s, save_state_s, restored = ways["raw_save_s"], ways["save_state_s"], timed["restored"]
+    raw_restore_s, load_state_s = timed["raw_restore_s"], timed["load_state_s"]
 
     rows = [
         ("llama.cpp raw C state file", raw_bytes, raw_save_s, raw_restore_s),
