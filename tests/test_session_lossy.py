@@ -1,10 +1,12 @@
 """Lossy KV sessions on the tiny model: smaller files, restored into the context's own cache type."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
-from seqkv_edge import Llama, SeqKV
+from seqkv_edge import Llama, ModelMismatchError, SeqKV
 from seqkv_edge.container.session_file import read_container
 from seqkv_edge.state.blob import parse_seq_state, read_seq_state
 
@@ -62,3 +64,29 @@ def test_lossy_settings_are_validated():
     assert SeqKV(kv="lossy", max_kl=0.02).bits is None
     with pytest.raises(ValueError, match="model_profile"):
         SeqKV(model_profile=True)
+
+
+def test_a_profiled_session_folder_restores_on_a_machine_without_the_profile(tiny_model_path, tmp_path, monkeypatch):
+    """The profile travels beside the session files (one content-addressed copy per folder): another machine,
+    with an empty $SEQKV_HOME, restores the folder with only the model, to the same bytes."""
+    monkeypatch.setenv("SEQKV_HOME", str(tmp_path / "home"))
+    llm = make(tiny_model_path, SeqKV(kv="lossy", bits=3.0, model_profile=True))
+    llm.eval(llm.tokenize(PROMPT))
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    llm.save_session(folder / "a.seqkv")
+    llm.save_session(folder / "b.seqkv")
+    assert len(list((folder / ".seqkv_profiles").glob("*.npz"))) == 1
+    here = make(tiny_model_path, SeqKV())
+    here.load_session(folder / "a.seqkv")
+    expected = bytes(read_seq_state(here.ctx))
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(folder, moved)
+    monkeypatch.setenv("SEQKV_HOME", str(tmp_path / "other-home"))  # no cached profile there
+    there = make(tiny_model_path, SeqKV())
+    there.load_session(moved / "b.seqkv")
+    assert bytes(read_seq_state(there.ctx)) == expected
+    shutil.rmtree(moved / ".seqkv_profiles")
+    with pytest.raises(ModelMismatchError, match="KV profile"):
+        make(tiny_model_path, SeqKV()).load_session(moved / "b.seqkv")

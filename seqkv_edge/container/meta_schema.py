@@ -56,6 +56,7 @@ SESSION_META = {
                        "head_dim_k": COUNT, "head_dim_v": COUNT, "n_head_kv": COUNT}),
     "cache": {"k_types": [STRING], "v_types": [STRING], "v_trans": BOOL},
     "codecs": {"kv": CODEC_CONFIG, "tokens": CODEC_CONFIG, "skeleton": CODEC_CONFIG},
+    "profile?": Nullable(STRING),
     "tensors": [{"name": STRING, "ggml_type": INT, "token_major": BOOL, "n_cells": COUNT, "n_channels": COUNT,
                  "nbytes": COUNT}],
 }

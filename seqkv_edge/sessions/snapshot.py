@@ -82,16 +82,47 @@ def save(llm, path: Union[str, Path], config) -> SessionInfo:
 
             profile = load_or_build_profile(llm)
     coded = kv_codec.encode_state(state, rope, profile=profile)
+    if profile is not None:
+        keep_profile_beside(path, profile)
     side, tokens_codec = ZstdCodec(level=19), TokensPortableCodec(n_vocab=llm.n_vocab())
     skeleton = side.encode(state.skeleton())
     coded_tokens = tokens_codec.encode(llm.input_ids[:n_tokens])
     clock.lap("encode")
     codecs = {"kv": kv_codec.get_config(), "tokens": tokens_codec.get_config(), "skeleton": side.get_config()}
     meta = _session_meta(llm, state, len(blob), codecs, rope)
+    if profile is not None:
+        meta["profile"] = profile.digest.hex()
     sections = [(Kind.TOKENS, coded_tokens), (Kind.SKELETON, skeleton)] + [(Kind.KV, c) for c in coded]
     file_bytes = write_container(path, meta, sections)
     clock.lap("write")
     return SessionInfo(str(path), n_tokens, len(blob), file_bytes, clock.seconds)
+
+
+PROFILES_BESIDE = ".seqkv_profiles"  # beside the session files: the KV profiles their lossy payloads name
+
+
+def keep_profile_beside(path, profile) -> None:
+    """Keep a copy of ``profile`` in the session file's folder (once per profile, content-addressed), so the
+    folder restores on another machine with only the model: the profile is derived from the model on the
+    machine that saved, and another CPU or llama.cpp build would derive other bits."""
+    beside = Path(path).parent / PROFILES_BESIDE / f"{profile.digest.hex()}.npz"
+    if not beside.is_file():
+        beside.parent.mkdir(exist_ok=True)
+        profile.save(beside)
+
+
+def _profile_beside(source: str, meta: dict):
+    """The profile a file's META names, from its folder's copies; None when it names none or there is none."""
+    digest = meta.get("profile")
+    beside = Path(source).parent / PROFILES_BESIDE / f"{digest}.npz" if digest else None
+    if beside is None or not beside.is_file():
+        return None
+    from ..codecs.kv_lossy.profile import KVProfile
+
+    profile = KVProfile.load(beside)
+    if profile.digest.hex() != digest:
+        raise CorruptDataError(f"{beside} holds KV profile {profile.digest.hex()}, not {digest}")
+    return profile
 
 
 def _session_meta(llm, state, state_bytes: int, codecs: dict, rope) -> dict:
@@ -211,7 +242,8 @@ def decode_state(container: Container, source: str, out=None, device: str = "aut
         kv_codec.device = device  # where lossy format 6 decodes; not part of its config
     streams = [st for sec in state.sections for st in sec.streams]
     try:
-        kv_codec.decode_state(coded, tensors, [st.positions for st in streams if st.cell_count], meta.get("rope"))
+        kv_codec.decode_state(coded, tensors, [st.positions for st in streams if st.cell_count], meta.get("rope"),
+                              profile=_profile_beside(source, meta) if kv_codec.needs_model else None)
     except (ValueError, IndexError, TypeError, KeyError) as exc:  # payload fields a decoder trusted
         raise CorruptDataError(f"{source}: a KV payload does not decode ({type(exc).__name__}: {exc})") from None
     return blob, tokens
