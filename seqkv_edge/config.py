@@ -8,8 +8,8 @@ from typing import Optional
 KV_TIERS = ("lossless", "lossy", "none")
 TOKEN_CODECS = ("portable", "hybrid", "model")
 DEVICES = ("auto", "cpu", "cuda")
-# without the model's KV profile 3 bits keep the default model near its KL floor; with it, 2 bits do (README)
-DEFAULT_LOSSY_BITS = 3.0
+# with the model's KV profile 2 bits keep the default model near its KL floor; without it, 3 bits do (README)
+DEFAULT_LOSSY_BITS, DEFAULT_LOSSY_BITS_WITHOUT_PROFILE = 2.0, 3.0
 
 
 @dataclass(frozen=True)
@@ -21,14 +21,16 @@ class SeqKV:
             ``"lossy"`` (quantized and entropy coded at ``bits`` per value or at the rate that keeps the
             next-token KL under ``max_kl``; restores without recompute) or ``"none"`` (tokens only: the
             smallest files, restored by recomputing the KV).
-        bits: lossy target, average stored bits per KV value, side information included (default 3).
+        bits: lossy target, average stored bits per KV value, side information included (default 2; 3 without
+            the model profile).
         max_kl: lossy target instead of ``bits``: mean next-token KL divergence in nats (approximate:
             calibrated on the default model).
-        model_profile: lossy only: code K and V in per-head bases derived once per model (a 768-token
-            calibration prefill, cached in ``$SEQKV_HOME/kv_profiles``): about 3x lower KL at 2 bits; with
-            it the encoder also uses the model's per-head step weights where known (shipped for the default
-            model, ``seqkv calibrate`` for others). The restoring machine needs the same profile (same model
-            and llama.cpp build), so it is off by default.
+        model_profile: lossy only (on by default): code K and V in per-head bases and inter-layer predictions
+            derived once per model (calibration prefills of 20-30 s on first use, cached in
+            ``$SEQKV_HOME/kv_profiles``): several times lower KL at the same rate; with it the encoder also uses
+            the model's per-head step weights where known (shipped for the default model, ``seqkv calibrate``
+            for others). Each session file keeps a copy of the profile beside it (``.seqkv_profiles/``), so
+            its folder restores on other machines.
         tokens: how tokens-only sessions code their tokens: ``"portable"`` (a context model, no LLM
             needed to decode; restore by batched prefill), ``"hybrid"`` (records the eval schedule and
             codes generated tokens with the logits captured while generating; restore replays the
@@ -46,8 +48,8 @@ class SeqKV:
 
     >>> SeqKV()
     SeqKV(kv='lossless', tokens='portable', portable_fallback=False, bits=None, max_kl=None, model_profile=False, n_threads=None, device='auto', store=None, store_budget_bytes=None)
-    >>> SeqKV(kv="lossy").bits
-    3.0
+    >>> SeqKV(kv="lossy").bits, SeqKV(kv="lossy").model_profile, SeqKV(kv="lossy", model_profile=False).bits
+    (2.0, True, 3.0)
     >>> SeqKV(kv="fast")
     Traceback (most recent call last):
     ...
@@ -59,7 +61,7 @@ class SeqKV:
     portable_fallback: bool = False
     bits: Optional[float] = None
     max_kl: Optional[float] = None
-    model_profile: bool = False
+    model_profile: Optional[bool] = None
     n_threads: Optional[int] = None
     device: str = "auto"
     store: Optional[str] = None
@@ -70,8 +72,11 @@ class SeqKV:
             object.__setattr__(self, "store", os.fspath(self.store))
         if self.kv not in KV_TIERS:
             raise ValueError(f"SeqKV(kv={self.kv!r}): choose one of {KV_TIERS}")
+        if self.model_profile is None:
+            object.__setattr__(self, "model_profile", self.kv == "lossy")
         if self.kv == "lossy" and self.bits is None and self.max_kl is None:
-            object.__setattr__(self, "bits", DEFAULT_LOSSY_BITS)
+            bits = DEFAULT_LOSSY_BITS if self.model_profile else DEFAULT_LOSSY_BITS_WITHOUT_PROFILE
+            object.__setattr__(self, "bits", bits)
         if self.kv != "lossy" and (self.bits is not None or self.max_kl is not None):
             raise ValueError(f"SeqKV(bits=..., max_kl=...) apply to kv='lossy', not kv={self.kv!r}")
         if self.model_profile and self.kv != "lossy":
