@@ -167,12 +167,12 @@ def decode(buf, n_cells: int, n_channels: int, threads: int | None = None, out: 
     """Decode a stream (format 1 or 2) of an [n_cells, n_channels] matrix (the shape the caller expects) to int32."""
     ffi, lib = require()
     out = _decode_out(out, n_cells, n_channels, np.int32)
-    src = ffi.from_buffer(buf)
-    fn = lib.segc_decode if _version(src, n_cells, n_channels) == 1 else lib.segc2_decode
-    _check(fn(src, len(src), n_cells, n_channels, ffi.cast("int32_t *", ffi.from_buffer(out, require_writable=True)),
-              _threads(threads)),
-           f"decoding a {n_cells} x {n_channels} segment-coded matrix")
-    return out
+    with ffi.from_buffer(buf) as src:  # released before an error leaves the frame
+        fn = lib.segc_decode if _version(src, n_cells, n_channels) == 1 else lib.segc2_decode
+        _check(fn(src, len(src), n_cells, n_channels,
+                  ffi.cast("int32_t *", ffi.from_buffer(out, require_writable=True)), _threads(threads)),
+               f"decoding a {n_cells} x {n_channels} segment-coded matrix")
+        return out
 
 
 def decode_f32(buf, n_cells: int, n_channels: int, step, threads: int | None = None,
@@ -181,12 +181,12 @@ def decode_f32(buf, n_cells: int, n_channels: int, step, threads: int | None = N
     ffi, lib = require()
     out = _decode_out(out, n_cells, n_channels, np.float32)
     step = _per_channel(step, n_channels, "step")
-    src = ffi.from_buffer(buf)
-    fn = lib.segc_decode_f32 if _version(src, n_cells, n_channels) == 1 else lib.segc2_decode_f32
-    _check(fn(src, len(src), n_cells, n_channels, ffi.cast("const float *", ffi.from_buffer(step)),
-              ffi.cast("float *", ffi.from_buffer(out, require_writable=True)), _threads(threads)),
-           f"decoding a {n_cells} x {n_channels} segment-coded float32 matrix")
-    return out
+    with ffi.from_buffer(buf) as src:  # released before an error leaves the frame
+        fn = lib.segc_decode_f32 if _version(src, n_cells, n_channels) == 1 else lib.segc2_decode_f32
+        _check(fn(src, len(src), n_cells, n_channels, ffi.cast("const float *", ffi.from_buffer(step)),
+                  ffi.cast("float *", ffi.from_buffer(out, require_writable=True)), _threads(threads)),
+               f"decoding a {n_cells} x {n_channels} segment-coded float32 matrix")
+        return out
 
 
 def cost(x: np.ndarray, inv_step, row_every: int = 1) -> float:
@@ -236,21 +236,22 @@ def dequantize(q: np.ndarray, step) -> np.ndarray:
 def stream_info(buf) -> tuple[int, int]:
     """(n_cells, n_channels) from a stream's header."""
     ffi, lib = require()
-    src = ffi.from_buffer(buf)
-    n_cells, n_channels = ffi.new("uint32_t *"), ffi.new("uint32_t *")
-    _check(lib.segc_stream_info(src, len(src), n_cells, n_channels), "reading a segment-coded stream's header")
-    return int(n_cells[0]), int(n_channels[0])
+    with ffi.from_buffer(buf) as src:  # released before an error leaves the frame
+        n_cells, n_channels = ffi.new("uint32_t *"), ffi.new("uint32_t *")
+        _check(lib.segc_stream_info(src, len(src), n_cells, n_channels), "reading a segment-coded stream's header")
+        return int(n_cells[0]), int(n_channels[0])
 
 
 def segment_offsets(buf, n_cells: int, n_channels: int) -> np.ndarray:
     """Byte offsets of every segment body (n_segments + 1 entries, the last one the stream's size)."""
     ffi, lib = require()
-    src = ffi.from_buffer(buf)
-    v1 = _version(src, n_cells, n_channels) == 1
-    n_seg = _check((lib.segc_segment_count if v1 else lib.segc2_segment_count)(n_cells, n_channels),
-                   "counting segments")
-    offsets = np.empty(n_seg + 1, dtype=np.uint64)
-    _check((lib.segc_segment_offsets if v1 else lib.segc2_segment_offsets)(
-        src, len(src), n_cells, n_channels, ffi.cast("uint64_t *", ffi.from_buffer(offsets, require_writable=True))),
-        "reading a segment-coded stream's size table")
-    return offsets
+    with ffi.from_buffer(buf) as src:  # released before an error leaves the frame
+        v1 = _version(src, n_cells, n_channels) == 1
+        n_seg = _check((lib.segc_segment_count if v1 else lib.segc2_segment_count)(n_cells, n_channels),
+                       "counting segments")
+        offsets = np.empty(n_seg + 1, dtype=np.uint64)
+        find = lib.segc_segment_offsets if v1 else lib.segc2_segment_offsets
+        _check(find(src, len(src), n_cells, n_channels,
+                    ffi.cast("uint64_t *", ffi.from_buffer(offsets, require_writable=True))),
+               "reading a segment-coded stream's size table")
+        return offsets
