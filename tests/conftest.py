@@ -1,9 +1,8 @@
 """Shared fixtures: the tiny generated GGUF (fast) and the default real model (integration)."""
 from __future__ import annotations
 
-import os
-
 import pytest
+from known_models import known_model_path
 from tiny_model import write_tiny_gguf
 
 
@@ -15,13 +14,7 @@ def tiny_model_path(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def real_model_path() -> str:
-    """The default model; skipped outside CI when its packages are absent, an error in CI."""
-    from seqkv_edge.errors import ModelNotInstalledError
-    from seqkv_edge.models import default_model_path
+    """The default model (see :func:`known_model_path`)."""
+    from seqkv_edge.models import DEFAULT_MODEL
 
-    try:
-        return default_model_path()
-    except ModelNotInstalledError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"default model not installed: {exc}")
+    return known_model_path(DEFAULT_MODEL)

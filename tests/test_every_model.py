@@ -2,15 +2,13 @@
 sliding-window layers): restored sessions continue exactly as the uninterrupted ones."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from continuation import next_logits
+from known_models import known_model_path
 
 from seqkv_edge import Llama, SeqKV
-from seqkv_edge.errors import ModelNotInstalledError
-from seqkv_edge.models import KNOWN_MODELS, model_path
+from seqkv_edge.models import KNOWN_MODELS
 from seqkv_edge.state.blob import read_seq_state
 from seqkv_edge.textdata import read_text
 
@@ -20,12 +18,7 @@ N_PROMPT, N_NEXT = 300, 6
 
 @pytest.fixture(scope="module", params=sorted(KNOWN_MODELS))
 def model(request):
-    try:
-        return model_path(request.param)
-    except ModelNotInstalledError as error:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(error))
+    return known_model_path(request.param)
 
 
 def make(path, **settings):

@@ -3,14 +3,12 @@ bit-identically (its window's cells back in their cache slots), through a file a
 with the same layout; the plain C restore does not, which is what the layout fixes."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from continuation import next_logits
+from known_models import known_model_path
 
 from seqkv_edge import Llama, SeqKV
-from seqkv_edge.errors import ModelNotInstalledError
 from seqkv_edge.state.blob import parse_seq_state, read_seq_state, write_seq_state
 from seqkv_edge.state.swa import window_slots
 from seqkv_edge.textdata import read_text
@@ -21,14 +19,7 @@ N_TOKENS, N_NEXT = 700, 12  # past the 512-token window
 
 @pytest.fixture(scope="module")
 def gemma_path():
-    from seqkv_edge.models import model_path
-
-    try:
-        return model_path("gemma3-270m")
-    except ModelNotInstalledError as error:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(error))
+    return known_model_path("gemma3-270m")
 
 
 def make(path, flash_attn):

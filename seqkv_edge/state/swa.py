@@ -17,7 +17,7 @@ import struct
 
 import numpy as np
 
-from .blob import parse_seq_state, write_seq_state
+from .blob import model_state_options, parse_seq_state, write_seq_state
 
 __all__ = ["model_layer_ids", "window_slots", "write_state"]
 
@@ -27,8 +27,8 @@ _DENSE_FIRST = ("cohere2moe", "laguna", "modern-bert", "smallthinker")
 def window_slots(blob, llm):
     """``blob`` with each later KV section padded so its cells land in the slots they held; ``blob`` itself when
     nothing needs padding (one section, a ring-buffer window, cells not in position order)."""
-    if not getattr(llm.context_params, "swa_full", False):
-        return blob
+    if not getattr(llm.context_params, "swa_full", False) or not model_state_options(llm)["n_swa"]:
+        return blob  # a ring-buffer window, or no sliding window at all: nothing to put back
     state = parse_seq_state(blob, model=llm)
     if len(state.sections) < 2:
         return blob
