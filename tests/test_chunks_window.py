@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqkv_edge.container.chunks import (CHUNK_VERSION, WINDOW_VERSION, ChunkCodec, complete_prefix,
-                                         parse_chunk)
+from seqkv_edge.container.chunk_format import CHUNK_VERSION, WINDOW_VERSION, parse_chunk
+from seqkv_edge.container.chunks import ChunkCodec, complete_prefix
 from seqkv_edge.state.blob import parse_seq_state
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -17,7 +17,8 @@ import pytest
 
 from seqkv_edge.codecs.tokens_portable import TokensPortableCodec
 from seqkv_edge.codecs.varint import write_varint
-from seqkv_edge.container.chunks import ChunkCodec, parse_chunk
+from seqkv_edge.container.chunk_format import parse_chunk
+from seqkv_edge.container.chunks import ChunkCodec
 from seqkv_edge.container.session_file import MAGIC, Kind, parse_container
 from seqkv_edge.errors import SeqKVError
 from seqkv_edge.sessions.snapshot import decode_state

@@ -73,7 +73,7 @@ def replace(kind, payload):
 
 def test_a_skeleton_describing_a_huge_state_is_refused(tmp_path):
     out = run_crafted(tmp_path, SNAPSHOT + """
-from seqkv_edge.container.chunks import ChunkLayout
+from seqkv_edge.container.chunk_format import ChunkLayout
 from seqkv_edge.codecs.zstd_bytes import ZstdCodec
 # one f32 layer of 1 MiB rows (the parser's per-row bound) over 8,192 cells: 16 GiB of K and V
 layout = ChunkLayout(259, True, True, False, 1, 0, ((0, 262144),), ((0, 262144),), bytes(8))
@@ -137,7 +137,8 @@ expect_refusal(lambda: SeqKV().load(llm, tmp + "/crafted.seqkv"))
 
 CHUNKS = """
 import os
-from seqkv_edge.container.chunks import ChunkCodec, _LAYOUT_HEAD, _TENSOR
+from seqkv_edge.container.chunk_format import _LAYOUT_HEAD, _TENSOR
+from seqkv_edge.container.chunks import ChunkCodec
 from seqkv_edge.state.blob import parse_seq_state, read_seq_state, max_cell_bytes
 tmp = os.environ["TMP_DIR"]
 llm = tiny_llm(tmp)

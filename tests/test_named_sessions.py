@@ -14,12 +14,8 @@ from redis_server import RedisServer, redis_available  # noqa: E402
 from tiny_model import write_tiny_gguf  # noqa: E402
 
 from seqkv_edge import Llama, ModelMismatchError, SeqKV  # noqa: E402
-from seqkv_edge.container.chunks import (  # noqa: E402
-    ChunkCodec,
-    full_to_seq_state,
-    parse_chunk,
-    seq_to_full_state,
-)
+from seqkv_edge.container.chunk_format import parse_chunk  # noqa: E402
+from seqkv_edge.container.chunks import ChunkCodec, full_to_seq_state, seq_to_full_state  # noqa: E402
 from seqkv_edge.sessions.named import (
     delete_named,
     is_session_name,
