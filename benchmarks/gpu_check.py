@@ -1,7 +1,7 @@
 """Device check of the segment coder's CUDA kernels (run by benchmarks/gpu_check.sh on an NVIDIA machine).
 
 Needs only Python 3 + numpy, gcc and nvcc: no network, no build of the package. It compiles the CPU coder
-(native/segcode.c, gcc) and the kernels (native/segcode_cuda.cu, nvcc --fmad=false) into two shared
+(native/segcode.c + segcode2.c, gcc) and the kernels (native/segcode_cuda.cu, nvcc --fmad=false) into two shared
 libraries and calls both through ctypes, then checks, writing JSON after every phase:
   machine_code  the kernels' SASS/PTX (when cuobjdump and nvdisasm are there): no FMA, no approximation;
   golden        GPU encode of every tests/fixtures/segcode_v{1,2}_* input == the frozen bytes, GPU decode == input;
@@ -43,12 +43,13 @@ def _load_segcode_cuda():
 
 
 class CpuSegcode:
-    """native/segcode.c built with gcc, called through ctypes (the same functions cffi wraps)."""
+    """native/segcode.c and segcode2.c built with gcc, called through ctypes (the same functions cffi wraps)."""
 
     def __init__(self, build_dir: Path):
         lib_path = build_dir / "libsegcode_cpu.so"
         subprocess.run(["gcc", "-O3", "-std=c11", "-fno-strict-aliasing", "-ffp-contract=off", "-fPIC", "-shared",
-                        "-I", str(NATIVE), str(NATIVE / "segcode.c"), "-o", str(lib_path), "-lpthread"],
+                        "-I", str(NATIVE), str(NATIVE / "segcode.c"), str(NATIVE / "segcode2.c"), "-o", str(lib_path),
+                        "-lpthread"],
                        check=True, capture_output=True, text=True)
         self.lib = lib = ctypes.CDLL(str(lib_path))
         p, u32, i64, c_int = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int64, ctypes.c_int
