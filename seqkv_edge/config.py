@@ -7,7 +7,7 @@ from typing import Optional
 
 KV_TIERS = ("lossless", "lossy", "none")
 TOKEN_CODECS = ("portable", "hybrid", "model")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "metal")
 # with the model's KV profile 2 bits keep the default model near its KL floor; without it, 3 bits do (README)
 DEFAULT_LOSSY_BITS, DEFAULT_LOSSY_BITS_WITHOUT_PROFILE = 2.0, 3.0
 
@@ -40,8 +40,9 @@ class SeqKV:
             llama.cpp build (which cannot reproduce the logits) can still restore by prefill.
         n_threads: threads coding KV tensors in parallel (default: all cores).
         device: where the segment coder of lossy format 6 runs: ``"auto"`` (an NVIDIA GPU for states over
-            256 MB when CUDA is usable, else the CPU), ``"cpu"`` or ``"cuda"`` (an error when unavailable); it
-            never changes the stored bytes.
+            256 MB when CUDA is usable, else the CPU), ``"cpu"``, ``"cuda"`` or ``"metal"`` (decoding through
+            wgpu: Metal on macOS, Vulkan elsewhere); the last two are an error when unavailable. It never changes
+            the stored bytes.
         store: a session store (a directory, or ``redis://host:port/db``): sessions saved by name are
             deduplicated there, and the Llama's completion cache restores the longest stored prefix.
         store_budget_bytes: evict KV snapshots beyond this many stored bytes (tokens are always kept).

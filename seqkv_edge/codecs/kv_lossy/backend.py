@@ -1,12 +1,17 @@
-"""Where format 6 of the lossy codec entropy-codes: the segment coder (format 2) on the CPU or on an NVIDIA GPU.
+"""Where format 6 of the lossy codec entropy-codes: the segment coder (format 2) on the CPU, an NVIDIA GPU or wgpu.
 
-Both backends run the same per-segment C core (``native/segcode_core.h``) and give the same bytes, so the device
-is a setting of the machine, never of the stream: ``KVLossyCodec(device=...)`` leaves the codec config alone.
+Every backend runs the per-segment core of ``native/segcode_core.h`` (the CUDA kernels that C source, the wgpu
+shader its WGSL translation) and gives the same bytes, so the device is a setting of the machine, never of the
+stream: ``KVLossyCodec(device=...)`` leaves the codec config alone.
 
 - ``"cpu"``: :mod:`seqkv_edge.codecs.segcode`, segments split across threads;
 - ``"cuda"``: :mod:`seqkv_edge.codecs.segcode_cuda`'s kernels, compiled with nvcc at first use into
   ``$SEQKV_HOME/segcode_cuda`` (needs the CUDA toolkit and a GPU);
-- ``"auto"``: the GPU when one is usable and the state holds more than :data:`AUTO_CUDA_BYTES` of KV, else the CPU.
+- ``"metal"``: :mod:`seqkv_edge.codecs.segcode_wgpu`'s compute shader decodes, through wgpu (the ``[metal]``
+  extra): on Metal on macOS, on Vulkan elsewhere (Mesa's lavapipe, a CPU rasterizer, where there is no GPU).
+  Encoding stays on the CPU coder;
+- ``"auto"``: the CUDA GPU when one is usable and the state holds more than :data:`AUTO_CUDA_BYTES` of KV, else the
+  CPU (never wgpu: on Linux it is often lavapipe, slower than the CPU coder).
 """
 from __future__ import annotations
 
@@ -23,11 +28,12 @@ from .. import segcode
 
 logger = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "metal")
 AUTO_CUDA_BYTES = 256 << 20  # below this the copies to and from the GPU cost more than the CPU coder
 SEGMENT_FORMAT = 2
 
-__all__ = ["DEVICES", "AUTO_CUDA_BYTES", "CpuSegments", "CudaSegments", "cuda_segments", "for_state"]
+__all__ = ["DEVICES", "AUTO_CUDA_BYTES", "CpuSegments", "CudaSegments", "WgpuSegments", "cuda_segments",
+           "wgpu_segments", "for_state"]
 
 
 def _usable_cores() -> int:
@@ -88,6 +94,48 @@ class CudaSegments:
                     raise CorruptDataError(str(exc)) from exc
                 raise
         return out
+
+
+class WgpuSegments:
+    """The format-2 decoder on wgpu (``segcode_wgpu.WgpuSegcode``) behind the calls of :class:`CpuSegments`; the
+    shader decodes only, so encoding runs on :class:`CpuSegments` (the same bytes)."""
+
+    device = "metal"
+
+    def __init__(self, coder, threads: int | None = None):
+        self.coder = coder
+        self.cpu = CpuSegments(threads)
+
+    def encode_rows(self, rows: np.ndarray, inv_step: np.ndarray, step: np.ndarray, out: np.ndarray | None) -> bytes:
+        return self.cpu.encode_rows(rows, inv_step, step, out)
+
+    def decode_f32(self, buf, n_rows: int, n_channels: int, step: np.ndarray, out: np.ndarray) -> np.ndarray:
+        out[...] = self.coder.decode_f32(buf, n_rows, n_channels, step)  # CorruptDataError on a damaged stream
+        return out
+
+
+_wgpu_lock = threading.Lock()
+_wgpu = None
+
+
+def wgpu_segments(threads: int | None = None) -> WgpuSegments:
+    """The wgpu backend (its pipeline built on first use); ``RuntimeError`` saying what is missing when there is
+    none."""
+    global _wgpu
+    with _wgpu_lock:
+        if _wgpu is None:
+            from .. import segcode_wgpu
+
+            try:
+                _wgpu = segcode_wgpu.WgpuSegcode()
+            except ImportError as exc:
+                raise RuntimeError("KVLossyCodec(device='metal'): wgpu is not installed; pip install "
+                                   "'seqkv_edge[metal]', or use device='cpu' (the same bytes)") from exc
+            except RuntimeError as exc:
+                raise RuntimeError(f"KVLossyCodec(device='metal'): {exc} (Metal on macOS, Vulkan elsewhere: "
+                                   "mesa-vulkan-drivers gives a software one); or use device='cpu' "
+                                   "(the same bytes)") from exc
+        return WgpuSegments(_wgpu, threads)
 
 
 _cuda_lock = threading.Lock()
@@ -172,4 +220,6 @@ def for_state(device: str, kv_bytes: int, threads: int | None = None):
         return CpuSegments(threads)
     if device in ("cuda", "auto"):
         return cuda_segments()
+    if device == "metal":
+        return wgpu_segments(threads)
     raise ValueError(f"device={device!r}: choose one of {DEVICES}")

@@ -1,0 +1,52 @@
+"""Segment coder format 2 decoded by the wgpu shader (seqkv_edge.codecs.segcode_wgpu) beside the CPU decoder.
+
+    python benchmarks/segcode_wgpu.py [DUMP] [--reps N] [--step-sigma S]
+
+Data as in benchmarks/segcode_throughput.py (the default model's f16 dump, else synthetic Laplacian data of its
+shape), each tensor quantized per channel at step = S * its standard deviation and coded by the CPU coder. Times
+decode_f32 of every tensor, one call per tensor as a restore would, on wgpu's adapter (copies to and from it
+included) and on the CPU decoder with one and two threads; checks that both give the same float32 bytes. MB/s
+counts the f16 KV bytes (2 per value). On Linux without a GPU the adapter is Mesa's lavapipe, a software Vulkan on
+the CPU cores: its figure says what the shader costs there, not what a GPU does.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+from segcode_throughput import best_time, load_tensors
+
+from seqkv_edge.codecs import segcode, segcode_wgpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    home = Path(os.environ.get("SEQKV_HOME", Path.home() / ".cache" / "seqkv_edge"))
+    parser.add_argument("dump", nargs="?", type=Path, default=home / "kvdumps" / "seq_fa_f16.bin")
+    parser.add_argument("--reps", type=int, default=3, help="timing repetitions (best is kept)")
+    parser.add_argument("--step-sigma", type=float, default=1.0, help="quantizer step, in standard deviations")
+    args = parser.parse_args()
+    source, tensors = load_tensors(args.dump)
+    kv_mb = 2 * sum(t.size for t in tensors) / 1e6
+    coder = segcode_wgpu.WgpuSegcode()
+    info = coder.adapter.info
+    print(f"data: {source}; {kv_mb:.1f} MB of f16 KV; cpu_count {os.cpu_count()}")
+    print(f"adapter: {info['device']} ({info['adapter_type']}, {info['backend_type']})")
+    steps = [(args.step_sigma * t.std(axis=0) + 1e-6).astype(np.float32) for t in tensors]
+    streams = [segcode.encode_f32(t, (1.0 / s).astype(np.float32), format=2) for t, s in zip(tensors, steps)]
+    for s, t, step in zip(streams, tensors, steps):
+        assert coder.decode_f32(s, *t.shape, step).tobytes() == segcode.decode_f32(s, *t.shape, step).tobytes()
+    print(f"{'decoder':>12} {'decode MB/s':>11}")
+    wgpu_time = best_time(lambda: [coder.decode_f32(s, *t.shape, step)
+                                   for s, t, step in zip(streams, tensors, steps)], args.reps)
+    print(f"{'wgpu':>12} {kv_mb / wgpu_time:>11.1f}", flush=True)
+    for threads in (1, 2):
+        cpu_time = best_time(lambda: [segcode.decode_f32(s, *t.shape, step, threads=threads)
+                                      for s, t, step in zip(streams, tensors, steps)], args.reps)
+        print(f"{f'cpu x{threads}':>12} {kv_mb / cpu_time:>11.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

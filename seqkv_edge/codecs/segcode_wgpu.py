@@ -1,0 +1,214 @@
+"""The segment coder's format-2 decoder as a WebGPU compute shader (``native/segcode.wgsl``), run through wgpu.
+
+wgpu runs the shader on Metal on macOS and on Vulkan elsewhere (on Linux without a GPU, Mesa's software Vulkan,
+lavapipe, which is how CI tests it). One shader invocation decodes one segment, as one CUDA thread does: the
+shader is ``segc2_decode_block`` of ``native/segcode_core.h`` in WGSL, integer arithmetic only, so it gives back
+the CPU decoder's indices. Around it the host does what needs 64-bit or float arithmetic: the stream is parsed by
+the C core (:func:`segcode.segment_offsets`), each channel's symbol table is built here in numpy with the C
+core's integer arithmetic (``segc2_freqs``), and indices are dequantized by the C core (:func:`segcode.dequantize`).
+
+>>> import numpy as np
+>>> q = np.arange(-300, 300, dtype=np.int32).reshape(20, 30)
+>>> coder = WgpuSegcode() if adapter_available() else None
+>>> coder is None or bool((coder.decode(segcode.encode(q, format=2), 20, 30) == q).all())
+True
+"""
+from __future__ import annotations
+
+import threading
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CorruptDataError
+from . import segcode
+
+__all__ = ["SHADER", "WgpuSegcode", "adapter_available", "channel_tables", "read_params"]
+
+# the shader ships in the package (setup.py copies it there); a checkout reads it from native/
+_PACKAGED = resources.files(__package__) / "segcode.wgsl"
+SHADER = Path(str(_PACKAGED)) if _PACKAGED.is_file() else Path(__file__).resolve().parents[2] / "native" / "segcode.wgsl"
+
+CELLS, CHANNELS, KMAX, NSYM, TOTFREQ = 2048, 64, 48, 96, 4096  # SEGC2_CELLS, ... of segcode_core.h
+HEADER = 16  # SEGC_HEADER_SIZE
+MAX_WORKGROUPS = 65535  # per dispatch dimension, WebGPU's default limit
+MODEL_WORDS, CUM_AT = 130, 2  # the shader's per-channel table: n_sym, escape symbol, cum[0 .. 127]
+GROUPS_PER_STEP, LANES, PROGRESS_WORDS, DONE = 1024, 16, 20, 2  # as in the shader
+_EXP2_16 = (65536, 68438, 71468, 74632, 77936, 81386, 84990, 88752,
+            92682, 96785, 101070, 105545, 110218, 115098, 120194, 125515)
+
+
+def _logistic(u: int) -> int:
+    """segc2_logistic: 2^24 / (1 + 2^((128 - u) / 16)) in integers."""
+    j = 128 - u
+    whole = j // 16 if j >= 0 else -((15 - j) // 16)
+    a = _EXP2_16[j - 16 * whole]
+    a = a << whole if whole >= 0 else a >> -whole
+    return (1 << 40) // (65536 + a)
+
+
+_LOGISTIC = np.array([_logistic(u) for u in range(256)], dtype=np.uint64)
+
+
+def read_params(stream, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(k, u): each channel's model parameters from a format-2 stream's table section (validated beforehand by
+    the C parser: :func:`segcode.segment_offsets`)."""
+    table_bytes = int.from_bytes(stream[HEADER:HEADER + 4], "little")
+    bits = int.from_bytes(stream[HEADER + 4:HEADER + 4 + table_bytes], "little")
+    k = np.empty(n_channels, np.int64)
+    u = np.full((n_channels, 3), 128, np.int64)
+    at = 0
+    for c in range(n_channels):  # per channel, not per value: the widths depend on each k
+        k[c] = (bits >> at & 63) + 1
+        at += 6
+        for i in range(0 if k[c] < 2 else 1 if k[c] < 3 else 3):
+            u[c, i] = bits >> at & 255
+            at += 8
+    return k, u
+
+
+def channel_tables(k: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The shader's table of every channel (n_channels x MODEL_WORDS uint32), from segc2_freqs vectorised over
+    channels: the same integers, in uint64."""
+    n = k.size
+    one = np.uint64(1 << 24)
+    esc = k == KMAX
+    n_sym = 2 * k - 1 + esc
+    w = np.zeros((n, NSYM), np.uint64)
+    p0 = _LOGISTIC[u[:, 0]]
+    rest = one - p0
+    w[:, 0] = p0
+    m1 = np.where((k >= 3) | esc, (rest * _LOGISTIC[u[:, 1]]) >> np.uint64(24), rest)
+    ratio = _LOGISTIC[u[:, 2]]
+    w[:, 1] = w[:, 2] = np.where(k >= 2, m1 >> np.uint64(1), 0)
+    g = ((rest - m1) * (one - ratio)) >> np.uint64(24)
+    for m in range(2, KMAX):
+        live = m < k
+        w[:, 2 * m - 1] = w[:, 2 * m] = np.where(live, g >> np.uint64(1), 0)
+        g = np.where(live, (g * ratio) >> np.uint64(24), g)
+    rows = np.arange(n)
+    w[rows[esc], n_sym[esc] - 1] = g[esc]
+    used = np.arange(NSYM) < n_sym[:, None]
+    rcp = np.uint64(1 << 40) // w.sum(axis=1)
+    freq = np.where(used, np.maximum(((w << np.uint64(12)) * rcp[:, None]) >> np.uint64(40), 1), 0).astype(np.int64)
+    total = freq.sum(axis=1)
+    while (over := total > TOTFREQ).any():  # the floor of 1 overshot: slots from the largest symbols
+        best = freq.argmax(axis=1)
+        take = np.where(over, np.minimum(total - TOTFREQ, freq[rows, best] - 1), 0)
+        freq[rows, best] -= take
+        total -= take
+    freq[rows, freq.argmax(axis=1)] += TOTFREQ - total
+    table = np.full((n, MODEL_WORDS), TOTFREQ, np.uint32)
+    table[:, 0] = n_sym
+    table[:, CUM_AT] = 0
+    table[:, 1] = np.where(esc, n_sym - 1, NSYM)
+    table[:, CUM_AT + 1:CUM_AT + 1 + NSYM] = np.cumsum(freq, axis=1)
+    return table
+
+
+def _device():
+    """wgpu's adapter (a high-performance one when there are several) and a device with its storage limits."""
+    import wgpu
+
+    adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    if adapter is None:
+        raise RuntimeError("wgpu finds no adapter")
+    limits = {name: adapter.limits[name] for name in ("max-storage-buffer-binding-size", "max-buffer-size")}
+    return adapter, adapter.request_device_sync(required_limits=limits)
+
+
+def adapter_available() -> bool:
+    """Whether wgpu is installed and finds an adapter (Metal, Vulkan, D3D12)."""
+    try:
+        _device()
+    except (ImportError, RuntimeError):
+        return False
+    return True
+
+
+class WgpuSegcode:
+    """The format-2 decoder on wgpu's adapter; the pipeline is built once, calls are serialised."""
+
+    def __init__(self):
+        import wgpu
+
+        self._wgpu = wgpu
+        self.adapter, self.device = _device()
+        module = self.device.create_shader_module(code=SHADER.read_text())
+        self.pipeline = self.device.create_compute_pipeline(
+            layout="auto", compute={"module": module, "entry_point": "decode_segments"})
+        self.max_binding = min(self.device.limits["max-storage-buffer-binding-size"],
+                               self.device.limits["max-buffer-size"])
+        self._lock = threading.Lock()
+
+    def decode(self, buf, n_cells: int, n_channels: int) -> np.ndarray:
+        """Decode a format-2 stream of an [n_cells, n_channels] matrix to int32 (as :func:`segcode.decode`)."""
+        stream = np.frombuffer(buf, np.uint8)
+        offsets = segcode.segment_offsets(stream, n_cells, n_channels).astype(np.int64)
+        if stream[4] != 2:
+            raise CorruptDataError(f"decoding a {n_cells} x {n_channels} segment-coded matrix on wgpu: "
+                                   f"the stream is format {stream[4]}; this decoder reads format 2")
+        tables = channel_tables(*read_params(stream, n_channels))
+        out = np.empty((n_cells, n_channels), np.int32)
+        n_chblocks = -(-n_channels // CHANNELS)
+        with self._lock:
+            for block0, block1 in self._chunks(offsets, n_cells, n_channels, n_chblocks):
+                failed = self._run(stream, offsets[block0 * n_chblocks:block1 * n_chblocks + 1], tables,
+                                   out[block0 * CELLS:block1 * CELLS], n_chblocks)
+                if failed.any():
+                    seg = block0 * n_chblocks + int(np.flatnonzero(failed)[0])
+                    raise CorruptDataError(f"decoding a {n_cells} x {n_channels} segment-coded matrix on wgpu: "
+                                           f"segment {seg} is truncated or damaged")
+        return out
+
+    def decode_f32(self, buf, n_cells: int, n_channels: int, step) -> np.ndarray:
+        """Decode and dequantize (x = index * step[channel], the C core's multiply)."""
+        return segcode.dequantize(self.decode(buf, n_cells, n_channels), step)
+
+    def _chunks(self, offsets, n_cells: int, n_channels: int, n_chblocks: int):
+        """Runs of cell blocks whose bodies and indices each fit one storage binding."""
+        n_blocks = -(-n_cells // CELLS)
+        block0 = 0
+        while block0 < n_blocks:
+            block1 = block0 + 1
+            while block1 < n_blocks and self._fits(offsets, block0, block1 + 1, n_channels, n_chblocks):
+                block1 += 1
+            if not self._fits(offsets, block0, block1, n_channels, n_chblocks):
+                raise ValueError(f"a block of {CELLS} cells x {n_channels} channels exceeds the adapter's storage "
+                                 f"binding of {self.max_binding} bytes")
+            yield block0, block1
+            block0 = block1
+
+    def _fits(self, offsets, block0: int, block1: int, n_channels: int, n_chblocks: int) -> bool:
+        body_bytes = offsets[block1 * n_chblocks] - offsets[block0 * n_chblocks]
+        return (max(body_bytes + 4, (block1 - block0) * CELLS * n_channels * 4) <= self.max_binding
+                and (block1 - block0) * n_chblocks <= MAX_WORKGROUPS)
+
+    def _run(self, stream: np.ndarray, offsets: np.ndarray, tables: np.ndarray, out: np.ndarray,
+             n_chblocks: int) -> np.ndarray:
+        """Decode the segments at offsets (consecutive whole cell blocks) into out; which of them failed."""
+        wgpu, device = self._wgpu, self.device
+        usage = wgpu.BufferUsage
+        n_seg = offsets.size - 1
+        bodies = np.zeros(-(-(int(offsets[-1] - offsets[0]) + 1) // 4) * 4, np.uint8)
+        bodies[:offsets[-1] - offsets[0]] = stream[offsets[0]:offsets[-1]]
+        shape = np.array([out.shape[0], out.shape[1], n_seg, n_chblocks], np.uint32)
+        inputs = [(shape, usage.UNIFORM), (bodies, usage.STORAGE), ((offsets - offsets[0]).astype(np.uint32),
+                  usage.STORAGE), (tables, usage.STORAGE)]
+        buffers = [device.create_buffer_with_data(data=data, usage=kind) for data, kind in inputs]
+        buffers += [device.create_buffer(size=size, usage=usage.STORAGE | usage.COPY_SRC)  # zeroed
+                    for size in (out.nbytes, 4 * n_seg, 4 * PROGRESS_WORDS * n_seg)]
+        group = device.create_bind_group(layout=self.pipeline.get_bind_group_layout(0), entries=[
+            {"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}} for i, b in enumerate(buffers)])
+        encoder = device.create_command_encoder()
+        compute = encoder.begin_compute_pass()
+        compute.set_pipeline(self.pipeline)
+        compute.set_bind_group(0, group)
+        largest = min(out.shape[0], CELLS) * min(out.shape[1], CHANNELS)
+        for _ in range(-(-largest // (LANES * GROUPS_PER_STEP))):  # each dispatch: one step of every segment
+            compute.dispatch_workgroups(n_seg, 1, 1)
+        compute.end()
+        device.queue.submit([encoder.finish()])
+        out[...] = np.frombuffer(device.queue.read_buffer(buffers[4]), np.int32).reshape(out.shape)
+        return np.frombuffer(device.queue.read_buffer(buffers[5]), np.uint32) != DONE
