@@ -1,5 +1,6 @@
 """The tier table per known model: bytes per token of llama.cpp's state, the lossless ratio, the lossy tier's mean
-KL and top-1 agreement at 1 and 2 bits per value (defaults, and with the model's KV profile), and the portable
+KL and top-1 agreement at 1 and 2 bits per value (without and with the model's KV profile) and at its defaults
+(``SeqKV(kv="lossy")``: the profile and ``max_kl=0.01``, with the bits per value that took), and the portable
 token tier's bits per token.
 
 Usage:
@@ -32,9 +33,11 @@ def model_rows(name: str, texts, n_context: int, n_eval: int) -> dict:
     from seqkv_edge.codecs.kv_lossless import KVLosslessCodec
     from seqkv_edge.codecs.kv_lossy.codec import KVLossyCodec
     from seqkv_edge.codecs.tokens_portable import TokensPortableCodec
+    from seqkv_edge.config import SeqKV
     from seqkv_edge.models import model_path
 
     path = model_path(name)
+    config = SeqKV(kv="lossy")  # the defaults: the model's profile, and a KL target through its rate-quality table
     profile = load_or_build_profile(path)
     per_text = []
     for text in texts:
@@ -46,12 +49,16 @@ def model_rows(name: str, texts, n_context: int, n_eval: int) -> dict:
         portable = len(TokensPortableCodec(n_vocab=bench.ev.llm.n_vocab()).encode(tokens))
         found = {"state_bytes_per_token": len(bench.blob) / n_context, "lossless_ratio": raw_kv / lossless,
                  "portable_bits_per_token": 8 * portable / n_context}
-        for bits in (1.0, 2.0):
-            for label, prof in (("default", None), ("profile", profile)):
-                blob, _ = bench.lossy_blob(KVLossyCodec(bits=bits), profile=prof)
-                result = bench.evaluate(blob)
-                found[f"kl {label} {bits:g}"] = result["kl_mean"]
-                found[f"top1 {label} {bits:g}"] = result["top1_agreement"]
+        n_values = sum(t.n_cells * t.n_channels for t in tensors)
+        settings = [(f"{label} {bits:g} bits", KVLossyCodec(bits=bits), prof)
+                    for bits in (1.0, 2.0) for label, prof in (("no profile,", None), ("profile,", profile))]
+        settings.append((f"default (max_kl {config.max_kl:g})", KVLossyCodec(max_kl=config.max_kl), profile))
+        for label, codec, prof in settings:
+            blob, coded = bench.lossy_blob(codec, profile=prof)
+            result = bench.evaluate(blob)
+            found[f"KL, {label}"] = result["kl_mean"]
+            found[f"top-1, {label}"] = result["top1_agreement"]
+        found[f"bits per value, default (max_kl {config.max_kl:g})"] = 8 * coded / n_values
         print(f"  {name} / {Path(text).name}: " + ", ".join(f"{k} {v:.4g}" for k, v in found.items()), flush=True)
         per_text.append(found)
     return {"model": name, **{k: float(np.mean([f[k] for f in per_text])) for k in per_text[0]}}

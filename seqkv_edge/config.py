@@ -8,8 +8,9 @@ from typing import Optional
 KV_TIERS = ("lossless", "lossy", "none")
 TOKEN_CODECS = ("portable", "hybrid", "model")
 DEVICES = ("auto", "cpu", "cuda", "metal")
-# with the model's KV profile 2 bits keep the default model near its KL floor; without it, 3 bits do (README)
-DEFAULT_LOSSY_BITS, DEFAULT_LOSSY_BITS_WITHOUT_PROFILE = 2.0, 3.0
+# with the model's KV profile the lossy tier aims at a quality (the model's measured rate-quality table picks the
+# rate: some models need twice the bits of others); without it, at 3 bits (README)
+DEFAULT_LOSSY_MAX_KL, DEFAULT_LOSSY_BITS_WITHOUT_PROFILE = 0.01, 3.0
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,13 @@ class SeqKV:
             ``"lossy"`` (quantized and entropy coded at ``bits`` per value or at the rate that keeps the
             next-token KL under ``max_kl``; restores without recompute) or ``"none"`` (tokens only: the
             smallest files, restored by recomputing the KV).
-        bits: lossy target, average stored bits per KV value, side information included (default 2; 3 without
-            the model profile).
-        max_kl: lossy target instead of ``bits``: mean next-token KL divergence in nats (approximate:
-            calibrated on the default model).
+        bits: lossy target instead of ``max_kl``: average stored bits per KV value, side information included
+            (default without the model profile: 3). A rate that leaves the model above KL 0.01 says so in a warning.
+        max_kl: lossy target: mean next-token KL divergence in nats per token (default 0.01 with the model
+            profile), through the model's rate-quality table measured on first use (``calibrate.kl_table``;
+            approximate: texts differ, within ~25% on the known models).
         model_profile: lossy only (on by default): code K and V in per-head bases and inter-layer predictions
-            derived once per model (calibration prefills of 20-30 s on first use, cached in
+            derived once per model (calibration prefills and a rate-quality table, 40-50 s on first use, cached in
             ``$SEQKV_HOME/kv_profiles``): several times lower KL at the same rate; with it the encoder also uses
             the model's per-head step weights where known (shipped for the default model, ``seqkv calibrate``
             for others). Each session file keeps a copy of the profile beside it (``.seqkv_profiles/``), so
@@ -49,8 +51,8 @@ class SeqKV:
 
     >>> SeqKV()
     SeqKV(kv='lossless', tokens='portable', portable_fallback=False, bits=None, max_kl=None, model_profile=False, n_threads=None, device='auto', store=None, store_budget_bytes=None)
-    >>> SeqKV(kv="lossy").bits, SeqKV(kv="lossy").model_profile, SeqKV(kv="lossy", model_profile=False).bits
-    (2.0, True, 3.0)
+    >>> SeqKV(kv="lossy").max_kl, SeqKV(kv="lossy").model_profile, SeqKV(kv="lossy", model_profile=False).bits
+    (0.01, True, 3.0)
     >>> SeqKV(kv="fast")
     Traceback (most recent call last):
     ...
@@ -76,8 +78,10 @@ class SeqKV:
         if self.model_profile is None:
             object.__setattr__(self, "model_profile", self.kv == "lossy")
         if self.kv == "lossy" and self.bits is None and self.max_kl is None:
-            bits = DEFAULT_LOSSY_BITS if self.model_profile else DEFAULT_LOSSY_BITS_WITHOUT_PROFILE
-            object.__setattr__(self, "bits", bits)
+            if self.model_profile:
+                object.__setattr__(self, "max_kl", DEFAULT_LOSSY_MAX_KL)
+            else:
+                object.__setattr__(self, "bits", DEFAULT_LOSSY_BITS_WITHOUT_PROFILE)
         if self.kv != "lossy" and (self.bits is not None or self.max_kl is not None):
             raise ValueError(f"SeqKV(bits=..., max_kl=...) apply to kv='lossy', not kv={self.kv!r}")
         if self.model_profile and self.kv != "lossy":

@@ -68,3 +68,22 @@ def test_lossy_sessions_restore_and_continue(model, tmp_path):
     assert fresh.n_tokens == len(tokens)
     rows = next_logits(fresh, llm.tokenize(b" The end.", add_bos=False))
     assert np.isfinite(rows).all()
+
+
+def test_calibrate_measures_both_kv_sections_of_a_sliding_window_model(tmp_path):
+    """``seqkv calibrate`` on Gemma 3 (two KV sections): one step weight per layer depth over both sections."""
+    import json
+
+    from seqkv_edge.cli import main
+    from seqkv_edge.textdata import BUNDLED
+
+    path = known_model_path("gemma3-270m")
+    out = tmp_path / "weights.json"
+    assert main(["calibrate", "--model", path, "--texts", str(BUNDLED / "GFDL-1.3"), "--n-context", "600",
+                 "--n-eval", "16", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    n_layer = Llama(model_path=path, vocab_only=True, verbose=False).metadata["gemma3.block_count"]
+    assert [len(doc["weights"][k]) for k in "kv"] == [int(n_layer)] * 2
+    flat = [w for ws in doc["weights"]["k"] + doc["weights"]["v"] for w in ws]
+    assert all(w > 0 for w in flat) and len(set(flat)) > 1  # measured, not uniform
+    assert len(doc["sensitivity"]) == 2 * int(n_layer)  # one KV head per layer

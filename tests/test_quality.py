@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seqkv_edge.calibrate.quality import QualityBench, compare, run_quality
-from seqkv_edge.cli.quality import main
+from seqkv_edge.calibrate.quality import QualityBench, compare
+from seqkv_edge.cli.quality import main, run_quality
 
 TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 4
 

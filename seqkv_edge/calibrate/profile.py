@@ -44,7 +44,8 @@ from ..codecs.kv_lossy.profile import PROFILE_VERSION, KVProfile, profile_dir
 logger = logging.getLogger(__name__)
 
 CALIBRATION_TOKENS = 768
-# calibration text: a licence other than the GPL-3 the benchmarks measure on (Debian base-files)
+# calibration text: a licence other than the GPL-3 the benchmarks measure on (Debian base-files, else the package's
+# copy: textdata.text_path)
 CALIBRATION_TEXTS = ("/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/GPL-3")
 METRIC_FLOOR = 0.1  # query-metric eigenvalues floored at this share of their mean (directions no query sees)
 METRIC_MAX_DISTANCE, METRIC_N_DISTANCES = 1024, 129  # relative positions Δ averaged over, uniform in [-1024, 0]
@@ -150,8 +151,9 @@ def build_profile(model_path, text_path=None, n_tokens: int = CALIBRATION_TOKENS
     from ..state.blob import parse_seq_state
     from ..state.rope import rope_params
     from ..state.swa import model_layer_ids
+    from ..textdata import text_path as bundled_or_debian
 
-    text_path = text_path or next((p for p in CALIBRATION_TEXTS if Path(p).is_file()), None)
+    text_path = text_path or next((p for p in map(bundled_or_debian, CALIBRATION_TEXTS) if p.is_file()), None)
     if text_path is None:
         raise FileNotFoundError("no calibration text found; pass text_path (any English plain text)")
     llm = Llama(model_path=str(model_path), n_ctx=64, verbose=False, n_threads=n_threads)
@@ -166,7 +168,8 @@ def build_profile(model_path, text_path=None, n_tokens: int = CALIBRATION_TOKENS
     rope = rope_params(llm)
     meta["layers"] = "depth"  # keyed by depth over the KV sections, queries mapped to model layers
     bases = profile_from_state(state, rope, meta, queries=queries, layer_ids=model_layer_ids(llm, state))
-    texts = [Path(p) for p in (PREDICTOR_TEXTS if predictor_texts is None else predictor_texts) if Path(p).is_file()]
+    texts = [p for p in map(bundled_or_debian, PREDICTOR_TEXTS if predictor_texts is None else predictor_texts)
+             if p.is_file()]
     samples = []
     for path in texts:
         text_tokens = llm.tokenize(path.read_text(encoding="utf-8", errors="replace").encode())[:PREDICTOR_TOKENS]
@@ -259,10 +262,11 @@ def _has_sliding_window(llm_or_path) -> bool:
     return bool(llm.metadata.get(f"{arch}.attention.sliding_window"))
 
 
-def load_or_build_profile(llm_or_path, text_path=None) -> KVProfile:
+def load_or_build_profile(llm_or_path, text_path=None, kl_table: bool = True) -> KVProfile:
     """The cached profile of a model (``Llama`` or GGUF path), built and cached on first use (seconds); a
     cached profile of an older version (1: no predictors; 2: full-rank ones) is rebuilt, its file kept for the
-    payloads that name it."""
+    payloads that name it. It comes with the model's step weights where known and (``kl_table``) its rate-quality
+    table, measured on first use (``calibrate.kl_table``)."""
     from ..fingerprint import model_fingerprint
     from ..codecs.kv_lossy.weights import load_weights
 
@@ -283,4 +287,8 @@ def load_or_build_profile(llm_or_path, text_path=None) -> KVProfile:
     if profile.step_weights is None:
         logger.info("no lossy step weights for model %s: uniform steps (seqkv calibrate --model %s measures them)",
                     fingerprint, model_path)
+    if kl_table:
+        from .kl_table import load_or_measure_kl_table
+
+        profile.kl_table = load_or_measure_kl_table(model_path, profile)
     return profile

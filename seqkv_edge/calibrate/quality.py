@@ -13,9 +13,11 @@ Protocol (one model, one context setting on both sides, so the only difference i
 The same eval schedule on both sides makes the lossless restore reproduce the original logits bit for bit
 (DESIGN.md §3), so KL is exactly 0 for the lossless tier and every nat measured is the codec's.
 
-    >>> from seqkv_edge.calibrate.quality import run_quality                                   # doctest: +SKIP
-    >>> run_quality(model_path, "/usr/share/common-licenses/GPL-3", bits=2.0)["kl_mean"]  # doctest: +SKIP
-    0.00...
+    >>> bench = QualityBench(model_path, "/usr/share/common-licenses/GPL-3")                  # doctest: +SKIP
+    >>> bench.evaluate(bench.lossy_blob(KVLossyCodec(bits=2.0))[0])["kl_mean"]               # doctest: +SKIP
+    0.04...
+
+``seqkv quality`` (``seqkv_edge.cli.quality.run_quality``) runs it once and prints the figures.
 """
 from __future__ import annotations
 
@@ -183,33 +185,3 @@ class QualityBench:
         positions = [st.positions for sec in self.state.sections for st in sec.streams]
         codec.decode_state(payloads, tensors, positions, rope, profile=profile)
         return bytes(out), sum(map(len, payloads))
-
-
-def run_quality(model_path, text_path=None, bits: float | None = None, max_kl: float | None = None,
-                n_context: int = 1000, n_eval: int = 256, n_greedy: int = 128, flash_attn: bool = True,
-                profile: bool = False) -> dict:
-    """Save a session lossily (``bits`` per value or ``max_kl``), restore it, and measure the damage.
-
-    ``profile``: code with the model's KV profile (``seqkv_edge.calibrate.profile``; built and cached in
-    ``$SEQKV_HOME/kv_profiles`` on first use).
-
-    Returns the figures of :func:`compare` plus ``bits_per_value`` (all side information counted),
-    ``coded_bytes``, ``raw_kv_bytes`` and the setup (text, token counts, flash_attn).
-    """
-    from ..codecs.kv_lossy.codec import KVLossyCodec
-
-    bench = QualityBench(model_path, text_path, n_context=n_context, n_eval=n_eval, n_greedy=n_greedy,
-                         flash_attn=flash_attn)
-    codec = KVLossyCodec(bits=bits, max_kl=max_kl)
-    kv_profile = None
-    if profile:
-        from .profile import load_or_build_profile
-
-        kv_profile = load_or_build_profile(model_path)
-    blob, coded = bench.lossy_blob(codec, profile=kv_profile)
-    n_values = sum(t.n_cells * t.n_channels for t in bench.state.tensors())
-    result = bench.evaluate(blob)
-    result.update(bits_per_value=8.0 * coded / n_values, coded_bytes=coded, raw_kv_bytes=2 * n_values,
-                  codec=codec.get_config(), text=bench.text_name, n_context=n_context, flash_attn=flash_attn,
-                  profile=kv_profile.digest.hex() if kv_profile is not None else None)
-    return result

@@ -4,10 +4,12 @@ Not every head of every layer's K or V hurts the model equally when coarsened: o
 on GFDL-1.3) the two key heads of layer 9 differ 9x in KL for the same step, the two value heads of layer 20
 7x, and whole tensors up to ~60x. The weights move bits to where errors hurt:
 
-1. *probe*: code one head of one tensor (a layer's K or V) at ``PROBE_STEP`` times its 2-bit step, keep
-   everything else exact, restore, and measure the mean KL of the next-token distributions
-   (``seqkv_edge.calibrate.quality``); 96 probes per calibration text on the default model;
-2. *fit*: ``KL = floor + a * MSE(step)`` per head, ``MSE`` the quantization error in the coded domain
+1. *probe*: code one tensor (a layer's K or V, in every KV section: a sliding-window model has two) at
+   ``PROBE_STEP`` times its 2-bit step, keep everything else exact, restore, and measure the mean KL of the
+   next-token distributions (``seqkv_edge.calibrate.quality``); 48 probes per calibration text on the default
+   model (``per_head``: one head at a time, ``n_heads`` times as many; the default model's shipped weights were
+   measured so, on four texts, and per-tensor probes on two texts match them: ``benchmarks/RESULTS.md``);
+2. *fit*: ``KL = floor + a * MSE(step)`` per head (a per-tensor probe gives its heads one ``a``), ``MSE`` the quantization error in the coded domain
    (query-whitened keys, KLT values), computed exactly at every step of a grid; ``floor`` is the KL that
    any change to the cache costs this model (its quantized activations amplify one-ulp changes);
 3. *allocate*: per head the step on the grid minimising ``a * MSE + λ * bits`` (bits predicted by the
@@ -19,9 +21,11 @@ on GFDL-1.3) the two key heads of layer 9 differ 9x in KL for the same step, the
    alone from stored sensitivities (seconds per text, no probes).
 
 The weights only steer the encoder (each payload stores its steps), so sessions coded with or without them
-decode the same way. The default model's weights ship with the package (``data/kv_weights/``);
-``seqkv calibrate`` measures any other model (about 5 minutes per text here) and writes them beside its KV
-profile (``$SEQKV_HOME/kv_profiles/<fingerprint>.weights.json``), which ``load_or_build_profile`` attaches.
+decode the same way. The known models' weights ship with the package (``data/kv_weights/``);
+``seqkv calibrate`` measures any other model (two texts, under 3 minutes for a 0.5B model on 2 cores) and writes
+them beside its KV profile (``$SEQKV_HOME/kv_profiles/<fingerprint>.weights.json``), which
+``load_or_build_profile`` attaches; it then measures the model's rate-quality table again
+(``calibrate.kl_table``) and prints what the weights gained.
 
 Unshrunk weights (``SHRINK`` 1) do worse than halved ones: the fit overstates its extremes. Figures, with and
 without the weights (``python benchmarks/lossy_weights.py``): ``benchmarks/RESULTS.md``.
@@ -40,12 +44,14 @@ from pathlib import Path
 import numpy as np
 
 from ..codecs.kv_lossy.weights import load_weights, save_weights, weights_path
+from ..textdata import BUNDLED
 
 logger = logging.getLogger(__name__)
 
-# probe texts: none of them is one the benchmarks and the quality figures are measured on
-PROBE_TEXTS = ("/usr/share/common-licenses/GFDL-1.3", "/usr/share/games/fortunes/art",
-               "/usr/share/games/fortunes/science", "/usr/share/games/fortunes/computers")
+# probe texts: none of them is one the benchmarks and the quality figures are measured on; both ship with the package
+# (a licence, and a chat between a user and an assistant written for calibration: textdata)
+PROBE_TEXTS = ("/usr/share/common-licenses/GFDL-1.3", str(BUNDLED / "conversation.txt"))
+N_EVAL = 128  # teacher-forced tokens a probe scores
 PROBE_STEP = 8.0  # probe at 8x the 2-bit step: most tensors' KL then stands clear of the floor
 SHRINK = 0.5
 GRID_OCTAVES = np.arange(-16, 17) / 4.0  # step multipliers 2**g tried per tensor
@@ -99,21 +105,25 @@ def _head_costs(prepared, scale: float, body: np.ndarray | None = None) -> tuple
 
 
 def _coded_state(bench, profile, bits: float):
-    """(rope, the 2-bit scale, the state's tensors made ready to code, what the coder codes of each: format 4
-    with the profile's predictors, the closed-loop residuals at that scale; else the bodies)."""
+    """(rope, the 2-bit scale, the state's tensors made ready to code with their cell positions, what the coder
+    codes of each: format 4 with the profile's predictors, the closed-loop residuals at that scale; else the bodies).
+    Every KV section counts (a sliding-window model's two): each stream is its own closed loop, as in the codec."""
     from ..codecs.kv_lossy.codec import KVLossyCodec, rope_params
     from ..codecs.kv_lossy.predict import ClosedLoop
     from ..codecs.kv_lossy.tensor import _Prepared
 
-    if len(bench.state.sections) != 1 or len(bench.state.sections[0].streams) != 1:
-        raise ValueError("seqkv calibrate: only single-section, single-stream states (no iSWA) are supported")
     rope = rope_params(bench.ev.llm)
     codec = KVLossyCodec(bits=bits)
     codec.encode_state(bench.state, rope, profile=profile)
-    stream = bench.state.sections[0].streams[0]
-    prepared = [_Prepared(t, stream.positions, rope, profile) for t in bench.state.tensors()]
-    residuals = ClosedLoop(prepared, profile).residuals(codec.last_scale, None) if profile.predictors else {}
-    return rope, codec.last_scale, prepared, [residuals.get(p, p.body) for p in prepared]
+    prepared, positions, residuals = [], [], {}
+    for sec in bench.state.sections:
+        for st in sec.streams:
+            stream = [_Prepared(t, st.positions, rope, profile) for t in st.k + st.v]
+            if profile.predictors:
+                residuals.update(ClosedLoop(stream, profile).residuals(codec.last_scale, None))
+            prepared += stream
+            positions += [st.positions] * len(stream)
+    return rope, codec.last_scale, list(zip(prepared, positions)), [residuals.get(p, p.body) for p in prepared]
 
 
 def _grids(prepared, coded, scale: float):
@@ -138,29 +148,34 @@ def _copy_head(dst, src, head: int, head_dim: int) -> None:
 
 
 def _probe_text(model_path, text_path, profile, bits: float, probe_step: float, n_context: int, n_eval: int,
-                bar=None):
-    """(probe KL, probe MSE, MSE grid, rate grid, (kind, layer, head) units) of every head on one text."""
+                per_head: bool = False, bar=None):
+    """(probe KL, probe MSE, MSE grid, rate grid, (kind, layer, head) units) of every head on one text; a probe codes
+    one tensor (``per_head``: one head of it) coarsely and keeps the rest exact. Per-tensor probes give every head of
+    the tensor the tensor's KL and mean MSE: ``n_heads`` times fewer probes."""
     from ..codecs.kv_lossy.tensor import _decode_tensor
     from ..state.blob import parse_seq_state
     from .quality import QualityBench
 
     bench = QualityBench(model_path, text_path, n_context=n_context, n_eval=n_eval, n_greedy=0)
     rope, scale, prepared, coded = _coded_state(bench, profile, bits)
-    positions = bench.state.sections[0].streams[0].positions
     kls, probe_mse = [], []
-    for index, p in enumerate(prepared):
-        probe_mse += list(_head_costs(p, scale * probe_step)[0])
+    for index, (p, positions) in enumerate(prepared):
+        head_mse = _head_costs(p, scale * probe_step)[0]
         coarse = bytearray(bench.blob)  # the probe codes the tensor itself: its sensitivity, whatever the format
         coarse_view = parse_seq_state(coarse, model=bench.ev.llm).tensors()[index]
         _decode_tensor(p.encode(scale * probe_step), coarse_view, positions, rope, profile)
-        for head in range(p.n_heads):
+        if not per_head:
+            kls += [bench.evaluate(bytes(coarse))["kl_mean"]] * p.n_heads
+            probe_mse += [float(np.mean(head_mse))] * p.n_heads
+        for head in range(p.n_heads if per_head else 0):
             blob = bytearray(bench.blob)
             _copy_head(parse_seq_state(blob, model=bench.ev.llm).tensors()[index], coarse_view, head,
                        p.n_channels // p.n_heads)
             kls.append(bench.evaluate(bytes(blob))["kl_mean"])
-            if bar is not None:
-                bar.update(1)
-    mse, rate, units = _grids(prepared, coded, scale)
+            probe_mse.append(head_mse[head])
+        if bar is not None:
+            bar.update(1)
+    mse, rate, units = _grids([p for p, _ in prepared], coded, scale)
     del bench
     return np.array(kls), np.array(probe_mse), mse, rate, units
 
@@ -183,22 +198,25 @@ def _check_texts(model_path, text_paths, n_tokens: int) -> None:
 
 
 def measure_sensitivity(model_path, text_paths=PROBE_TEXTS, *, bits: float = 2.0, probe_step: float = PROBE_STEP,
-                        n_context: int = 1000, n_eval: int = 256, progress: bool = True) -> Sensitivity:
-    """Probe every K and V head of the model on each text (see the module doc); minutes per text."""
+                        n_context: int = 1000, n_eval: int = N_EVAL, per_head: bool = False,
+                        progress: bool = True) -> Sensitivity:
+    """Probe every K and V tensor (``per_head``: head) of the model on each text (see the module doc)."""
     from tqdm import tqdm
 
+    from ..textdata import text_path
     from .profile import load_or_build_profile
 
+    text_paths = [text_path(t) for t in text_paths]
     _check_texts(model_path, text_paths, n_context + n_eval)
-    profile = load_or_build_profile(model_path)
+    profile = load_or_build_profile(model_path, kl_table=False)
     profile.step_weights = None  # probe around uniform steps
-    n_heads = sum(len(b) for b in profile.analysis.values())
-    bar = tqdm(total=n_heads * len(text_paths), desc="probing KV heads", unit="probe", disable=not progress)
+    bar = tqdm(total=len(profile.analysis) * len(text_paths), desc="probing KV tensors", unit="tensor",
+               disable=not progress)
     probe_kl, distortion, rate, fits = [], [], [], []
     with bar:
         for text in text_paths:
             kl, probe_mse, mse, text_rate, units = _probe_text(model_path, text, profile, bits, probe_step,
-                                                               n_context, n_eval, bar)
+                                                               n_context, n_eval, per_head, bar)
             floor = FLOOR_SHARE * float(np.quantile(kl, FLOOR_QUANTILE))
             a = np.maximum(kl - floor, 1e-9) / np.maximum(probe_mse, 1e-30)
             logger.info("%s: KL floor %.5f, probe KL %.5f..%.5f", text, floor, kl.min(), kl.max())
@@ -220,17 +238,19 @@ def regrid(model_path, sensitivity: dict, text_paths=PROBE_TEXTS, *, bits: float
     residuals) but the model, and so its sensitivity, does not."""
     from tqdm import tqdm
 
+    from ..textdata import text_path
     from .profile import load_or_build_profile
     from .quality import QualityBench
 
+    text_paths = [text_path(t) for t in text_paths]
     _check_texts(model_path, text_paths, n_context + 1)
-    profile = load_or_build_profile(model_path)
+    profile = load_or_build_profile(model_path, kl_table=False)
     profile.step_weights = None
     distortion, rate, units = [], [], None
     for text in tqdm(text_paths, desc="KV grids", unit="text", disable=not progress):
         bench = QualityBench(model_path, text, n_context=n_context, n_eval=1, n_greedy=0)
         _, scale, prepared, coded = _coded_state(bench, profile, bits)
-        mse, text_rate, units = _grids(prepared, coded, scale)
+        mse, text_rate, units = _grids([p for p, _ in prepared], coded, scale)
         del bench
         names = [f"{k}{layer}.h{h}" for k, layer, h in units]
         missing = sorted(set(names) - set(sensitivity))

@@ -79,6 +79,7 @@ _KL_TABLE_PROFILE = ((0.12, 0.0029), (0.2, 0.0036), (0.3, 0.0050), (0.45, 0.0076
                      (1.3, 0.0395))
 _KL_SLOPES_PROFILE = (0.6, 1.5)
 _SCALE_RANGE = (1e-4, 64.0)
+POOR_KL = 0.01  # a bits target whose expected KL is above this says so (and what max_kl would take)
 _SEARCH_ROW_EVERY = 32  # formats 3 and 4 predict the rate during the search from every 32nd cell
 _SEARCH_MIN_ROWS = 60  # ... but at least 60 cells of each tensor (small states: every cell)
 _SEARCH_TOLERANCE = 0.05  # ... to within 5%, and within 0.1 bit per value (coding steers the rest: _Feedback,
@@ -132,6 +133,20 @@ class _Feedback:
         self.done_bits += bits
 
 
+_SAID: set = set()  # (table, bits) already warned about in this process
+
+
+def _say_if_poor(bits: float, expected_kl: float, table) -> None:
+    """Warn once per model and rate when a ``bits`` target leaves this model above ``POOR_KL``: some models need
+    more bits than others for the same quality, and ``max_kl`` picks the rate that keeps it."""
+    key = (id(table), round(bits, 3))
+    if expected_kl > POOR_KL and key not in _SAID:
+        _SAID.add(key)
+        logger.warning("kv_lossy: at %g bits per value this model's expected next-token KL is %.3f nats (above %g); "
+                       "max_kl=%g takes about %.1f bits per value", bits, expected_kl, POOR_KL, POOR_KL,
+                       table.bits_for(POOR_KL))
+
+
 # --- the codec -------------------------------------------------------------------------------------------
 
 @register_codec
@@ -147,9 +162,11 @@ class KVLossyCodec(StateCodec):
     needs_model = True
 
     def __init__(self, bits: float | None = None, max_kl: float | None = None, version: int = FORMAT_VERSION,
-                 weights: dict | None = None, device: str = "auto"):
-        if (bits is None) == (max_kl is None):
+                 weights: dict | None = None, device: str = "auto", *, scale: float | None = None):
+        if sum(x is not None for x in (bits, max_kl, scale)) != 1:
             raise ValueError("KVLossyCodec: give exactly one of bits (target bits per value) or max_kl")
+        if scale is not None and not _SCALE_RANGE[0] <= scale <= _SCALE_RANGE[1]:
+            raise ValueError(f"KVLossyCodec(scale={scale}): choose {_SCALE_RANGE[0]} to {_SCALE_RANGE[1]}")
         if bits is not None and not 0.05 <= bits <= 16:
             raise ValueError(f"KVLossyCodec(bits={bits}): choose 0.05 to 16 bits per value")
         if max_kl is not None and not max_kl > 0:
@@ -162,13 +179,17 @@ class KVLossyCodec(StateCodec):
         if device not in DEVICES:
             raise ValueError(f"KVLossyCodec(device={device!r}): choose one of {DEVICES}")
         self.bits, self.max_kl, self.version = bits, max_kl, version
+        self.scale = scale  # a fixed step scale (measuring the rate-quality table): no rate control
         # format 6: where the segment coder runs; the bytes are the same on every device, so not in the config
         self.device = device
         self.weights = None if weights is None else {k: list(ws) for k, ws in weights.items()}
         self.last_scale: float | None = None
+        self.last_expected_kl: float | None = None  # the KL the model's table expects at the last scale coded
 
     def get_config(self) -> dict:
         config = {"id": self.codec_id, "bits": self.bits, "max_kl": self.max_kl, "version": self.version}
+        if self.scale is not None:
+            config["scale"] = self.scale
         if self.weights is not None:
             config["weights"] = self.weights
         return config
@@ -199,8 +220,13 @@ class KVLossyCodec(StateCodec):
             return {p: r for loop in loops for p, r in loop.residuals(scale, weights, row_every).items()}
 
         feedback = None
-        if self.max_kl is not None:
-            scale = scale_for_kl(self.max_kl, profiled=any(p.digest is not None for p in prepared))
+        table = getattr(profile, "kl_table", None)
+        if self.scale is not None:
+            scale = self.scale
+        elif self.max_kl is not None:
+            scale = table.scale_for(self.max_kl) if table is not None else scale_for_kl(
+                self.max_kl, profiled=any(p.digest is not None for p in prepared))
+            scale = min(max(scale, _SCALE_RANGE[0]), _SCALE_RANGE[1])
         elif self.version < 3:
             scale, payloads = self._search_coding(prepared, n_values, weights)
             self.last_scale = scale
@@ -223,6 +249,9 @@ class KVLossyCodec(StateCodec):
                 code(p, None, decoded=False)
         payloads = [coded[p] for p in prepared]
         self.last_scale = scale
+        self.last_expected_kl = table.kl_at(scale) if table is not None else None
+        if table is not None and self.bits is not None:
+            _say_if_poor(self.bits, self.last_expected_kl, table)
         logger.debug("kv_lossy: scale %.4g, %.3f bits per value", scale,
                      8 * sum(map(len, payloads)) / max(n_values, 1))
         return payloads

@@ -42,6 +42,7 @@ class KVProfile:
         self.meta = dict(meta or {})
         self.digest = _digest(self.analysis, self.synthesis, self.predictors)
         self.step_weights: dict | None = None  # the encoder's per-head step weights (calibrate.weights), not hashed
+        self.kl_table = None  # the encoder's rate-quality table with these weights (kl_table.KLTable), not hashed
 
     def matrices(self, kind: str, layer: int, n_heads: int, head_dim: int):
         """``(analysis, synthesis)`` of one tensor, or None when the profile has none of that shape."""
