@@ -48,10 +48,11 @@ def measure_kl_table(model_path, profile, texts=TEXTS, scales=SCALES, n_context:
         return scale, float(np.mean(kl)), float(np.mean(bits))
 
     points = [point(s) for s in scales]
-    for _ in range(EXTEND):
-        if min(p[1] for p in points) > POOR_KL / 2:
+    for _ in range(EXTEND):  # what the table expects (its margin counted) must straddle the default target
+        expected = KLTable(points)
+        if expected.kl_at(min(points)[0]) > POOR_KL / 2:
             points.append(point(min(points)[0] / 2))
-        elif max(p[1] for p in points) < 2 * POOR_KL:
+        elif expected.kl_at(max(points)[0]) < 2 * POOR_KL:
             points.append(point(max(points)[0] * 2))
     del benches
     meta = {"texts": [text_path(t).name for t in texts], "n_context": n_context, "n_eval": n_eval,
