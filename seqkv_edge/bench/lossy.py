@@ -25,11 +25,11 @@ OURS_BITS = (1.0, 1.5, 2.0, 3.0, 4.0)
 TURBO_BITS = (1, 1.5, 2, 2.5, 3, 4)
 COLUMNS = ("method", "bits_per_value", "kl_mean", "kl_p99", "top1_agreement", "ppl_change",
            "greedy_agreement", "greedy_common_prefix", "seconds")
-TABLE_HEADER = f"{'method':24s} {'bits':>7s} {'KL mean':>9s} {'KL p99':>8s} {'top-1':>7s} {'d ppl':>8s} {'greedy':>7s}"
+TABLE_HEADER = f"{'method':40s} {'bits':>7s} {'KL mean':>9s} {'KL p99':>8s} {'top-1':>7s} {'d ppl':>8s} {'greedy':>7s}"
 
 
 def format_row(r: dict) -> str:
-    return (f"{r['method']:24s} {r['bits_per_value']:7.3f} {r['kl_mean']:9.4f} {r['kl_p99']:8.3f} "
+    return (f"{r['method']:40s} {r['bits_per_value']:7.3f} {r['kl_mean']:9.4f} {r['kl_p99']:8.3f} "
             f"{r['top1_agreement']:7.3f} {r['ppl_change']:+8.4f} {r['greedy_agreement']:7.3f}")
 
 
@@ -43,6 +43,7 @@ def run_lossy_bench(model_path: str, text_path: str | None = None, *, n_context:
     from ..calibrate.profile import load_or_build_profile
     from ..calibrate.quality import QualityBench
     from ..codecs.kv_lossy.codec import FORMAT_VERSION, KVLossyCodec, rope_params
+    from ..config import SeqKV
     from .turboquant_peer import turboquant_state
 
     bench = QualityBench(model_path, text_path, n_context=n_context, n_eval=n_eval, n_greedy=n_greedy)
@@ -64,9 +65,12 @@ def run_lossy_bench(model_path: str, text_path: str | None = None, *, n_context:
     variants = [(f"kv_lossy v{FORMAT_VERSION}", FORMAT_VERSION, profile)]
     variants += [(f"kv_lossy v{v}", v, profile if v >= 2 else None) for v in sorted(set(versions), reverse=True)
                  if v != FORMAT_VERSION]
+    default_kl = SeqKV(kv="lossy").max_kl  # the defaults: a quality target, the model's table picks the rate
     for name, version, prof in variants:
-        for bits in ours_bits:
-            codec = KVLossyCodec(bits=bits, version=version)
+        settings = [(f"{bits:g}", KVLossyCodec(bits=bits, version=version)) for bits in ours_bits]
+        if version == FORMAT_VERSION:
+            settings.append((f"default (max_kl {default_kl:g})", KVLossyCodec(max_kl=default_kl)))
+        for label, codec in settings:
             holder: dict = {}
 
             def ours(codec=codec, holder=holder, prof=prof):
@@ -74,7 +78,7 @@ def run_lossy_bench(model_path: str, text_path: str | None = None, *, n_context:
                 holder["bits"] = 8 * coded / n_values
                 return bench.evaluate(blob)
 
-            add(f"seqkv {name} {bits:g}", lambda holder=holder: holder["bits"], ours)
+            add(f"seqkv {name} {label}", lambda holder=holder: holder["bits"], ours)
     if ours_only:
         return rows
     rope = rope_params(bench.ev.llm)

@@ -31,8 +31,10 @@ Rate control: ``bits`` (average bits per KV value over the whole state, side inf
 by a secant search on log(scale) over size estimates from every 32nd cell (format 4: those cells run through the
 closed loop), stopped within 5% and 0.1 bit (usually two estimates), then by feedback while coding: each tensor's
 scale is moved so that the coded total lands on the target (:class:`_Feedback`). Formats 1 and 2 code the
-whole state at each search step. ``max_kl`` maps to a scale through tables measured with the quality harness
-on the default model (Qwen2.5-Coder-0.5B; ``benchmarks/lossy_kl_table.py``).
+whole state at each search step. ``max_kl`` maps to a scale through the model's rate-quality table
+(``kl_table.KLTable``, measured on first use and attached to its profile); without one, through tables measured
+with the quality harness on the default model (Qwen2.5-Coder-0.5B; ``benchmarks/lossy_kl_table.py``). A ``bits``
+target whose expected KL on the model's table is above ``POOR_KL`` logs a warning once.
 
     >>> codec = KVLossyCodec(bits=2.0)                                   # doctest: +SKIP
     >>> payloads = codec.encode_state(state, rope_params(llm))  # one payload per tensor  # doctest: +SKIP
