@@ -1,13 +1,14 @@
-"""Segment coder format 2 decoded by the wgpu shader (seqkv_edge.codecs.segcode_wgpu) beside the CPU decoder.
+"""Segment coder format 2 coded by the wgpu shaders (seqkv_edge.codecs.segcode_wgpu) beside the CPU coder.
 
     python benchmarks/segcode_wgpu.py [DUMP] [--reps N] [--step-sigma S]
 
 Data as in benchmarks/segcode_throughput.py (the default model's f16 dump, else synthetic Laplacian data of its
-shape), each tensor quantized per channel at step = S * its standard deviation and coded by the CPU coder. Times
-decode_f32 of every tensor, one call per tensor as a restore would, on wgpu's adapter (copies to and from it
-included) and on the CPU decoder with one and two threads; checks that both give the same float32 bytes. MB/s
-counts the f16 KV bytes (2 per value). On Linux without a GPU the adapter is Mesa's lavapipe, a software Vulkan on
-the CPU cores: its figure says what the shader costs there, not what a GPU does.
+shape), each tensor quantized per channel at step = S * its standard deviation. Times, one call per tensor as a
+save or a restore would: encode_f32 (the C core quantizes and fits the models, the shader codes the segments) and
+decode_f32 on wgpu's adapter (copies to and from it included), and the CPU coder with one and two threads; checks
+that both give the same stream and float32 bytes. MB/s counts the f16 KV bytes (2 per value). On Linux without a GPU
+the adapter is Mesa's lavapipe, a software Vulkan on the CPU cores: its figure says what the shaders cost there, not
+what a GPU does.
 """
 from __future__ import annotations
 
@@ -35,17 +36,23 @@ def main() -> None:
     print(f"data: {source}; {kv_mb:.1f} MB of f16 KV; cpu_count {os.cpu_count()}")
     print(f"adapter: {info['device']} ({info['adapter_type']}, {info['backend_type']})")
     steps = [(args.step_sigma * t.std(axis=0) + 1e-6).astype(np.float32) for t in tensors]
-    streams = [segcode.encode_f32(t, (1.0 / s).astype(np.float32), format=2) for t, s in zip(tensors, steps)]
-    for s, t, step in zip(streams, tensors, steps):
+    inv_steps = [(1.0 / s).astype(np.float32) for s in steps]
+    streams = [segcode.encode_f32(t, inv, format=2) for t, inv in zip(tensors, inv_steps)]
+    for s, t, step, inv in zip(streams, tensors, steps, inv_steps):
+        assert coder.encode(segcode.quantize(t, inv)) == s
         assert coder.decode_f32(s, *t.shape, step).tobytes() == segcode.decode_f32(s, *t.shape, step).tobytes()
-    print(f"{'decoder':>12} {'decode MB/s':>11}")
-    wgpu_time = best_time(lambda: [coder.decode_f32(s, *t.shape, step)
-                                   for s, t, step in zip(streams, tensors, steps)], args.reps)
-    print(f"{'wgpu':>12} {kv_mb / wgpu_time:>11.1f}", flush=True)
+    print(f"{'coder':>12} {'encode MB/s':>11} {'decode MB/s':>11}")
+    encode_time = best_time(lambda: [coder.encode(segcode.quantize(t, inv)) for t, inv in zip(tensors, inv_steps)],
+                            args.reps)
+    decode_time = best_time(lambda: [coder.decode_f32(s, *t.shape, step)
+                                     for s, t, step in zip(streams, tensors, steps)], args.reps)
+    print(f"{'wgpu':>12} {kv_mb / encode_time:>11.1f} {kv_mb / decode_time:>11.1f}", flush=True)
     for threads in (1, 2):
-        cpu_time = best_time(lambda: [segcode.decode_f32(s, *t.shape, step, threads=threads)
-                                      for s, t, step in zip(streams, tensors, steps)], args.reps)
-        print(f"{f'cpu x{threads}':>12} {kv_mb / cpu_time:>11.1f}", flush=True)
+        encode_time = best_time(lambda threads=threads: [segcode.encode_f32(t, inv, threads=threads, format=2)
+                                                         for t, inv in zip(tensors, inv_steps)], args.reps)
+        decode_time = best_time(lambda threads=threads: [segcode.decode_f32(s, *t.shape, step, threads=threads)
+                                                         for s, t, step in zip(streams, tensors, steps)], args.reps)
+        print(f"{f'cpu x{threads}':>12} {kv_mb / encode_time:>11.1f} {kv_mb / decode_time:>11.1f}", flush=True)
 
 
 if __name__ == "__main__":

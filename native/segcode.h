@@ -58,6 +58,12 @@ int64_t segc2_segment_count(uint32_t n_cells, uint32_t n_channels);
 int64_t segc2_encode_bound(uint32_t n_cells, uint32_t n_channels);
 int64_t segc2_encode(const int32_t *q, uint32_t n_cells, uint32_t n_channels, uint8_t *dst, int64_t dst_cap,
                      int n_threads);
+/* the head of segc2_encode's stream of q (header, table bytes, table section: what precedes the size table) at
+ * head, at most segc2_head_bound bytes; params receives each channel's fitted model, k, u[0], u[1], u[2] (4 x
+ * n_channels). So another coder of the segments (a GPU's) fits the models as this one does. Returns the head's size */
+int64_t segc2_head_bound(uint32_t n_channels);
+int64_t segc2_fit_models(const int32_t *q, uint32_t n_cells, uint32_t n_channels, uint32_t *params, uint8_t *head,
+                         int64_t head_cap, int n_threads);
 /* rec, when not NULL, receives index * step[channel]: what the decoder gives back (a closed loop's prediction) */
 int64_t segc2_encode_f32(const float *x, const float *inv_step, uint32_t n_cells, uint32_t n_channels,
                          uint8_t *dst, int64_t dst_cap, int n_threads, const float *step, float *rec);

@@ -60,7 +60,7 @@ static int64_t segc2_count_segment(const segc_job *job, int64_t seg, int32_t *sc
     int32_t tile[SEGC2_TILE][SEGC2_CHANNELS];
     (void)scratch;
     segc2_segment_geometry(job->n_cells, job->n_channels, (uint32_t)seg, &cell0, &ch0, &h, &w);
-    int32_t *work = segc2_work(job, cell0, ch0, h);
+    int32_t *work = job->q_work ? segc2_work(job, cell0, ch0, h) : NULL; /* none when only the models are wanted */
     Segc2Stats *stats = job->stats + (uint64_t)seg * SEGC2_CHANNELS;
     for (uint32_t k = 0; k < w; k++)
         segc2_stats_clear(&stats[k]);
@@ -98,7 +98,7 @@ static int64_t segc2_count_segment(const segc_job *job, int64_t seg, int32_t *sc
                     rec[k] = segc_dequantize_value(v[k], step[k]);
             }
         }
-        for (uint32_t k = 0; k < w; k++)
+        for (uint32_t k = 0; work && k < w; k++)
             for (uint32_t t = 0; t < rows; t++)
                 work[(uint64_t)k * h + r0 + t] = tile[t][k];
     }
@@ -117,7 +117,8 @@ static int64_t segc2_fit_channel(const segc_job *job, int64_t c, int32_t *scratc
         segc2_stats_add(&total, &job->stats[(b * n_chblocks + (uint64_t)c / SEGC2_CHANNELS) * SEGC2_CHANNELS +
                                             (uint64_t)c % SEGC2_CHANNELS]);
     segc2_choose(&total, job->n_cells, &job->params[c]);
-    segc2_model(&job->params[c], &job->models[c], SEGC2_FOR_ENCODER);
+    if (job->models)
+        segc2_model(&job->params[c], &job->models[c], SEGC2_FOR_ENCODER);
     return SKV_OK;
 }
 
@@ -153,23 +154,36 @@ static int segc2_threads(const segc_job *job, int n_threads)
     return (uint64_t)job->n_cells * job->n_channels < SEGC2_THREAD_MIN_VALUES ? 1 : n_threads;
 }
 
-static int64_t segc2_encode_job(segc_job *job, int n_threads, int64_t dst_cap)
+/* the stream's head at dst: header, table bytes, table section (segc2_head_bound bytes at most); returns its size */
+static int64_t segc2_write_head(uint8_t *dst, uint32_t n_cells, uint32_t n_channels, const Segc2Params *params)
 {
-    int64_t n_seg = segc2_segment_count(job->n_cells, job->n_channels), rc, s;
+    uint32_t table_bytes = segc2_write_tables(params, n_channels, dst + SEGC_HEADER_SIZE + 4);
+    segc_write_header_version(dst, n_cells, n_channels, SEGC2_VERSION);
+    segc_store_le32(dst + SEGC_HEADER_SIZE, table_bytes);
+    return (int64_t)segc2_sizes_at(table_bytes);
+}
+
+int64_t segc2_head_bound(uint32_t n_channels)
+{
+    return n_channels ? (int64_t)segc2_sizes_at(segc2_tables_max(n_channels)) : SKV_ERR_ARGUMENT;
+}
+
+/* passes 1 and 2: every segment counted (its indices kept in the work buffer when with_work), every channel's
+ * model fitted (with the encoder's tables when with_work); what it allocates, segc2_job_free frees */
+static int64_t segc2_fit_job(segc_job *job, int64_t n_seg, int n_threads, int with_work)
+{
+    int64_t rc, n_items = n_seg > (int64_t)job->n_channels ? n_seg : (int64_t)job->n_channels;
     uint64_t n = (uint64_t)job->n_cells * job->n_channels;
-    if (n_seg < 0)
-        return n_seg;
-    if (dst_cap < segc2_encode_bound(job->n_cells, job->n_channels))
-        return SKV_ERR_CAPACITY;
-    n_threads = segc2_threads(job, n_threads);
     pthread_once(&segc2_log2_once, segc2_log2_fill);
-    int64_t n_items = n_seg > (int64_t)job->n_channels ? n_seg : (int64_t)job->n_channels;
     job->result = (int64_t *)malloc(sizeof(int64_t) * (size_t)n_items);
     job->stats = (Segc2Stats *)malloc(sizeof(Segc2Stats) * (size_t)n_seg * SEGC2_CHANNELS);
     job->params = (Segc2Params *)malloc(sizeof(Segc2Params) * job->n_channels);
-    job->models = (Segc2Model *)malloc(sizeof(Segc2Model) * job->n_channels);
-    job->q_work = (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
-    rc = job->result && job->stats && job->params && job->models && job->q_work ? SKV_OK : SKV_ERR_MEMORY;
+    if (with_work) {
+        job->models = (Segc2Model *)malloc(sizeof(Segc2Model) * job->n_channels);
+        job->q_work = (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
+    }
+    rc = job->result && job->stats && job->params && (!with_work || (job->models && job->q_work)) ? SKV_OK
+                                                                                                 : SKV_ERR_MEMORY;
     if (rc == SKV_OK) {
         job->fn = segc2_count_segment;
         rc = segc_run(job, n_seg, n_threads, 0);
@@ -179,16 +193,35 @@ static int64_t segc2_encode_job(segc_job *job, int n_threads, int64_t dst_cap)
         job->fn = segc2_fit_channel;
         rc = segc_run(job, job->n_channels, n_threads, 0);
     }
+    return rc;
+}
+
+static void segc2_job_free(segc_job *job)
+{
+    free(job->result);
+    free(job->stats);
+    free(job->params);
+    free(job->models);
+    free(job->q_work);
+}
+
+static int64_t segc2_encode_job(segc_job *job, int n_threads, int64_t dst_cap)
+{
+    int64_t n_seg = segc2_segment_count(job->n_cells, job->n_channels), rc, s;
+    if (n_seg < 0)
+        return n_seg;
+    if (dst_cap < segc2_encode_bound(job->n_cells, job->n_channels))
+        return SKV_ERR_CAPACITY;
+    n_threads = segc2_threads(job, n_threads);
+    rc = segc2_fit_job(job, n_seg, n_threads, 1);
     if (rc == SKV_OK) {
         job->fn = segc2_encode_segment;
         rc = segc_run(job, n_seg, n_threads, 0);
         rc = rc == SKV_OK ? segc_first_error(job->result, n_seg) : rc;
     }
     if (rc == SKV_OK) {
-        uint32_t table_bytes = segc2_write_tables(job->params, job->n_channels, job->dst + SEGC_HEADER_SIZE + 4);
-        uint8_t *sizes = job->dst + segc2_sizes_at(table_bytes), *out = sizes + 4 * n_seg;
-        segc_write_header_version(job->dst, job->n_cells, job->n_channels, SEGC2_VERSION);
-        segc_store_le32(job->dst + SEGC_HEADER_SIZE, table_bytes);
+        uint8_t *sizes = job->dst + segc2_write_head(job->dst, job->n_cells, job->n_channels, job->params);
+        uint8_t *out = sizes + 4 * n_seg;
         for (s = 0; s < n_seg; s++) { /* compact the slots in order: each moves down, never over a later one */
             segc_store_le32(sizes + 4 * s, (uint32_t)job->result[s]);
             memmove(out, segc2_slot(job, s), (size_t)job->result[s]);
@@ -196,11 +229,33 @@ static int64_t segc2_encode_job(segc_job *job, int n_threads, int64_t dst_cap)
         }
         rc = out - job->dst;
     }
-    free(job->result);
-    free(job->stats);
-    free(job->params);
-    free(job->models);
-    free(job->q_work);
+    segc2_job_free(job);
+    return rc;
+}
+
+int64_t segc2_fit_models(const int32_t *q, uint32_t n_cells, uint32_t n_channels, uint32_t *params, uint8_t *head,
+                         int64_t head_cap, int n_threads)
+{
+    segc_job job;
+    int64_t n_seg = segc2_segment_count(n_cells, n_channels), rc;
+    memset(&job, 0, sizeof(job));
+    if (n_seg < 0 || !q || !params || !head)
+        return n_seg < 0 ? n_seg : SKV_ERR_ARGUMENT;
+    if (head_cap < segc2_head_bound(n_channels))
+        return SKV_ERR_CAPACITY;
+    job.n_cells = n_cells;
+    job.n_channels = n_channels;
+    job.q = q;
+    rc = segc2_fit_job(&job, n_seg, segc2_threads(&job, n_threads), 0);
+    if (rc == SKV_OK) {
+        for (uint32_t c = 0; c < n_channels; c++) {
+            params[4 * c] = job.params[c].k;
+            for (uint32_t i = 0; i < 3; i++)
+                params[4 * c + 1 + i] = job.params[c].u[i];
+        }
+        rc = segc2_write_head(head, n_cells, n_channels, job.params);
+    }
+    segc2_job_free(&job);
     return rc;
 }
 

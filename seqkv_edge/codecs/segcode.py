@@ -41,6 +41,7 @@ __all__ = [
     "dequantize",
     "stream_info",
     "segment_offsets",
+    "fit_models",
     "cost",
     "cost_sample",
     "FORMATS",
@@ -187,6 +188,22 @@ def decode_f32(buf, n_cells: int, n_channels: int, step, threads: int | None = N
                   ffi.cast("float *", ffi.from_buffer(out, require_writable=True)), _threads(threads)),
                f"decoding a {n_cells} x {n_channels} segment-coded float32 matrix")
         return out
+
+
+def fit_models(q: np.ndarray, threads: int | None = None) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """Format 2's per-channel models fitted to int32 ``q`` as :func:`encode` fits them, for a coder of the segments
+    elsewhere (``segcode_wgpu``): (the stream's head, what precedes its size table; each channel's ``k``; its
+    logistic codes ``u``, shape [n_channels, 3])."""
+    ffi, lib = require()
+    q = _matrix(q, np.int32, "q")
+    n_cells, n_channels = q.shape
+    doing = f"fitting the format-2 models of a {n_cells} x {n_channels} index matrix"
+    head = np.empty(_check(lib.segc2_head_bound(n_channels), doing), np.uint8)
+    params = np.empty((n_channels, 4), np.uint32)
+    n = _check(lib.segc2_fit_models(ffi.cast("const int32_t *", ffi.from_buffer(q)), n_cells, n_channels,
+                                    ffi.cast("uint32_t *", ffi.from_buffer(params, require_writable=True)),
+                                    ffi.from_buffer(head, require_writable=True), head.size, _threads(threads)), doing)
+    return head[:n].tobytes(), params[:, 0].astype(np.int64), params[:, 1:].astype(np.int64)
 
 
 def cost(x: np.ndarray, inv_step, row_every: int = 1) -> float:

@@ -7,9 +7,9 @@ stream: ``KVLossyCodec(device=...)`` leaves the codec config alone.
 - ``"cpu"``: :mod:`seqkv_edge.codecs.segcode`, segments split across threads;
 - ``"cuda"``: :mod:`seqkv_edge.codecs.segcode_cuda`'s kernels, compiled with nvcc at first use into
   ``$SEQKV_HOME/segcode_cuda`` (needs the CUDA toolkit and a GPU);
-- ``"metal"``: :mod:`seqkv_edge.codecs.segcode_wgpu`'s compute shader decodes, through wgpu (the ``[metal]``
-  extra): on Metal on macOS, on Vulkan elsewhere (Mesa's lavapipe, a CPU rasterizer, where there is no GPU).
-  Encoding stays on the CPU coder;
+- ``"metal"``: :mod:`seqkv_edge.codecs.segcode_wgpu`'s compute shaders code the segments, through wgpu (the
+  ``[metal]`` extra): on Metal on macOS, on Vulkan elsewhere (Mesa's lavapipe, a CPU rasterizer, where there is no
+  GPU). The C core quantizes and fits the models;
 - ``"auto"``: the CUDA GPU when one is usable and the state holds more than :data:`AUTO_CUDA_BYTES` of KV, else the
   CPU (never wgpu: on Linux it is often lavapipe, slower than the CPU coder).
 """
@@ -97,17 +97,22 @@ class CudaSegments:
 
 
 class WgpuSegments:
-    """The format-2 decoder on wgpu (``segcode_wgpu.WgpuSegcode``) behind the calls of :class:`CpuSegments`; the
-    shader decodes only, so encoding runs on :class:`CpuSegments` (the same bytes)."""
+    """The format-2 shaders on wgpu (``segcode_wgpu.WgpuSegcode``) behind the calls of :class:`CpuSegments`; the C
+    core quantizes and fits each tensor's models on ``threads``."""
 
     device = "metal"
 
     def __init__(self, coder, threads: int | None = None):
         self.coder = coder
-        self.cpu = CpuSegments(threads)
+        self.threads = threads if threads is not None else _usable_cores()
 
     def encode_rows(self, rows: np.ndarray, inv_step: np.ndarray, step: np.ndarray, out: np.ndarray | None) -> bytes:
-        return self.cpu.encode_rows(rows, inv_step, step, out)
+        """As :meth:`CpuSegments.encode_rows`: the indices and ``out`` from the C core, the segments coded by the
+        shader."""
+        q = segcode.quantize(rows, inv_step)
+        if out is not None:
+            out[...] = segcode.dequantize(q, step)
+        return self.coder.encode(q, threads=self.threads)
 
     def decode_f32(self, buf, n_rows: int, n_channels: int, step: np.ndarray, out: np.ndarray) -> np.ndarray:
         out[...] = self.coder.decode_f32(buf, n_rows, n_channels, step)  # CorruptDataError on a damaged stream
