@@ -14,20 +14,11 @@
 // byte range: a damaged body gives status CORRUPT, never a read outside the stream.
 //
 // The host parses the stream's header, table section and size table (the C core's segc2_parse) and builds
-// each channel's symbol table (segc2_freqs); this shader gets the segment bodies and those tables.
+// each channel's symbol table (segc2_freqs); this shader gets the segment bodies and those tables. The constants
+// and the dispatch's shape it shares with the encoder come first (segcode_common.wgsl).
 
-const CELLS: u32 = 2048u;           // SEGC2_CELLS
-const CHANNELS: u32 = 64u;          // SEGC2_CHANNELS
-const LANES: u32 = 16u;             // SEGC2_LANES
-const SCALE_BITS: u32 = 12u;        // SEGC_SCALE_BITS
 const TOTFREQ: u32 = 4096u;         // SEGC_TOTFREQ
-const RANS_L: u32 = 65536u;         // SEGC_RANS_L
-const KMAX: u32 = 48u;              // SEGC2_KMAX
 const MAX_ABS: u32 = 32767u;        // SEGC_MAX_ABS
-// a channel's table: n_sym, the escape's symbol (2 * KMAX: none), cum[0 .. 127] (TOTFREQ from cum[n_sym] on)
-const MODEL_WORDS: u32 = 130u;
-const CUM_AT: u32 = 2u;
-const GROUPS_PER_STEP: u32 = 1024u; // about 33 loop iterations per group
 // progress of a segment: the lanes' states, the next byte, the next value, its row and column
 const PROGRESS_WORDS: u32 = 20u;
 const AT: u32 = 16u;
@@ -35,17 +26,8 @@ const BASE: u32 = 17u;
 const ROW: u32 = 18u;
 const COL: u32 = 19u;
 // status of a segment
-const STARTING: u32 = 0u;
 const DECODING: u32 = 1u;
-const DONE: u32 = 2u;
 const CORRUPT: u32 = 3u;
-
-struct Shape {
-    n_rows: u32,      // rows of this dispatch (whole cell blocks of the tensor, plus its last partial one)
-    n_channels: u32,
-    n_segments: u32,  // segments of this dispatch
-    n_chblocks: u32,  // segments per cell block
-}
 
 @group(0) @binding(0) var<uniform> shape: Shape;
 @group(0) @binding(1) var<storage, read> stream: array<u32>;        // the bodies' bytes, little-endian words

@@ -13,34 +13,16 @@
 //
 // The host quantizes and fits each channel's model with the C core (segcode.fit_models), builds the channels'
 // tables as for the decoder (segc2_freqs), and packs the stream: the head, the size table, then each body (the
-// lanes' states, then its words).
+// lanes' states, then its words). The constants and the dispatch's shape it shares with the decoder come first
+// (segcode_common.wgsl).
 
-const CELLS: u32 = 2048u;           // SEGC2_CELLS
-const CHANNELS: u32 = 64u;          // SEGC2_CHANNELS
-const LANES: u32 = 16u;             // SEGC2_LANES
-const SCALE_BITS: u32 = 12u;        // SEGC_SCALE_BITS
-const RANS_L: u32 = 65536u;         // SEGC_RANS_L
-const KMAX: u32 = 48u;              // SEGC2_KMAX
-// a channel's table, as the decoder's: n_sym, the escape's symbol, cum[0 .. 127]
-const MODEL_WORDS: u32 = 130u;
-const CUM_AT: u32 = 2u;
-const GROUPS_PER_STEP: u32 = 1024u; // about 33 loop iterations per group
 // progress of a segment: the lanes' states, the groups still to code, the words written so far
 const PROGRESS_WORDS: u32 = 18u;
 const GROUPS_LEFT: u32 = 16u;
 const WORDS: u32 = 17u;
 // status of a segment
-const STARTING: u32 = 0u;
 const ENCODING: u32 = 1u;
-const DONE: u32 = 2u;
 const EMPTY: u32 = 3u;              // every channel all zeros: an empty body
-
-struct Shape {
-    n_rows: u32,      // rows of this dispatch (whole cell blocks of the tensor, plus its last partial one)
-    n_channels: u32,
-    n_segments: u32,  // segments of this dispatch
-    n_chblocks: u32,  // segments per cell block
-}
 
 @group(0) @binding(0) var<uniform> shape: Shape;
 @group(0) @binding(1) var<storage, read> indices: array<i32>;        // n_rows x n_channels, row-major

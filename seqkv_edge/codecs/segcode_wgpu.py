@@ -40,6 +40,7 @@ def _shader(name: str) -> Path:
 
 
 SHADER, ENCODE_SHADER = _shader("segcode.wgsl"), _shader("segcode_encode.wgsl")
+COMMON = _shader("segcode_common.wgsl")  # the constants and the dispatch's shape both shaders use, put before each
 
 CELLS, CHANNELS, KMAX, NSYM, TOTFREQ = 2048, 64, 48, 96, 4096  # SEGC2_CELLS, ... of segcode_core.h
 HEADER = 16  # SEGC_HEADER_SIZE
@@ -148,8 +149,9 @@ class WgpuSegcode:
 
         self._wgpu = wgpu
         self.adapter, self.device = _device()
+        common = COMMON.read_text()
         self.pipeline, self.encoder = (self.device.create_compute_pipeline(
-            layout="auto", compute={"module": self.device.create_shader_module(code=path.read_text()),
+            layout="auto", compute={"module": self.device.create_shader_module(code=common + path.read_text()),
                                     "entry_point": entry}) for path, entry in ((SHADER, "decode_segments"),
                                                                               (ENCODE_SHADER, "encode_segments")))
         self.max_binding = min(self.device.limits["max-storage-buffer-binding-size"],
