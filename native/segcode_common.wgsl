@@ -22,3 +22,17 @@ struct Shape {
     n_segments: u32,  // segments of this dispatch
     n_chblocks: u32,  // segments per cell block
 }
+
+// where segment seg of the dispatch lies: its first cell and channel, its rows and channels
+struct Extent {
+    cell0: u32,
+    ch0: u32,
+    h: u32,
+    w: u32,
+}
+
+fn extent(seg: u32) -> Extent {
+    let cell0 = (seg / shape.n_chblocks) * CELLS;
+    let ch0 = (seg % shape.n_chblocks) * CHANNELS;
+    return Extent(cell0, ch0, min(shape.n_rows - cell0, CELLS), min(shape.n_channels - ch0, CHANNELS));
+}

@@ -123,10 +123,11 @@ fn encode_groups(seg: u32, cell0: u32, ch0: u32, h: u32, w: u32) -> u32 {
 }
 
 fn step_segment(seg: u32) -> u32 {
-    let cell0 = (seg / shape.n_chblocks) * CELLS;
-    let ch0 = (seg % shape.n_chblocks) * CHANNELS;
-    let h = min(shape.n_rows - cell0, CELLS);
-    let w = min(shape.n_channels - ch0, CHANNELS);
+    let e = extent(seg);
+    let cell0 = e.cell0;
+    let ch0 = e.ch0;
+    let h = e.h;
+    let w = e.w;
     let saved = seg * PROGRESS_WORDS;
     top = regions[seg + 1u] * 4u;
     if (status[seg] == STARTING) {
