@@ -202,17 +202,13 @@ fn decode_groups(seg: u32, cell0: u32, ch0: u32, h: u32, w: u32) -> u32 {
 
 fn step_segment(seg: u32) -> u32 {
     let e = extent(seg);
-    let cell0 = e.cell0;
-    let ch0 = e.ch0;
-    let h = e.h;
-    let w = e.w;
     let saved = seg * PROGRESS_WORDS;
     stop = bounds[seg + 1u];
     failed = false;
     var state = status[seg];
     if (state == STARTING) {
         at = bounds[seg];
-        state = start_segment(ch0, w);
+        state = start_segment(e.ch0, e.w);
     } else {
         at = progress[saved + AT];
         for (var s = 0u; s < LANES; s++) {
@@ -222,7 +218,7 @@ fn step_segment(seg: u32) -> u32 {
     if (state != DECODING) {
         return state;
     }
-    state = decode_groups(seg, cell0, ch0, h, w);
+    state = decode_groups(seg, e.cell0, e.ch0, e.h, e.w);
     progress[saved + AT] = at;
     for (var s = 0u; s < LANES; s++) {
         progress[saved + s] = x[s];

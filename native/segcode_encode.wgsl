@@ -124,16 +124,12 @@ fn encode_groups(seg: u32, cell0: u32, ch0: u32, h: u32, w: u32) -> u32 {
 
 fn step_segment(seg: u32) -> u32 {
     let e = extent(seg);
-    let cell0 = e.cell0;
-    let ch0 = e.ch0;
-    let h = e.h;
-    let w = e.w;
     let saved = seg * PROGRESS_WORDS;
     top = regions[seg + 1u] * 4u;
     if (status[seg] == STARTING) {
         var coded = false;
-        for (var c = 0u; c < w; c++) {
-            coded = coded || models[(ch0 + c) * MODEL_WORDS] > 1u; // k > 1: more than the one symbol 0
+        for (var c = 0u; c < e.w; c++) {
+            coded = coded || models[(e.ch0 + c) * MODEL_WORDS] > 1u; // k > 1: more than the one symbol 0
         }
         if (!coded) {
             return EMPTY;
@@ -142,14 +138,14 @@ fn step_segment(seg: u32) -> u32 {
             x[s] = RANS_L;
         }
         n_words = 0u;
-        progress[saved + GROUPS_LEFT] = (h * w + LANES - 1u) / LANES;
+        progress[saved + GROUPS_LEFT] = (e.h * e.w + LANES - 1u) / LANES;
     } else {
         for (var s = 0u; s < LANES; s++) {
             x[s] = progress[saved + s];
         }
         n_words = progress[saved + WORDS];
     }
-    let state = encode_groups(seg, cell0, ch0, h, w);
+    let state = encode_groups(seg, e.cell0, e.ch0, e.h, e.w);
     for (var s = 0u; s < LANES; s++) {
         progress[saved + s] = x[s];
     }
