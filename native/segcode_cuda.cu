@@ -380,6 +380,28 @@ int64_t segc_cuda_decode_f32(const uint8_t *src, int64_t src_len, uint32_t n_cel
     return step && x ? segc_cuda_decode_any(src, src_len, n_cells, n_channels, 0, step, x, ms) : SKV_ERR_ARGUMENT;
 }
 
+/* Page-locked host memory of n bytes (malloc when emulating): llama.cpp copies an offloaded KV cache into it
+ * with DMA instead of through a staging buffer, and the kernels' copies run at full PCIe speed. 0 or a code. */
+int segc_cuda_host_alloc(uint64_t n, void **out)
+{
+#if defined(SEGC_EMULATE)
+    *out = malloc(n ? (size_t)n : 1);
+    return *out ? 0 : SKV_ERR_MEMORY;
+#else
+    return cudaHostAlloc(out, n ? (size_t)n : 1, cudaHostAllocDefault) == cudaSuccess ? 0 : SKV_ERR_MEMORY;
+#endif
+}
+
+void segc_cuda_host_free(void *p)
+{
+#if defined(SEGC_EMULATE)
+    free(p);
+#else
+    if (p)
+        cudaFreeHost(p);
+#endif
+}
+
 /* ---- format 2 ---------------------------------------------------------------------------------------- */
 
 /* GPUs the CUDA runtime sees (0 when emulating), or SKV_ERR_DEVICE */

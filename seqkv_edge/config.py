@@ -41,10 +41,11 @@ class SeqKV:
         portable_fallback: with ``hybrid``/``model`` tokens, also keep a portable copy so another
             llama.cpp build (which cannot reproduce the logits) can still restore by prefill.
         n_threads: threads coding KV tensors in parallel (default: all cores).
-        device: where the segment coder of lossy format 6 runs: ``"auto"`` (an NVIDIA GPU for states over
-            256 MB when CUDA is usable, else the CPU), ``"cpu"``, ``"cuda"`` or ``"metal"`` (decoding through
-            wgpu: Metal on macOS, Vulkan elsewhere); the last two are an error when unavailable. It never changes
-            the stored bytes.
+        device: where lossy snapshots are entropy-coded: ``"auto"`` (an NVIDIA GPU for states over 256 MB when
+            CUDA is usable, else the CPU), ``"cpu"``, ``"cuda"`` or ``"metal"`` (wgpu: Metal on macOS, Vulkan
+            elsewhere); the last two are an error when unavailable. A save a GPU codes is written in lossy format 6
+            (its segment coder; with CUDA, llama.cpp's state is read into page-locked memory), any other in the
+            default format; every machine decodes both, and the device never changes the bytes of a format.
         store: a session store (a directory, or ``redis://host:port/db``): sessions saved by name are
             deduplicated there, and the Llama's completion cache restores the longest stored prefix.
         store_budget_bytes: evict KV snapshots beyond this many stored bytes (tokens are always kept).

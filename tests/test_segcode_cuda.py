@@ -96,3 +96,46 @@ def test_machine_code_check_catches_a_fused_multiply_add(tmp_path):
                    check=True, capture_output=True)
     report = segcode_cuda.machine_code_report(library)
     assert report["fused_multiply_add"] and report["ptx_forbidden"] and not report["ok"]
+
+
+def test_host_buffer_is_writable_and_freed_after_its_last_view(emulated):
+    import gc
+
+    buf = emulated.host_buffer(4096)
+    assert buf.dtype == np.uint8 and buf.shape == (4096,) and buf.flags.writeable
+    buf[:] = 7
+    view = memoryview(buf)[:16]
+    del buf
+    gc.collect()
+    assert bytes(view) == b"\x07" * 16  # a view keeps the memory alive
+    del view
+    gc.collect()
+
+
+def test_saves_coded_on_a_gpu_read_into_its_host_buffer_and_write_format_6(emulated, tiny_model_path, tmp_path,
+                                                                          monkeypatch):
+    """A lossy save whose state a GPU codes (here the emulated kernels standing in for CUDA) reads llama.cpp's state
+    into the backend's page-locked buffer and writes format 6; the CPU restores it like any other file."""
+    from seqkv_edge import Llama, SeqKV
+    from seqkv_edge.codecs.kv_lossy import backend
+    from seqkv_edge.container.session_file import Kind, read_container
+    from seqkv_edge.state.blob import read_seq_state
+
+    gpu = backend.CudaSegments(emulated)
+    asked = []
+    monkeypatch.setattr(gpu, "host_buffer", lambda n: asked.append(n) or emulated.host_buffer(n))
+    monkeypatch.setattr(backend, "for_state", lambda device, kv_bytes, threads=None:
+                        gpu if device == "cuda" else backend.CpuSegments(threads))
+    settings = dict(kv="lossy", bits=3.0, model_profile=False)
+    llm = Llama(model_path=tiny_model_path, n_ctx=512, verbose=False, kv_compressor=SeqKV(device="cuda", **settings))
+    llm.eval(llm.tokenize(b"Pinned memory lets the GPU copy without a staging buffer. " * 4))
+    llm.save_session(tmp_path / "gpu.seqkv")
+    assert asked == [len(read_seq_state(llm.ctx))]
+    llm.kv_compressor = SeqKV(device="cpu", **settings)
+    llm.save_session(tmp_path / "cpu.seqkv")
+    versions = {name: {p[0] for p in read_container(tmp_path / name).payloads(Kind.KV)}
+                for name in ("gpu.seqkv", "cpu.seqkv")}
+    assert versions == {"gpu.seqkv": {6}, "cpu.seqkv": {5}}
+    for name in ("gpu.seqkv", "cpu.seqkv"):
+        fresh = Llama(model_path=tiny_model_path, n_ctx=512, verbose=False, kv_compressor=SeqKV(device="cpu"))
+        assert fresh.load_session(tmp_path / name).n_tokens == llm.n_tokens

@@ -181,3 +181,16 @@ def test_metal_device_decodes_format_6_streams_as_the_cpu(coder):
     assert decoded.tobytes() == cpu.decode_f32(coded, 700, 96, step, np.empty((700, 96), np.float32)).tobytes()
     assert SeqKV(kv="lossy", device="metal").device == "metal"
     assert KVLossyCodec(bits=2.0, version=6, device="metal").get_config() == KVLossyCodec(bits=2.0, version=6).get_config()
+
+
+def test_sessions_saved_with_device_metal_are_format_6_and_restore_on_the_cpu(coder, tiny_model_path, tmp_path):
+    from seqkv_edge import Llama
+    from seqkv_edge.container.session_file import Kind, read_container
+
+    settings = dict(kv="lossy", bits=3.0, model_profile=False)
+    llm = Llama(model_path=tiny_model_path, n_ctx=512, verbose=False, kv_compressor=SeqKV(device="metal", **settings))
+    llm.eval(llm.tokenize(b"A compute shader codes the segments of every tensor. " * 4))
+    llm.save_session(tmp_path / "metal.seqkv")
+    assert {p[0] for p in read_container(tmp_path / "metal.seqkv").payloads(Kind.KV)} == {6}
+    fresh = Llama(model_path=tiny_model_path, n_ctx=512, verbose=False, kv_compressor=SeqKV(device="cpu"))
+    assert fresh.load_session(tmp_path / "metal.seqkv").n_tokens == llm.n_tokens

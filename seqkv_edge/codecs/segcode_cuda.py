@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,8 @@ class CudaSegcode:
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = args, i64
         lib.segc_cuda_device_count.argtypes, lib.segc_cuda_device_count.restype = [], ctypes.c_int
+        lib.segc_cuda_host_alloc.argtypes, lib.segc_cuda_host_alloc.restype = [ctypes.c_uint64, p], ctypes.c_int
+        lib.segc_cuda_host_free.argtypes, lib.segc_cuda_host_free.restype = [p], None
         self.last_ms = (0.0, 0.0, 0.0)  # host->device, kernels, device->host of the last call
 
     @staticmethod
@@ -124,6 +127,17 @@ class CudaSegcode:
             raise RuntimeError(f"{fn.__name__}: {_ERRORS.get(rc, 'error')} (code {rc})")
         self.last_ms = tuple(ms)
         return rc
+
+    def host_buffer(self, n: int) -> np.ndarray:
+        """``n`` bytes of page-locked host memory (``cudaHostAlloc``; plain memory when emulating) as a writable
+        uint8 array, freed when the array and every view of it are gone: copies between it and the GPU need no
+        staging buffer (llama.cpp's reads of an offloaded KV cache, the kernels' inputs)."""
+        ptr = ctypes.c_void_p()
+        if self.lib.segc_cuda_host_alloc(n, ctypes.byref(ptr)) != 0 or not ptr.value:
+            raise MemoryError(f"segc_cuda_host_alloc: {n} bytes of page-locked host memory")
+        array = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_uint8)), shape=(n,))
+        weakref.finalize(array, self.lib.segc_cuda_host_free, ptr.value)
+        return array
 
     def device_count(self) -> int:
         """GPUs the CUDA runtime sees (0 for the host emulation), or a negative code."""

@@ -26,6 +26,7 @@ from ..state.blob import (
     read_seq_state,
     skeleton_state,
 )
+from ..state.llama_api import state_size
 from ..state.swa import write_state
 from .base import SessionInfo, reused_buffer, set_tokens
 from .timing import Clock
@@ -47,11 +48,25 @@ def _tensor_meta(tensor) -> dict:
     }
 
 
-def _kv_codec(config) -> StateCodec:
-    if config.kv == "lossy":
-        from ..codecs.kv_lossy.codec import KVLossyCodec
+def _gpu(config, llm):
+    """The GPU backend that codes this save (lossy only), or None."""
+    if config.kv != "lossy" or config.device == "cpu":
+        return None
+    from ..codecs.kv_lossy.backend import gpu_for_state
 
-        return KVLossyCodec(bits=config.bits, max_kl=config.max_kl, device=config.device)
+    return gpu_for_state(config.device, state_size(llm))
+
+
+def _kv_codec(config, gpu=None) -> StateCodec:
+    """The settings' KV codec; lossy states a GPU codes (``gpu``: its backend) are written in format 6, the form
+    its kernels code (every CPU decodes it)."""
+    if config.kv == "lossy":
+        from ..codecs.kv_lossy.codec import FORMAT_VERSION, KVLossyCodec
+
+        from ..codecs.kv_lossy.backend import LOSSY_FORMAT
+
+        version = LOSSY_FORMAT if gpu is not None else FORMAT_VERSION
+        return KVLossyCodec(bits=config.bits, max_kl=config.max_kl, device=config.device, version=version)
     from ..codecs.kv_lossless import KVLosslessCodec
 
     return KVLosslessCodec(n_threads=config.threads)
@@ -60,7 +75,8 @@ def _kv_codec(config) -> StateCodec:
 def save(llm, path: Union[str, Path], config) -> SessionInfo:
     """Write ``llm``'s sequence 0 to ``path`` atomically as a KV snapshot (``config``: the ``SeqKV`` settings)."""
     clock = Clock()
-    blob = read_seq_state(llm.ctx)
+    gpu = _gpu(config, llm)
+    blob = read_seq_state(llm.ctx, out=gpu.host_buffer(state_size(llm)) if hasattr(gpu, "host_buffer") else None)
     state = parse_seq_state(blob, model=llm)
     clock.lap("read_state")
     n_tokens = llm.n_tokens
@@ -72,7 +88,7 @@ def save(llm, path: Union[str, Path], config) -> SessionInfo:
             f"saving a session: the context holds {n_cells} cells but the Llama tracks {n_tokens} tokens; "
             "sessions are saved from contexts driven by the Llama API (eval/generate/create_completion)"
         )
-    kv_codec, rope, profile = _kv_codec(config), None, None
+    kv_codec, rope, profile = _kv_codec(config, gpu), None, None
     if kv_codec.needs_model:
         from ..state.rope import rope_params
 

@@ -12,6 +12,10 @@ stream: ``KVLossyCodec(device=...)`` leaves the codec config alone.
   GPU). The C core quantizes and fits the models;
 - ``"auto"``: the CUDA GPU when one is usable and the state holds more than :data:`AUTO_CUDA_BYTES` of KV, else the
   CPU (never wgpu: on Linux it is often lavapipe, slower than the CPU coder).
+
+Sessions saved where a GPU codes them are written in format 6 (``sessions.snapshot``), the others in the default
+format; with CUDA, llama.cpp's state is read into page-locked memory (``CudaSegments.host_buffer``), and flash
+attention keeps that read to one copy per layer (without it llama.cpp copies the transposed V one channel at a time).
 """
 from __future__ import annotations
 
@@ -31,9 +35,10 @@ logger = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda", "metal")
 AUTO_CUDA_BYTES = 256 << 20  # below this the copies to and from the GPU cost more than the CPU coder
 SEGMENT_FORMAT = 2
+LOSSY_FORMAT = 6  # the lossy format whose streams are in SEGMENT_FORMAT: what a GPU backend codes
 
 __all__ = ["DEVICES", "AUTO_CUDA_BYTES", "CpuSegments", "CudaSegments", "WgpuSegments", "cuda_segments",
-           "wgpu_segments", "for_state"]
+           "wgpu_segments", "for_state", "gpu_for_state"]
 
 
 def _usable_cores() -> int:
@@ -84,6 +89,10 @@ class CudaSegments:
             out[...] = segcode.dequantize(segcode.quantize(rows, inv_step), step)
         with self._lock:
             return self.coder.encode_f32(rows, inv_step, format=SEGMENT_FORMAT)
+
+    def host_buffer(self, n: int) -> np.ndarray:
+        """``n`` bytes of page-locked host memory to read llama.cpp's state into (``CudaSegcode.host_buffer``)."""
+        return self.coder.host_buffer(n)
 
     def decode_f32(self, buf, n_rows: int, n_channels: int, step: np.ndarray, out: np.ndarray) -> np.ndarray:
         with self._lock:
@@ -217,6 +226,13 @@ def _cuda_usable() -> bool:
             except (RuntimeError, OSError) as exc:
                 logger.warning("device='auto' stays on the CPU: %s", exc)
     return _usable
+
+
+def gpu_for_state(device: str, kv_bytes: int):
+    """The GPU backend ``device`` puts a state of ``kv_bytes`` on, or None when it stays on the CPU (``"cpu"``, or
+    ``"auto"`` below :data:`AUTO_CUDA_BYTES` or without a usable GPU)."""
+    coder = for_state(device, kv_bytes)
+    return None if isinstance(coder, CpuSegments) else coder
 
 
 def for_state(device: str, kv_bytes: int, threads: int | None = None):
