@@ -8,7 +8,9 @@ libraries and calls both through ctypes, then checks, writing JSON after every p
   fuzz          random shapes and scales, formats 1 and 2: GPU bytes == CPU bytes (int32 and float32 input), each
                 side decodes the other's stream, damaged streams give the CPU's error code, never a crash;
   throughput    large tensors, each format (--formats): GPU encode / decode wall time including host<->device
-                copies, and the split into copies in / kernels / copies out; the CPU coder on all cores beside it.
+                copies, and the split into copies in / kernels / copies out; the CPU coder on all cores beside it;
+  host_buffer   the largest tensor encoded from pageable and from page-locked memory (segc_cuda_host_alloc):
+                the same bytes, and the copy-in time of each.
 With --emulate the kernels are built for the host (g++ -DSEGC_EMULATE): the whole script runs without a GPU.
 """
 from __future__ import annotations
@@ -154,6 +156,28 @@ def check_fuzz(gpu, cpu, n_cases, seed):
             "ok": not failures and n_damaged_rc_equal == n_damaged}
 
 
+def check_host_buffer(gpu, n_cells, n_channels, reps):
+    """Format 2 encode of one float32 tensor from pageable memory and from the kernels' page-locked host buffer
+    (``host_buffer``, what a save reads llama.cpp's state into when CUDA codes it): the same bytes, and the time of
+    each (the copy to the device is part of it)."""
+    rng = np.random.default_rng(11)
+    pageable = (rng.laplace(0.0, 1.0, size=(n_cells, n_channels)) * 2.0).astype(np.float32)
+    pinned = gpu.host_buffer(pageable.nbytes).view(np.float32).reshape(pageable.shape)
+    pinned[...] = pageable
+    inv_step = np.ones(n_channels, np.float32)
+    row = {"n_cells": n_cells, "n_channels": n_channels, "bytes": pageable.nbytes}
+    streams = {}
+    for name, x in (("pageable", pageable), ("pinned", pinned)):
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            streams[name] = gpu.encode_f32(x, inv_step, format=2)
+            times.append(time.perf_counter() - start)
+        row[f"{name}_encode_s"], row[f"{name}_copy_in_ms"] = min(times), gpu.last_ms[0]
+    row["ok"] = streams["pageable"] == streams["pinned"]
+    return row
+
+
 def check_throughput(gpu, cpu, sizes, reps, formats=(1, 2)):
     rows = []
     rng = np.random.default_rng(7)
@@ -243,7 +267,8 @@ def main() -> int:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",") if s]
     formats = tuple(int(f) for f in args.formats.split(",") if f)
     phase("throughput", lambda: check_throughput(gpu, cpu, sizes, args.reps, formats))
-    ok = all(report["phases"].get(p, {}).get("ok", True) for p in ("golden", "fuzz"))
+    phase("host_buffer", lambda: check_host_buffer(gpu, *(sizes[-1] if sizes else (4096, 1024)), args.reps))
+    ok = all(report["phases"].get(p, {}).get("ok", True) for p in ("golden", "fuzz", "host_buffer"))
     report["ok"] = ok
     save()
     print(f"wrote {args.out}; golden and fuzz {'passed' if ok else 'FAILED'}")
