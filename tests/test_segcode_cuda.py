@@ -139,3 +139,19 @@ def test_saves_coded_on_a_gpu_read_into_its_host_buffer_and_write_format_6(emula
     for name in ("gpu.seqkv", "cpu.seqkv"):
         fresh = Llama(model_path=tiny_model_path, n_ctx=512, verbose=False, kv_compressor=SeqKV(device="cpu"))
         assert fresh.load_session(tmp_path / name).n_tokens == llm.n_tokens
+
+
+def test_the_prepared_device_check_runs_end_to_end_emulated(tmp_path):
+    """benchmarks/gpu_check.py, the device check, with its kernels built for the host: every phase passes."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "gpu_check.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+    run = subprocess.run([sys.executable, str(script), "--emulate", "--fuzz", "4", "--sizes", "700x130", "--reps", "1",
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["ok"] and {"golden", "fuzz", "throughput", "host_buffer"} <= set(report["phases"])
+    assert report["phases"]["host_buffer"]["ok"]
