@@ -66,7 +66,7 @@ from . import backend
 from .backend import DEVICES
 from .profile import KVProfile
 from .weights import valid_weights
-from .tensor import FORMAT_VERSION, VERSIONS, _entropy_decode, _finish_tensor, _Prepared
+from .tensor import FORMAT_VERSION, VERSIONS, _entropy_decode, _predicted, _Prepared, _synthesize
 
 logger = logging.getLogger(__name__)
 
@@ -345,8 +345,9 @@ class KVLossyCodec(StateCodec):
         coder = self._coder(tensors, max((p[0] for p in payloads if len(p)), default=0))
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
             # the entropy decoding of every tensor is independent: it runs ahead in the pool (a few tensors, to bound
-            # memory) while the predictions, which need the tensors before, follow in coding order here
-            ahead, submitted = {}, 0
+            # memory) while the predictions, which need the tensors before, follow in coding order here; each
+            # tensor's synthesis into its cache (which no later tensor needs) goes back to the pool
+            ahead, submitted, finishing = {}, 0, []
             for step, i in enumerate(order):
                 for j in order[submitted:step + 2 * n_threads + 1]:
                     ahead[j] = pool.submit(_entropy_decode, payloads[j], tensors[j], coder)
@@ -358,5 +359,10 @@ class KVLossyCodec(StateCodec):
                 if len(pos) != tensor.n_cells:
                     raise ModelMismatchError(f"decoding {tensor.name}: {len(pos)} cell positions for "
                                              f"{tensor.n_cells} cells")
-                profile = _finish_tensor(ahead.pop(i).result(), tensor, pos, rope, profile, decoded[stream]) or profile
+                coded = ahead.pop(i).result()
+                found, body = _predicted(coded, tensor, profile, decoded[stream])
+                finishing.append(pool.submit(_synthesize, coded, body, found, tensor, pos, rope))
+                profile = found or profile
                 forget_unused(decoded[stream], tensor.depth)
+            for done in finishing:
+                done.result()  # its error, if any

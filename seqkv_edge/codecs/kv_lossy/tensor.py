@@ -370,22 +370,37 @@ def _entropy_decode(payload, tensor, coder=None) -> _Body:
 
 def _finish_tensor(coded: _Body, tensor, positions: np.ndarray, rope: dict | None, profile=None,
                    decoded: dict | None = None):
-    """The rest of :func:`_decode_tensor`: prediction, synthesis, offsets, sinks, RoPE, the cache type."""
-    flags, n_heads, body = coded.flags, coded.n_heads, coded.body
-    n_cells, n_ch, n_sink = tensor.n_cells, tensor.n_channels, len(coded.sink_rows)
-    found = None
+    """The rest of :func:`_decode_tensor`: :func:`_predicted` then :func:`_synthesize`."""
+    found, body = _predicted(coded, tensor, profile, decoded)
+    _synthesize(coded, body, found, tensor, positions, rope)
+    return found
+
+
+def _predicted(coded: _Body, tensor, profile=None, decoded: dict | None = None):
+    """(the profile the payload names or None, its coded-domain rows with format 4's inter-layer prediction added);
+    the rows go into ``decoded`` for the tensors predicted from them. This step is the chain a state decodes along;
+    what follows (:func:`_synthesize`) the next tensors do not need."""
+    body, found = coded.body, None
     if coded.digest:
-        head_dim = n_ch // n_heads
+        head_dim = tensor.n_channels // coded.n_heads
         found = profile_for_digest(coded.digest, profile)
-        matrices = found.matrices(tensor.kind, tensor.depth, n_heads, head_dim)
-        if matrices is None:
+        if found.matrices(tensor.kind, tensor.depth, coded.n_heads, head_dim) is None:
             raise ModelMismatchError(f"decoding {tensor.name}: KV profile {found.digest.hex()} has no "
-                                     f"{n_heads} x {head_dim} basis for this tensor")
-        if flags & _FLAG_PREDICTED:
+                                     f"{coded.n_heads} x {head_dim} basis for this tensor")
+        if coded.flags & _FLAG_PREDICTED:
             _add_prediction(body, tensor, found, decoded or {})
         if decoded is not None:
             decoded[tensor.kind, tensor.depth] = body
-        body = per_head(body, matrices[1], n_heads)
+    return found, body
+
+
+def _synthesize(coded: _Body, body: np.ndarray, profile, tensor, positions: np.ndarray, rope: dict | None) -> None:
+    """From the coded-domain rows (:func:`_predicted`) to the tensor's values in its cache type: synthesis,
+    offsets, sinks, RoPE. ``body`` is left as it is (later tensors may predict from it)."""
+    flags, n_heads = coded.flags, coded.n_heads
+    n_cells, n_ch, n_sink = tensor.n_cells, tensor.n_channels, len(coded.sink_rows)
+    if profile is not None:  # a new array: the coded-domain rows stay as they are
+        body = per_head(body, profile.matrices(tensor.kind, tensor.depth, n_heads, n_ch // n_heads)[1], n_heads)
     body += coded.offset
     if n_sink:
         x = np.empty((n_cells, n_ch), np.float32)
@@ -401,7 +416,6 @@ def _finish_tensor(coded: _Body, tensor, positions: np.ndarray, rope: dict | Non
                                      "model's rope parameters are needed (rope_params(llm))")
         x = apply_rope(x, positions, rope)
     store_values(tensor, x, rope)
-    return found
 
 
 def _add_prediction(body: np.ndarray, tensor, profile: KVProfile, decoded: dict) -> None:
