@@ -47,7 +47,9 @@ class SeqKV:
             (its segment coder; with CUDA, llama.cpp's state is read into page-locked memory), any other in the
             default format; every machine decodes both, and the device never changes the bytes of a format.
         store: a session store (a directory, or ``redis://host:port/db``): sessions saved by name are
-            deduplicated there, and the Llama's completion cache restores the longest stored prefix.
+            deduplicated there, and the Llama's completion cache restores the longest stored prefix. The store
+            keeps KV losslessly whatever ``kv`` says (shared prefixes must restore bit-exactly for every session
+            that shares them); ``kv`` applies to sessions saved to files.
         store_budget_bytes: evict KV snapshots beyond this many stored bytes (tokens are always kept).
 
     >>> SeqKV()
