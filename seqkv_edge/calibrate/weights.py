@@ -9,9 +9,10 @@ on GFDL-1.3) the two key heads of layer 9 differ 9x in KL for the same step, the
    next-token distributions (``seqkv_edge.calibrate.quality``); 48 probes per calibration text on the default
    model (``per_head``: one head at a time, ``n_heads`` times as many; the default model's shipped weights were
    measured so, on four texts, and per-tensor probes on two texts match them: ``benchmarks/RESULTS.md``);
-2. *fit*: ``KL = floor + a * MSE(step)`` per head (a per-tensor probe gives its heads one ``a``), ``MSE`` the quantization error in the coded domain
-   (query-whitened keys, KLT values), computed exactly at every step of a grid; ``floor`` is the KL that
-   any change to the cache costs this model (its quantized activations amplify one-ulp changes);
+2. *fit*: ``KL = floor + a * MSE(step)`` per head (a per-tensor probe gives its heads one ``a``), ``MSE`` the
+   quantization error in the coded domain (query-whitened keys, KLT values), computed exactly at every step of a
+   grid; ``floor`` is the KL that any change to the cache costs this model (its quantized activations amplify
+   one-ulp changes);
 3. *allocate*: per head the step on the grid minimising ``a * MSE + λ * bits`` (bits predicted by the
    lossy coder's index statistics), λ set so the total rate equals the unweighted one; the log of each
    weight is then shrunk by ``SHRINK`` towards 0, since single probes are noisy (per-layer sensitivities

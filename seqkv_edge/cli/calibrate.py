@@ -54,8 +54,8 @@ def cmd_calibrate(args) -> int:
         print(f"{name:9s} {kls}  {sens.sensitivity[i]:10.3g}  {weights[kind][layer][head]:7.3f}")
     centre = int(np.argmin(np.abs(kv_weights.GRID_OCTAVES)))
     print(f"predicted excess KL at the uniform 2-bit steps: {sens.distortion[:, centre].sum():.4f}")
-    meta = {"texts": [Path(t).name if Path(t).parent == BUNDLED else t for t in texts], "probe_step": probe, "shrink": shrink, "n_context": args.n_context,
-            "n_eval": n_eval, "probes": unit, "sensitivity": dict(zip(sens.names, map(float, sens.sensitivity)))}
+    meta = {"texts": [Path(t).name if Path(t).parent == BUNDLED else t for t in texts], "probe_step": probe,
+            "shrink": shrink, "n_context": args.n_context, "n_eval": n_eval, "probes": unit, "sensitivity": dict(zip(sens.names, map(float, sens.sensitivity)))}
     path = kv_weights.save_weights(model_fingerprint(model), weights, meta, args.out)
     print(f"step weights written to {path}")
     if args.out is None:

@@ -106,7 +106,8 @@ def kl_table_key(profile) -> dict:
     from .tensor import FORMAT_VERSION
 
     weights = getattr(profile, "step_weights", None)
-    weights_hash = None if weights is None else hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:16]
+    weights_hash = (None if weights is None
+                    else hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:16])
     return {"profile": profile.digest.hex(), "weights": weights_hash, "format": FORMAT_VERSION}
 
 
