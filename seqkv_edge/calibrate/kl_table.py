@@ -1,7 +1,7 @@
 """Measuring a model's rate-quality table for the lossy tier (``codecs.kv_lossy.kl_table.KLTable``): the state of
 ``N_CONTEXT`` tokens of each calibration text coded at each of ``SCALES`` (with the model's profile and step
 weights), restored, and the next-token KL over ``N_EVAL`` teacher-forced tokens measured against the exact cache
-(``calibrate.quality``). Done once per model, profile and step weights, on first use (about 10 seconds a text on
+(``calibrate.quality``). Done once per model, profile and step weights, on first use (about 13 s a text on
 a 2-core machine for a 0.5B model), cached beside the profile.
 
 The texts are licences (Debian's, or the package's copies): plain English the quality figures are never measured
