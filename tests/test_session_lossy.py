@@ -90,3 +90,13 @@ def test_a_profiled_session_folder_restores_on_a_machine_without_the_profile(tin
     shutil.rmtree(moved / ".seqkv_profiles")
     with pytest.raises(ModelMismatchError, match="KV profile"):
         make(tiny_model_path, SeqKV()).load_session(moved / "b.seqkv")
+
+    # a META whose profile digest is no digest (a path, say) is refused before any file is opened by it
+    from seqkv_edge.container.session_file import write_container
+    from seqkv_edge.errors import CorruptDataError
+
+    container = read_container(folder / "a.seqkv")
+    meta = dict(container.meta, profile="../../" + container.meta["profile"])
+    write_container(tmp_path / "crafted.seqkv", meta, [(k, bytes(p)) for k, p in container.sections])
+    with pytest.raises(CorruptDataError, match="not a 8-byte hex digest"):
+        make(tiny_model_path, SeqKV()).load_session(tmp_path / "crafted.seqkv")

@@ -20,7 +20,7 @@ from .predict import OUT_SUFFIX
 DIGEST_BYTES = 8
 PROFILE_VERSION = 3
 
-__all__ = ["DIGEST_BYTES", "PROFILE_VERSION", "KVProfile", "profile_dir", "profile_for_digest"]
+__all__ = ["DIGEST_BYTES", "PROFILE_VERSION", "KVProfile", "load_profile_file", "profile_dir", "profile_for_digest"]
 
 
 class KVProfile:
@@ -107,9 +107,29 @@ def profile_dir() -> Path:
     return seqkv_home() / "kv_profiles"
 
 
-_LOADED: dict = {}  # (profile file, digest) -> KVProfile: a file holds the profile its digest names, checked on load
+_LOADED: dict = {}  # (profile file, digest, mtime, size) -> KVProfile: checked on load, reloaded when the file changes
 _LOADED_MAX = 4
 _LOADED_LOCK = threading.Lock()
+
+
+def load_profile_file(path, digest: bytes) -> KVProfile:
+    """The profile in ``path``, which must be the one ``digest`` names (``CorruptDataError`` otherwise); loaded once
+    per process while the file stays as it is (restores read the same profile every time: ~30 ms a load)."""
+    path = Path(path)
+    stat = path.stat()
+    key = (path.resolve(), digest, stat.st_mtime_ns, stat.st_size)
+    with _LOADED_LOCK:
+        loaded = _LOADED.get(key)
+    if loaded is not None:
+        return loaded
+    loaded = KVProfile.load(path)
+    if loaded.digest != digest:
+        raise CorruptDataError(f"{path} holds KV profile {loaded.digest.hex()}, not {digest.hex()}")
+    with _LOADED_LOCK:
+        while len(_LOADED) >= _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = loaded
+    return loaded
 
 
 def profile_for_digest(digest: bytes, given: KVProfile | None = None) -> KVProfile:
@@ -118,20 +138,9 @@ def profile_for_digest(digest: bytes, given: KVProfile | None = None) -> KVProfi
     if given is not None and given.digest == digest:
         return given
     path = profile_dir() / f"{digest.hex()}.npz"
-    with _LOADED_LOCK:
-        loaded = _LOADED.get((path, digest))
-    if loaded is not None:
-        return loaded
     if not path.is_file():
         have = f"the profile given has digest {given.digest.hex()}" if given is not None else "none was given"
         raise ModelMismatchError(f"decoding lossy KV: the payload was coded with KV profile {digest.hex()}; {have} "
                                  f"and {path} does not exist. Build it with load_or_build_profile(llm) on the "
                                  "same model, or copy the encoder's file")
-    loaded = KVProfile.load(path)
-    if loaded.digest != digest:
-        raise CorruptDataError(f"{path} holds KV profile {loaded.digest.hex()}, not {digest.hex()}")
-    with _LOADED_LOCK:
-        while len(_LOADED) >= _LOADED_MAX:
-            _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[path, digest] = loaded
-    return loaded
+    return load_profile_file(path, digest)
