@@ -87,7 +87,7 @@ def reused_buffer(llm, name: str, size: int) -> memoryview:
 def rollback_on_failure(llm):
     """Put the context (cells, tokens) back as it was if the block fails or is cancelled."""
     n_tokens = llm.n_tokens
-    previous = bytes(read_seq_state(llm.ctx)) if n_tokens else None
+    previous = read_seq_state(llm.ctx) if n_tokens else None  # a bytearray of its own: one copy of the state
     input_ids = llm.input_ids[:n_tokens].copy()
     try:
         yield
