@@ -88,8 +88,9 @@ def _row_pointer(ffi, out: np.ndarray):
     return ffi.cast("float *", out.__array_interface__["data"][0])
 
 
-def per_head(x: np.ndarray, matrices: np.ndarray, n_heads: int) -> np.ndarray:
-    """``x[:, head] @ matrices[head]`` for each head of ``x`` [n_cells, n_heads * head_dim]."""
+def per_head(x: np.ndarray, matrices: np.ndarray, n_heads: int, split: bool = True) -> np.ndarray:
+    """``x[:, head] @ matrices[head]`` for each head of ``x`` [n_cells, n_heads * head_dim]; ``split`` False keeps
+    it in the calling thread (a caller already running beside other work leaves the shared threads to it)."""
     ffi, lib = require()
     x = _f32(x)
     out = np.empty(x.shape, np.float32)
@@ -108,7 +109,7 @@ def per_head(x: np.ndarray, matrices: np.ndarray, n_heads: int) -> np.ndarray:
             lib.det_matmul(base_x + start * n_ch + h * width, stop - start, width, n_ch, heads[h], width,
                            base_out + start * n_ch + h * width, n_ch, 0)
 
-    _in_blocks(_row_blocks(x.shape[0], x.size * width), rows)
+    _in_blocks(_row_blocks(x.shape[0], x.size * width) if split else [(0, x.shape[0])], rows)
     return out
 
 

@@ -258,11 +258,12 @@ class KVLossyCodec(StateCodec):
                      8 * sum(map(len, payloads)) / max(n_values, 1))
         return payloads
 
-    def _coder(self, tensors, version: int):
-        """The segment coder's backend (``device``) for format ``version`` (6: else None) and these tensors."""
+    def _coder(self, tensors, version: int, threads: int | None = None):
+        """The segment coder's backend (``device``) for format ``version`` (6: else None) and these tensors; on the
+        CPU with ``threads`` threads (default: all cores)."""
         if version < 6:
             return None
-        return backend.for_state(self.device, sum(2 * t.n_cells * t.n_channels for t in tensors))
+        return backend.for_state(self.device, sum(2 * t.n_cells * t.n_channels for t in tensors), threads)
 
     def _search_coding(self, prepared, n_values: int, weights: dict | None) -> tuple[float, list]:
         """Formats 1 and 2: secant search coding the whole state at every step; the best step's payloads."""
@@ -342,7 +343,8 @@ class KVLossyCodec(StateCodec):
         order = sorted(range(len(tensors)), key=lambda i: (stream_index[tensors[i].section, tensors[i].stream],
                                                            *coding_rank(tensors[i].kind, tensors[i].depth)))
         n_threads = os.cpu_count() or 1
-        coder = self._coder(tensors, max((p[0] for p in payloads if len(p)), default=0))
+        # tensors entropy-decode side by side in the pool, each in one thread
+        coder = self._coder(tensors, max((p[0] for p in payloads if len(p)), default=0), threads=1)
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
             # the entropy decoding of every tensor is independent: it runs ahead in the pool (a few tensors, to bound
             # memory) while the predictions, which need the tensors before, follow in coding order here; each
@@ -361,7 +363,7 @@ class KVLossyCodec(StateCodec):
                                              f"{tensor.n_cells} cells")
                 coded = ahead.pop(i).result()
                 found, body = _predicted(coded, tensor, profile, decoded[stream])
-                finishing.append(pool.submit(_synthesize, coded, body, found, tensor, pos, rope))
+                finishing.append(pool.submit(_synthesize, coded, body, found, tensor, pos, rope, split=False))
                 profile = found or profile
                 forget_unused(decoded[stream], tensor.depth)
             for done in finishing:

@@ -394,13 +394,16 @@ def _predicted(coded: _Body, tensor, profile=None, decoded: dict | None = None):
     return found, body
 
 
-def _synthesize(coded: _Body, body: np.ndarray, profile, tensor, positions: np.ndarray, rope: dict | None) -> None:
+def _synthesize(coded: _Body, body: np.ndarray, profile, tensor, positions: np.ndarray, rope: dict | None,
+                split: bool = True) -> None:
     """From the coded-domain rows (:func:`_predicted`) to the tensor's values in its cache type: synthesis,
-    offsets, sinks, RoPE. ``body`` is left as it is (later tensors may predict from it)."""
+    offsets, sinks, RoPE. ``body`` is left as it is (later tensors may predict from it). ``split`` False: all in
+    this thread (one running beside the prediction chain leaves the shared matrix-product threads to the chain)."""
     flags, n_heads = coded.flags, coded.n_heads
     n_cells, n_ch, n_sink = tensor.n_cells, tensor.n_channels, len(coded.sink_rows)
     if profile is not None:  # a new array: the coded-domain rows stay as they are
-        body = per_head(body, profile.matrices(tensor.kind, tensor.depth, n_heads, n_ch // n_heads)[1], n_heads)
+        body = per_head(body, profile.matrices(tensor.kind, tensor.depth, n_heads, n_ch // n_heads)[1], n_heads,
+                        split=split)
     body += coded.offset
     if n_sink:
         x = np.empty((n_cells, n_ch), np.float32)
