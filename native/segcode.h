@@ -64,6 +64,13 @@ int64_t segc2_encode(const int32_t *q, uint32_t n_cells, uint32_t n_channels, ui
 int64_t segc2_head_bound(uint32_t n_channels);
 int64_t segc2_fit_models(const int32_t *q, uint32_t n_cells, uint32_t n_channels, uint32_t *params, uint8_t *head,
                          int64_t head_cap, int n_threads);
+/* each channel's coding table as the WGSL shaders read it (SEGC2_SHADER_WORDS u32 a channel: n_sym, the escape's
+ * symbol, the cumulative frequencies), from fitted models (params as segc2_fit_models gives them) or from the
+ * models of a format-2 stream (checked as a decoder checks it) */
+#define SEGC2_SHADER_WORDS 130
+int64_t segc2_model_tables(const uint32_t *params, uint32_t n_channels, uint32_t *tables);
+int64_t segc2_stream_tables(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
+                            uint32_t *tables);
 /* rec, when not NULL, receives index * step[channel]: what the decoder gives back (a closed loop's prediction) */
 int64_t segc2_encode_f32(const float *x, const float *inv_step, uint32_t n_cells, uint32_t n_channels,
                          uint8_t *dst, int64_t dst_cap, int n_threads, const float *step, float *rec);

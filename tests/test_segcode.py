@@ -268,3 +268,25 @@ def test_format_2_encode_f32_gives_back_what_the_decoder_gives():
     assert np.array_equal(out, segcode.dequantize(segcode.quantize(x, inv_step), step))
     with pytest.raises(ValueError):
         segcode.encode_f32(x, inv_step, format=1, step=step, out=out)
+
+
+def test_coding_tables_for_other_coders_come_from_the_stream_or_the_fit_alike():
+    """The tables the WGSL shaders read: the same from a stream's models as from the fit that wrote them; bad
+    models and damaged streams are refused."""
+    rng = np.random.default_rng(5)
+    q = np.clip(np.round(rng.laplace(0, 40.0, size=(2500, 70))), -32767, 32767).astype(np.int32)
+    head, k, u = segcode.fit_models(q)
+    stream = segcode.encode(q, format=2)
+    tables = segcode.model_tables(k, u)
+    assert np.array_equal(tables, segcode.stream_tables(stream, *q.shape))
+    n_sym = tables[:, 0]
+    assert np.all(n_sym == 2 * k - 1 + (k == 48)) and np.all(tables[np.arange(70), 2 + n_sym] == 4096)
+    assert np.all(np.diff(tables[:, 2:].astype(np.int64), axis=1) >= 0)  # cumulative
+    with pytest.raises(ValueError):
+        segcode.model_tables(np.zeros(3, np.int64), np.zeros((3, 3), np.int64))  # k = 0
+    with pytest.raises(ValueError):
+        segcode.model_tables(np.full(3, 5), np.full((3, 3), 256))  # u past 8 bits
+    with pytest.raises(CorruptDataError):
+        segcode.stream_tables(stream[:30], *q.shape)
+    with pytest.raises(CorruptDataError):
+        segcode.stream_tables(stream, 2501, 70)

@@ -30,6 +30,8 @@ from ..native import check, require
 
 __all__ = [
     "SEGMENT_CELLS",
+    "model_tables",
+    "stream_tables",
     "SEGMENT_CHANNELS",
     "LANES",
     "MAX_ABS",
@@ -204,6 +206,30 @@ def fit_models(q: np.ndarray, threads: int | None = None) -> tuple[bytes, np.nda
                                     ffi.cast("uint32_t *", ffi.from_buffer(params, require_writable=True)),
                                     ffi.from_buffer(head, require_writable=True), head.size, _threads(threads)), doing)
     return head[:n].tobytes(), params[:, 0].astype(np.int64), params[:, 1:].astype(np.int64)
+
+
+def model_tables(k: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Each channel's coding table as the WGSL shaders read it (uint32 [n_channels, SEGC2_SHADER_WORDS]) from
+    :func:`fit_models`' ``k`` and ``u``: the C core's own arithmetic (``segc2_model``)."""
+    ffi, lib = require()
+    params = np.ascontiguousarray(np.column_stack([k, u]), np.uint32)
+    tables = np.empty((len(params), lib.SEGC2_SHADER_WORDS), np.uint32)
+    _check(lib.segc2_model_tables(ffi.cast("const uint32_t *", ffi.from_buffer(params)), len(params),
+                                  ffi.cast("uint32_t *", ffi.from_buffer(tables, require_writable=True))),
+           "building the shader tables of fitted models")
+    return tables
+
+
+def stream_tables(buf, n_cells: int, n_channels: int) -> np.ndarray:
+    """The coding tables (as :func:`model_tables`) of a format-2 stream's models, the stream checked as a decoder
+    checks it (``CorruptDataError`` / ``ModelMismatchError``)."""
+    ffi, lib = require()
+    tables = np.empty((n_channels, lib.SEGC2_SHADER_WORDS), np.uint32)
+    with ffi.from_buffer(buf) as src:  # released before an error leaves the frame
+        _check(lib.segc2_stream_tables(src, len(src), n_cells, n_channels,
+                                       ffi.cast("uint32_t *", ffi.from_buffer(tables, require_writable=True))),
+               f"reading the models of a {n_cells} x {n_channels} segment-coded stream")
+    return tables
 
 
 def cost(x: np.ndarray, inv_step, row_every: int = 1) -> float:

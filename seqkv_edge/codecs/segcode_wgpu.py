@@ -7,8 +7,8 @@ shaders are ``segc2_decode_block`` and ``segc2_encode_block`` of ``native/segcod
 arithmetic only, so they give the CPU coder's indices and bytes. Around them the host does what needs 64-bit or
 float arithmetic, or a whole tensor: the C core parses a stream (:func:`segcode.segment_offsets`), fits the models
 of one to be written (:func:`segcode.fit_models`), quantizes and dequantizes (:func:`segcode.quantize`,
-:func:`segcode.dequantize`); each channel's symbol table is built here in numpy with the C core's integer
-arithmetic (``segc2_freqs``).
+:func:`segcode.dequantize`) and builds each channel's coding table (:func:`segcode.model_tables`,
+:func:`segcode.stream_tables`: ``segc2_model``).
 
 >>> import numpy as np
 >>> q = np.arange(-300, 300, dtype=np.int32).reshape(20, 30)
@@ -29,9 +29,7 @@ import numpy as np
 from ..errors import CorruptDataError
 from . import segcode
 
-__all__ = ["ENCODE_SHADER", "SHADER", "WgpuSegcode", "adapter_available", "channel_tables", "read_params"]
-
-
+__all__ = ["ENCODE_SHADER", "SHADER", "WgpuSegcode", "adapter_available"]
 
 def _shader(name: str) -> Path:
     """A shader shipped in the package (setup.py copies it there), or in native/ of a checkout."""
@@ -42,85 +40,11 @@ def _shader(name: str) -> Path:
 SHADER, ENCODE_SHADER = _shader("segcode.wgsl"), _shader("segcode_encode.wgsl")
 COMMON = _shader("segcode_common.wgsl")  # the constants and the dispatch's shape both shaders use, put before each
 
-CELLS, CHANNELS, KMAX, NSYM, TOTFREQ = 2048, 64, 48, 96, 4096  # SEGC2_CELLS, ... of segcode_core.h
-HEADER = 16  # SEGC_HEADER_SIZE
+CELLS, CHANNELS = 2048, 64  # SEGC2_CELLS, SEGC2_CHANNELS of segcode_core.h
 MAX_WORKGROUPS = 65535  # per dispatch dimension, WebGPU's default limit
-MODEL_WORDS, CUM_AT = 130, 2  # the shader's per-channel table: n_sym, escape symbol, cum[0 .. 127]
 GROUPS_PER_STEP, LANES, PROGRESS_WORDS, DONE = 1024, 16, 20, 2  # as in the shaders
 ENCODE_PROGRESS_WORDS, WORDS_AT, EMPTY = 18, 17, 3  # as in segcode_encode.wgsl
 WORD_BYTES_PER_VALUE = 6  # SEGC2_SEGMENT_BOUND: at most three u16 words a value, the states apart
-_EXP2_16 = (65536, 68438, 71468, 74632, 77936, 81386, 84990, 88752,
-            92682, 96785, 101070, 105545, 110218, 115098, 120194, 125515)
-
-
-def _logistic(u: int) -> int:
-    """segc2_logistic: 2^24 / (1 + 2^((128 - u) / 16)) in integers."""
-    j = 128 - u
-    whole = j // 16 if j >= 0 else -((15 - j) // 16)
-    a = _EXP2_16[j - 16 * whole]
-    a = a << whole if whole >= 0 else a >> -whole
-    return (1 << 40) // (65536 + a)
-
-
-_LOGISTIC = np.array([_logistic(u) for u in range(256)], dtype=np.uint64)
-
-
-def read_params(stream, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(k, u): each channel's model parameters from a format-2 stream's table section (validated beforehand by
-    the C parser: :func:`segcode.segment_offsets`)."""
-    table_bytes = int.from_bytes(stream[HEADER:HEADER + 4], "little")
-    bits = int.from_bytes(stream[HEADER + 4:HEADER + 4 + table_bytes], "little")
-    k = np.empty(n_channels, np.int64)
-    u = np.full((n_channels, 3), 128, np.int64)
-    at = 0
-    for c in range(n_channels):  # per channel, not per value: the widths depend on each k
-        k[c] = (bits >> at & 63) + 1
-        at += 6
-        for i in range(0 if k[c] < 2 else 1 if k[c] < 3 else 3):
-            u[c, i] = bits >> at & 255
-            at += 8
-    return k, u
-
-
-def channel_tables(k: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """The shader's table of every channel (n_channels x MODEL_WORDS uint32), from segc2_freqs vectorised over
-    channels: the same integers, in uint64."""
-    n = k.size
-    one = np.uint64(1 << 24)
-    esc = k == KMAX
-    n_sym = 2 * k - 1 + esc
-    w = np.zeros((n, NSYM), np.uint64)
-    p0 = _LOGISTIC[u[:, 0]]
-    rest = one - p0
-    w[:, 0] = p0
-    m1 = np.where((k >= 3) | esc, (rest * _LOGISTIC[u[:, 1]]) >> np.uint64(24), rest)
-    ratio = _LOGISTIC[u[:, 2]]
-    w[:, 1] = w[:, 2] = np.where(k >= 2, m1 >> np.uint64(1), 0)
-    g = ((rest - m1) * (one - ratio)) >> np.uint64(24)
-    for m in range(2, KMAX):
-        live = m < k
-        w[:, 2 * m - 1] = w[:, 2 * m] = np.where(live, g >> np.uint64(1), 0)
-        g = np.where(live, (g * ratio) >> np.uint64(24), g)
-    rows = np.arange(n)
-    w[rows[esc], n_sym[esc] - 1] = g[esc]
-    used = np.arange(NSYM) < n_sym[:, None]
-    rcp = np.uint64(1 << 40) // w.sum(axis=1)
-    freq = np.where(used, np.maximum(((w << np.uint64(12)) * rcp[:, None]) >> np.uint64(40), 1), 0).astype(np.int64)
-    total = freq.sum(axis=1)
-    while (over := total > TOTFREQ).any():  # the floor of 1 overshot: slots from the largest symbols
-        best = freq.argmax(axis=1)
-        take = np.where(over, np.minimum(total - TOTFREQ, freq[rows, best] - 1), 0)
-        freq[rows, best] -= take
-        total -= take
-    freq[rows, freq.argmax(axis=1)] += TOTFREQ - total
-    table = np.full((n, MODEL_WORDS), TOTFREQ, np.uint32)
-    table[:, 0] = n_sym
-    table[:, CUM_AT] = 0
-    table[:, 1] = np.where(esc, n_sym - 1, NSYM)
-    table[:, CUM_AT + 1:CUM_AT + 1 + NSYM] = np.cumsum(freq, axis=1)
-    return table
-
-
 def _device():
     """wgpu's adapter (a high-performance one when there are several) and a device with its storage limits."""
     import wgpu
@@ -164,7 +88,7 @@ class WgpuSegcode:
         head, k, u = segcode.fit_models(q, threads)  # ValueError on an empty matrix or an index past MAX_ABS
         q = np.ascontiguousarray(q, np.int32)
         n_cells, n_channels = q.shape
-        tables = channel_tables(k, u)
+        tables = segcode.model_tables(k, u)
         n_chblocks = -(-n_channels // CHANNELS)
         heights = np.minimum(n_cells - np.arange(0, n_cells, CELLS), CELLS)
         widths = np.minimum(n_channels - np.arange(0, n_channels, CHANNELS), CHANNELS)
@@ -192,7 +116,7 @@ class WgpuSegcode:
         if stream[4] != 2:
             raise CorruptDataError(f"decoding a {n_cells} x {n_channels} segment-coded matrix on wgpu: "
                                    f"the stream is format {stream[4]}; this decoder reads format 2")
-        tables = channel_tables(*read_params(stream, n_channels))
+        tables = segcode.stream_tables(stream, n_cells, n_channels)
         out = np.empty((n_cells, n_channels), np.int32)
         n_chblocks = -(-n_channels // CHANNELS)
 
