@@ -35,8 +35,15 @@ def measure_kl_table(model_path, profile, texts=TEXTS, scales=SCALES, n_context:
     from ..textdata import text_path
     from .quality import QualityBench
 
+    from tqdm import tqdm
+
     t0 = time.perf_counter()
-    benches = [QualityBench(model_path, text_path(t), n_context=n_context, n_eval=n_eval, n_greedy=0) for t in texts]
+    # on a terminal, a bar: first use of the lossy tier waits on this (tens of seconds)
+    bar = tqdm(total=len(texts) * (1 + len(scales)), desc="lossy KL table", unit="step", disable=None, leave=False)
+    benches = []
+    for t in texts:
+        benches.append(QualityBench(model_path, text_path(t), n_context=n_context, n_eval=n_eval, n_greedy=0))
+        bar.update(1)
     n_values = [sum(t.n_cells * t.n_channels for t in b.state.tensors()) for b in benches]
 
     def point(scale: float) -> tuple[float, float, float]:
@@ -45,6 +52,7 @@ def measure_kl_table(model_path, profile, texts=TEXTS, scales=SCALES, n_context:
             blob, coded = bench.lossy_blob(KVLossyCodec(scale=scale), profile=profile)
             kl.append(max(bench.evaluate(blob)["kl_mean"], 1e-6))
             bits.append(8 * coded / n)
+            bar.update(1)
         return scale, float(np.mean(kl)), float(np.mean(bits))
 
     points = [point(s) for s in scales]
@@ -54,6 +62,7 @@ def measure_kl_table(model_path, profile, texts=TEXTS, scales=SCALES, n_context:
             points.append(point(min(points)[0] / 2))
         elif expected.kl_at(max(points)[0]) < 2 * POOR_KL:
             points.append(point(max(points)[0] * 2))
+    bar.close()
     del benches
     meta = {"texts": [text_path(t).name for t in texts], "n_context": n_context, "n_eval": n_eval,
             "seconds": round(time.perf_counter() - t0, 1)}
