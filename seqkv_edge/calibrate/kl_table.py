@@ -58,10 +58,14 @@ def measure_kl_table(model_path, profile, texts=TEXTS, scales=SCALES, n_context:
     points = [point(s) for s in scales]
     for _ in range(EXTEND):  # what the table expects (its margin counted) must straddle the default target
         expected = KLTable(points)
+        bar.total += len(texts)
         if expected.kl_at(min(points)[0]) > POOR_KL / 2:
             points.append(point(min(points)[0] / 2))
         elif expected.kl_at(max(points)[0]) < 2 * POOR_KL:
             points.append(point(max(points)[0] * 2))
+        else:
+            bar.total -= len(texts)
+            break
     bar.close()
     del benches
     meta = {"texts": [text_path(t).name for t in texts], "n_context": n_context, "n_eval": n_eval,
