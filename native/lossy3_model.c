@@ -1,24 +1,13 @@
 /* lossy3_model.c -- see lossy3_model.h: models, their rANS tables, statistics and cost estimates. */
 #include "lossy3_model.h"
+#include "segcode_core.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* round(2^(i / 16) * 2^16), i = 0 .. 15 */
-static const uint32_t L3_EXP2[16] = {65536, 68438, 71468, 74632, 77936, 81386, 84990, 88752,
-                                     92682, 96785, 101070, 105545, 110218, 115098, 120194, 125515};
-
-/* 2^24 / (1 + 2^((128 - u) / 16)): a probability in Q24 from its code u (integer arithmetic only, so that
- * encoder and decoder build the same tables on every platform) */
-static uint64_t l3_logistic(uint32_t u)
-{
-    int32_t j = 128 - (int32_t)u; /* -127 .. 128 */
-    int32_t whole = j >= 0 ? j / 16 : -((15 - j) / 16);
-    uint64_t a = L3_EXP2[j - 16 * whole]; /* 2^(j / 16) in Q16 */
-    a = whole >= 0 ? a << whole : a >> -whole;
-    return ((uint64_t)1 << 40) / ((uint64_t)65536 + a);
-}
+/* the model's weights and their logistic codes are the segment coder's (segcode_core.h): one implementation */
+_Static_assert(LOSSY3_KMAX == SEGC2_KMAX, "lossy format 3 and segment format 2 share their symbol model");
 
 static uint32_t l3_code(double p)
 {
@@ -30,23 +19,8 @@ static uint32_t l3_code(double p)
 /* symbol of a magnitude m and sign: 0, then (+1, -1, +2, -2, ...), then the escape */
 void l3_table(const L3Params *p, L3Table *t)
 {
-    uint32_t k = p->k, esc = k == LOSSY3_KMAX, n_sym = 2 * k - 1 + esc;
     uint64_t w[L3_NSYM_MAX], sum = 0;
-    const uint64_t one = (uint64_t)1 << 24;
-    uint64_t p0 = l3_logistic(p->u[0]), rest = one - p0;
-    w[0] = p0;
-    if (k >= 2) {
-        uint64_t m1 = k >= 3 || esc ? rest * l3_logistic(p->u[1]) >> 24 : rest;
-        uint64_t tail = rest - m1, ratio = l3_logistic(p->u[2]);
-        w[1] = w[2] = m1 >> 1;
-        uint64_t g = tail * (one - ratio) >> 24;
-        for (uint32_t m = 2; m < k; m++) {
-            w[2 * m - 1] = w[2 * m] = g >> 1;
-            g = g * ratio >> 24;
-        }
-        if (esc)
-            w[n_sym - 1] = g;
-    }
+    uint32_t n_sym = segc2_weights(p->k, p->u[0], p->u[1], p->u[2], w);
     for (uint32_t s = 0; s < n_sym; s++)
         sum += w[s];
     uint32_t total = 0, best = 0;

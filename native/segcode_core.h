@@ -635,16 +635,18 @@ SEGC_FN uint32_t segc2_code(uint64_t p)
 }
 
 /* The frequencies of a model's symbols (lossy3's l3_table, integer only); returns the symbol count. */
-SEGC_FN uint32_t segc2_freqs(const Segc2Params *p, uint32_t *freq)
+/* The Q24 weights w[0 .. n_sym - 1] of a model's symbols: 0, then +1, -1, +2, -2, ... up to magnitude k - 1, then
+ * the escape when k == SEGC2_KMAX, from the logistic codes of P(0), P(1 | > 0) and the tail ratio; returns n_sym.
+ * Lossy format 3's tables (lossy3_model.c) use the same model, normalised their own way. */
+SEGC_FN uint32_t segc2_weights(uint32_t k, uint32_t u0, uint32_t u1, uint32_t u2, uint64_t *w)
 {
-    uint32_t k = p->k, esc = k == SEGC2_KMAX, n_sym = 2 * k - 1 + esc, s, total = 0, best = 0;
-    uint64_t w[SEGC2_NSYM], sum = 0;
+    uint32_t esc = k == SEGC2_KMAX, n_sym = 2 * k - 1 + esc;
     const uint64_t one = (uint64_t)1 << 24;
-    uint64_t p0 = segc2_logistic(p->u[0]), rest = one - p0;
+    uint64_t p0 = segc2_logistic(u0), rest = one - p0;
     w[0] = p0;
     if (k >= 2) {
-        uint64_t m1 = k >= 3 || esc ? rest * segc2_logistic(p->u[1]) >> 24 : rest;
-        uint64_t tail = rest - m1, ratio = segc2_logistic(p->u[2]);
+        uint64_t m1 = k >= 3 || esc ? rest * segc2_logistic(u1) >> 24 : rest;
+        uint64_t tail = rest - m1, ratio = segc2_logistic(u2);
         w[1] = w[2] = m1 >> 1;
         uint64_t g = tail * (one - ratio) >> 24;
         for (uint32_t m = 2; m < k; m++) {
@@ -654,6 +656,14 @@ SEGC_FN uint32_t segc2_freqs(const Segc2Params *p, uint32_t *freq)
         if (esc)
             w[n_sym - 1] = g;
     }
+    return n_sym;
+}
+
+SEGC_FN uint32_t segc2_freqs(const Segc2Params *p, uint32_t *freq)
+{
+    uint32_t s, total = 0, best = 0;
+    uint64_t w[SEGC2_NSYM], sum = 0;
+    uint32_t n_sym = segc2_weights(p->k, p->u[0], p->u[1], p->u[2], w);
     for (s = 0; s < n_sym; s++)
         sum += w[s];
     /* w[s] * 2^12 / sum through one reciprocal (sum >= P(0) >= 2^15, w[s] * 2^12 < 2^37: no overflow) */
