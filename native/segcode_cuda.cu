@@ -212,13 +212,57 @@ int64_t segc_cuda_encode_bound(uint32_t n_cells, uint32_t n_channels)
     return n_seg ? (int64_t)(SEGC_HEADER_SIZE + n_seg * (4 + (uint64_t)SEGC_SEGMENT_BOUND)) : SKV_ERR_ARGUMENT;
 }
 
+/* The indices to code on the device (d_q): q copied there, or x copied and quantized there with inv_step (d_x,
+ * d_scale); marks timers 0 and 1 around the copies. */
+static int64_t segc_cuda_indices_in(const int32_t *q, const float *x, const float *inv_step, uint64_t n,
+                                    uint32_t n_channels, void *d_q, void *d_x, void *d_scale, segc_timer *t)
+{
+    segc_timer_mark(&t[0]);
+    if (x ? segc_to_dev(d_x, x, 4 * n) || segc_to_dev(d_scale, inv_step, 4 * (uint64_t)n_channels)
+          : segc_to_dev(d_q, q, 4 * n))
+        return SKV_ERR_DEVICE;
+    segc_timer_mark(&t[1]);
+    if (x)
+        SEGC_LAUNCH(segc_quantize_kernel, SEGC_GRID(n, 256), 256, (const float *)d_x, (const float *)d_scale, n,
+                    n_channels, (int32_t *)d_q);
+    return SKV_OK;
+}
+
+/* The coded segments (d_slots: a `bound`-byte slot each, d_sizes bytes of it used) packed on the device behind the
+ * stream's head (head_bytes; offsets: every body's place, on the host) and copied after the head in dst; marks
+ * timers 2 and 3. */
+static int64_t segc_cuda_pack_out(const void *d_slots, uint64_t bound, const void *d_sizes, const uint64_t *offsets,
+                                  uint64_t n_seg, uint64_t head_bytes, uint64_t total, uint8_t *dst, segc_timer *t)
+{
+    void *d_dst = 0, *d_offsets = 0;
+    int64_t rc = SKV_OK;
+    if (segc_dev_alloc(&d_dst, total) || segc_dev_alloc(&d_offsets, 8 * n_seg) ||
+        segc_to_dev(d_offsets, offsets, 8 * n_seg))
+        rc = SKV_ERR_DEVICE;
+    if (rc == SKV_OK) {
+        SEGC_LAUNCH(segc_pack_kernel, n_seg, SEGC_PACK_BLOCK, (const uint8_t *)d_slots, bound, (const int32_t *)d_sizes,
+                    (const uint64_t *)d_offsets, (uint32_t)n_seg, head_bytes, (uint8_t *)d_dst);
+        if (segc_launched())
+            rc = SKV_ERR_DEVICE;
+        segc_timer_mark(&t[2]);
+    }
+    if (rc == SKV_OK) {
+        if (segc_to_host(dst + head_bytes, (uint8_t *)d_dst + head_bytes, total - head_bytes))
+            rc = SKV_ERR_DEVICE;
+        segc_timer_mark(&t[3]);
+    }
+    segc_dev_free(d_dst);
+    segc_dev_free(d_offsets);
+    return rc;
+}
+
 /* Codes q (host, int32 [n_cells, n_channels]) or, when x is not NULL, quantizes x (host, float32) with
  * inv_step first; the stream goes to dst (host, dst_cap bytes). */
 static int64_t segc_cuda_encode_any(const int32_t *q, const float *x, const float *inv_step, uint32_t n_cells,
                                     uint32_t n_channels, uint8_t *dst, int64_t dst_cap, double *ms)
 {
     uint64_t n_seg = segc_segment_total(n_cells, n_channels), n = (uint64_t)n_cells * n_channels, total, s;
-    void *d_q = 0, *d_x = 0, *d_scale = 0, *d_slots = 0, *d_sizes = 0, *d_offsets = 0, *d_dst = 0;
+    void *d_q = 0, *d_x = 0, *d_scale = 0, *d_slots = 0, *d_sizes = 0;
     int32_t *sizes = 0;
     uint64_t *offsets = 0;
     int64_t rc = SKV_OK;
@@ -230,20 +274,12 @@ static int64_t segc_cuda_encode_any(const int32_t *q, const float *x, const floa
     if (!sizes || !offsets)
         rc = SKV_ERR_MEMORY;
     else if (segc_dev_alloc(&d_q, 4 * n) || segc_dev_alloc(&d_slots, n_seg * SEGC_SEGMENT_BOUND) ||
-             segc_dev_alloc(&d_sizes, 4 * n_seg) || segc_dev_alloc(&d_offsets, 8 * (n_seg + 1)) ||
+             segc_dev_alloc(&d_sizes, 4 * n_seg) ||
              (x && (segc_dev_alloc(&d_x, 4 * n) || segc_dev_alloc(&d_scale, 4 * (uint64_t)n_channels))))
         rc = SKV_ERR_DEVICE;
+    if (rc == SKV_OK)
+        rc = segc_cuda_indices_in(q, x, inv_step, n, n_channels, d_q, d_x, d_scale, t);
     if (rc == SKV_OK) {
-        segc_timer_mark(&t[0]);
-        if (x ? segc_to_dev(d_x, x, 4 * n) || segc_to_dev(d_scale, inv_step, 4 * (uint64_t)n_channels)
-              : segc_to_dev(d_q, q, 4 * n))
-            rc = SKV_ERR_DEVICE;
-        segc_timer_mark(&t[1]);
-    }
-    if (rc == SKV_OK) {
-        if (x)
-            SEGC_LAUNCH(segc_quantize_kernel, SEGC_GRID(n, 256), 256, (const float *)d_x, (const float *)d_scale,
-                        n, n_channels, (int32_t *)d_q);
         SEGC_LAUNCH(segc_encode_kernel, SEGC_GRID(n_seg, SEGC_ENCODE_BLOCK), SEGC_ENCODE_BLOCK,
                     (const int32_t *)d_q, n_cells, n_channels, (uint32_t)n_seg, (uint8_t *)d_slots,
                     (int32_t *)d_sizes);
@@ -259,20 +295,9 @@ static int64_t segc_cuda_encode_any(const int32_t *q, const float *x, const floa
     }
     if (rc == SKV_OK && total > (uint64_t)dst_cap)
         rc = SKV_ERR_CAPACITY;
-    if (rc == SKV_OK && (segc_dev_alloc(&d_dst, total) || segc_to_dev(d_offsets, offsets, 8 * n_seg)))
-        rc = SKV_ERR_DEVICE;
+    if (rc == SKV_OK)
+        rc = segc_cuda_pack_out(d_slots, SEGC_SEGMENT_BOUND, d_sizes, offsets, n_seg, SEGC_HEADER_SIZE, total, dst, t);
     if (rc == SKV_OK) {
-        SEGC_LAUNCH(segc_pack_kernel, n_seg, SEGC_PACK_BLOCK, (const uint8_t *)d_slots, (uint64_t)SEGC_SEGMENT_BOUND,
-                    (const int32_t *)d_sizes, (const uint64_t *)d_offsets, (uint32_t)n_seg, (uint64_t)SEGC_HEADER_SIZE,
-                    (uint8_t *)d_dst);
-        if (segc_launched())
-            rc = SKV_ERR_DEVICE;
-        segc_timer_mark(&t[2]);
-    }
-    if (rc == SKV_OK) {
-        if (segc_to_host(dst + SEGC_HEADER_SIZE, (uint8_t *)d_dst + SEGC_HEADER_SIZE, total - SEGC_HEADER_SIZE))
-            rc = SKV_ERR_DEVICE;
-        segc_timer_mark(&t[3]);
         segc_write_header(dst, n_cells, n_channels);
         segc_timers_read(t, ms);
     }
@@ -282,8 +307,6 @@ static int64_t segc_cuda_encode_any(const int32_t *q, const float *x, const floa
     segc_dev_free(d_scale);
     segc_dev_free(d_slots);
     segc_dev_free(d_sizes);
-    segc_dev_free(d_offsets);
-    segc_dev_free(d_dst);
     free(sizes);
     free(offsets);
     return rc == SKV_OK ? (int64_t)total : rc;
@@ -302,43 +325,42 @@ int64_t segc_cuda_encode_f32(const float *x, const float *inv_step, uint32_t n_c
                          : SKV_ERR_ARGUMENT;
 }
 
-/* Decodes src (host) into q (host, int32) or, when step is not NULL, into x (host, float32) dequantized. */
-static int64_t segc_cuda_decode_any(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
-                                    int32_t *q, const float *step, float *x, double *ms)
+/* Decodes the n_seg segments of src (host, total bytes, body offsets already checked on the host) into q (host,
+ * int32) or, when step is not NULL, into x (host, float32) dequantized: format 1, or with models (host, format 2's
+ * decoder tables of every channel) format 2. Returns SKV_OK or the lowest failing segment's code. */
+static int64_t segc_cuda_decode_segments(const uint8_t *src, int64_t total, const uint64_t *offsets, uint64_t n_seg,
+                                         uint32_t n_cells, uint32_t n_channels, const Segc2Model *models, int32_t *q,
+                                         const float *step, float *x, double *ms)
 {
-    uint64_t n_seg = segc_segment_total(n_cells, n_channels), n = (uint64_t)n_cells * n_channels, s;
-    void *d_src = 0, *d_offsets = 0, *d_q = 0, *d_status = 0, *d_scale = 0, *d_x = 0;
-    uint64_t *offsets = 0;
-    int32_t *status = 0;
-    int64_t rc = SKV_OK, total = 0;
+    uint64_t n = (uint64_t)n_cells * n_channels, s;
+    void *d_src = 0, *d_offsets = 0, *d_q = 0, *d_status = 0, *d_scale = 0, *d_x = 0, *d_models = 0;
+    uint64_t models_bytes = models ? sizeof(Segc2Model) * n_channels : 0;
+    int32_t *status = (int32_t *)malloc(sizeof(int32_t) * n_seg);
+    int64_t rc = status ? SKV_OK : SKV_ERR_MEMORY;
     segc_timer t[4] = SEGC_TIMER_INIT;
-    if (n_seg == 0 || !src || (!q && !(step && x)))
-        return SKV_ERR_ARGUMENT;
-    /* sized by the caller's shape; the size table is checked on the host before any kernel runs */
-    offsets = (uint64_t *)malloc(sizeof(uint64_t) * (n_seg + 1));
-    status = (int32_t *)malloc(sizeof(int32_t) * n_seg);
-    if (!offsets || !status)
-        rc = SKV_ERR_MEMORY;
-    else
-        rc = total = segc_parse_offsets(src, src_len, n_cells, n_channels, offsets);
-    if (rc >= 0) {
-        rc = SKV_OK;
-        if (segc_dev_alloc(&d_src, (uint64_t)total) || segc_dev_alloc(&d_offsets, 8 * (n_seg + 1)) ||
-            segc_dev_alloc(&d_q, 4 * n) || segc_dev_alloc(&d_status, 4 * n_seg) ||
-            (step && (segc_dev_alloc(&d_scale, 4 * (uint64_t)n_channels) || segc_dev_alloc(&d_x, 4 * n))))
-            rc = SKV_ERR_DEVICE;
-    }
+    if (rc == SKV_OK &&
+        (segc_dev_alloc(&d_src, (uint64_t)total) || segc_dev_alloc(&d_offsets, 8 * (n_seg + 1)) ||
+         segc_dev_alloc(&d_q, 4 * n) || segc_dev_alloc(&d_status, 4 * n_seg) ||
+         (models && segc_dev_alloc(&d_models, models_bytes)) ||
+         (step && (segc_dev_alloc(&d_scale, 4 * (uint64_t)n_channels) || segc_dev_alloc(&d_x, 4 * n)))))
+        rc = SKV_ERR_DEVICE;
     if (rc == SKV_OK) {
         segc_timer_mark(&t[0]);
         if (segc_to_dev(d_src, src, (uint64_t)total) || segc_to_dev(d_offsets, offsets, 8 * (n_seg + 1)) ||
+            (models && segc_to_dev(d_models, models, models_bytes)) ||
             (step && segc_to_dev(d_scale, step, 4 * (uint64_t)n_channels)))
             rc = SKV_ERR_DEVICE;
         segc_timer_mark(&t[1]);
     }
     if (rc == SKV_OK) {
-        SEGC_LAUNCH(segc_decode_kernel, SEGC_GRID(n_seg, SEGC_ENCODE_BLOCK), SEGC_ENCODE_BLOCK,
-                    (const uint8_t *)d_src, (const uint64_t *)d_offsets, n_cells, n_channels, (uint32_t)n_seg,
-                    (int32_t *)d_q, (int32_t *)d_status);
+        if (models)
+            SEGC_LAUNCH(segc2_decode_kernel, SEGC_GRID(n_seg, SEGC_ENCODE_BLOCK), SEGC_ENCODE_BLOCK,
+                        (const uint8_t *)d_src, (const uint64_t *)d_offsets, n_cells, n_channels, (uint32_t)n_seg,
+                        (const Segc2Model *)d_models, (int32_t *)d_q, (int32_t *)d_status);
+        else
+            SEGC_LAUNCH(segc_decode_kernel, SEGC_GRID(n_seg, SEGC_ENCODE_BLOCK), SEGC_ENCODE_BLOCK,
+                        (const uint8_t *)d_src, (const uint64_t *)d_offsets, n_cells, n_channels, (uint32_t)n_seg,
+                        (int32_t *)d_q, (int32_t *)d_status);
         if (step)
             SEGC_LAUNCH(segc_dequantize_kernel, SEGC_GRID(n, 256), 256, (const int32_t *)d_q,
                         (const float *)d_scale, n, n_channels, (float *)d_x);
@@ -363,8 +385,25 @@ static int64_t segc_cuda_decode_any(const uint8_t *src, int64_t src_len, uint32_
     segc_dev_free(d_status);
     segc_dev_free(d_scale);
     segc_dev_free(d_x);
-    free(offsets);
+    segc_dev_free(d_models);
     free(status);
+    return rc;
+}
+
+/* Decodes src (host) into q (host, int32) or, when step is not NULL, into x (host, float32) dequantized. */
+static int64_t segc_cuda_decode_any(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
+                                    int32_t *q, const float *step, float *x, double *ms)
+{
+    uint64_t n_seg = segc_segment_total(n_cells, n_channels);
+    int64_t rc;
+    if (n_seg == 0 || !src || (!q && !(step && x)))
+        return SKV_ERR_ARGUMENT;
+    /* sized by the caller's shape; the size table is checked on the host before any kernel runs */
+    uint64_t *offsets = (uint64_t *)malloc(sizeof(uint64_t) * (n_seg + 1));
+    int64_t total = rc = offsets ? segc_parse_offsets(src, src_len, n_cells, n_channels, offsets) : SKV_ERR_MEMORY;
+    if (rc >= 0)
+        rc = segc_cuda_decode_segments(src, total, offsets, n_seg, n_cells, n_channels, 0, q, step, x, ms);
+    free(offsets);
     return rc == SKV_OK ? total : rc;
 }
 
@@ -429,7 +468,6 @@ static int64_t segc2_cuda_encode_any(const int32_t *q, const float *x, const flo
 {
     uint64_t n_seg = segc2_segment_total(n_cells, n_channels), n = (uint64_t)n_cells * n_channels, total = 0, s;
     void *d_q = 0, *d_x = 0, *d_scale = 0, *d_stats = 0, *d_params = 0, *d_models = 0, *d_slots = 0, *d_sizes = 0;
-    void *d_offsets = 0, *d_dst = 0;
     int32_t *sizes = 0;
     uint64_t *offsets = 0, sizes_at = 0;
     Segc2Params *params = 0;
@@ -446,20 +484,11 @@ static int64_t segc2_cuda_encode_any(const int32_t *q, const float *x, const flo
              segc_dev_alloc(&d_params, sizeof(Segc2Params) * n_channels) ||
              segc_dev_alloc(&d_models, sizeof(Segc2Model) * n_channels) ||
              segc_dev_alloc(&d_slots, n_seg * SEGC2_SEGMENT_BOUND) || segc_dev_alloc(&d_sizes, 4 * n_seg) ||
-             segc_dev_alloc(&d_offsets, 8 * (n_seg + 1)) ||
              (x && (segc_dev_alloc(&d_x, 4 * n) || segc_dev_alloc(&d_scale, 4 * (uint64_t)n_channels))))
         rc = SKV_ERR_DEVICE;
+    if (rc == SKV_OK)
+        rc = segc_cuda_indices_in(q, x, inv_step, n, n_channels, d_q, d_x, d_scale, t);
     if (rc == SKV_OK) {
-        segc_timer_mark(&t[0]);
-        if (x ? segc_to_dev(d_x, x, 4 * n) || segc_to_dev(d_scale, inv_step, 4 * (uint64_t)n_channels)
-              : segc_to_dev(d_q, q, 4 * n))
-            rc = SKV_ERR_DEVICE;
-        segc_timer_mark(&t[1]);
-    }
-    if (rc == SKV_OK) {
-        if (x)
-            SEGC_LAUNCH(segc_quantize_kernel, SEGC_GRID(n, 256), 256, (const float *)d_x, (const float *)d_scale,
-                        n, n_channels, (int32_t *)d_q);
         SEGC_LAUNCH(segc2_count_kernel, SEGC_GRID(n_seg, SEGC_ENCODE_BLOCK), SEGC_ENCODE_BLOCK, (const int32_t *)d_q,
                     n_cells, n_channels, (uint32_t)n_seg, (Segc2Stats *)d_stats, (int32_t *)d_sizes);
         if (segc_launched() || segc_to_host(sizes, d_sizes, 4 * n_seg))
@@ -493,22 +522,10 @@ static int64_t segc2_cuda_encode_any(const int32_t *q, const float *x, const flo
         segc_write_header_version(dst, n_cells, n_channels, SEGC2_VERSION);
         segc_store_le32(dst + SEGC_HEADER_SIZE, table_bytes);
     }
-    if (rc == SKV_OK && (segc_dev_alloc(&d_dst, total) || segc_to_dev(d_offsets, offsets, 8 * n_seg)))
-        rc = SKV_ERR_DEVICE;
-    if (rc == SKV_OK) {
-        SEGC_LAUNCH(segc_pack_kernel, n_seg, SEGC_PACK_BLOCK, (const uint8_t *)d_slots, (uint64_t)SEGC2_SEGMENT_BOUND,
-                    (const int32_t *)d_sizes, (const uint64_t *)d_offsets, (uint32_t)n_seg, sizes_at,
-                    (uint8_t *)d_dst);
-        if (segc_launched())
-            rc = SKV_ERR_DEVICE;
-        segc_timer_mark(&t[2]);
-    }
-    if (rc == SKV_OK) {
-        if (segc_to_host(dst + sizes_at, (uint8_t *)d_dst + sizes_at, total - sizes_at))
-            rc = SKV_ERR_DEVICE;
-        segc_timer_mark(&t[3]);
+    if (rc == SKV_OK)
+        rc = segc_cuda_pack_out(d_slots, SEGC2_SEGMENT_BOUND, d_sizes, offsets, n_seg, sizes_at, total, dst, t);
+    if (rc == SKV_OK)
         segc_timers_read(t, ms);
-    }
     SEGC_TIMERS_FREE(t);
     segc_dev_free(d_q);
     segc_dev_free(d_x);
@@ -518,8 +535,6 @@ static int64_t segc2_cuda_encode_any(const int32_t *q, const float *x, const flo
     segc_dev_free(d_models);
     segc_dev_free(d_slots);
     segc_dev_free(d_sizes);
-    segc_dev_free(d_offsets);
-    segc_dev_free(d_dst);
     free(sizes);
     free(offsets);
     free(params);
@@ -544,73 +559,23 @@ int64_t segc2_cuda_encode_f32(const float *x, const float *inv_step, uint32_t n_
 static int64_t segc2_cuda_decode_any(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
                                      int32_t *q, const float *step, float *x, double *ms)
 {
-    uint64_t n_seg = segc2_segment_total(n_cells, n_channels), n = (uint64_t)n_cells * n_channels, s;
-    void *d_src = 0, *d_offsets = 0, *d_q = 0, *d_status = 0, *d_scale = 0, *d_x = 0, *d_models = 0;
-    uint64_t *offsets = 0;
-    int32_t *status = 0;
-    Segc2Params *params = 0;
-    Segc2Model *models = 0;
+    uint64_t n_seg = segc2_segment_total(n_cells, n_channels);
     int64_t rc = SKV_OK, total = 0;
-    segc_timer t[4] = SEGC_TIMER_INIT;
     if (n_seg == 0 || !src || (!q && !(step && x)))
         return SKV_ERR_ARGUMENT;
-    offsets = (uint64_t *)malloc(sizeof(uint64_t) * (n_seg + 1));
-    status = (int32_t *)malloc(sizeof(int32_t) * n_seg);
-    params = (Segc2Params *)malloc(sizeof(Segc2Params) * n_channels);
-    models = (Segc2Model *)malloc(sizeof(Segc2Model) * n_channels);
-    if (!offsets || !status || !params || !models)
+    uint64_t *offsets = (uint64_t *)malloc(sizeof(uint64_t) * (n_seg + 1));
+    Segc2Params *params = (Segc2Params *)malloc(sizeof(Segc2Params) * n_channels);
+    Segc2Model *models = (Segc2Model *)malloc(sizeof(Segc2Model) * n_channels);
+    if (!offsets || !params || !models)
         rc = SKV_ERR_MEMORY;
     else
         rc = total = segc2_parse(src, src_len, n_cells, n_channels, params, offsets);
     if (rc >= 0) {
-        rc = SKV_OK;
         for (uint32_t c = 0; c < n_channels; c++)
             segc2_model(&params[c], &models[c], SEGC2_FOR_DECODER);
-        if (segc_dev_alloc(&d_src, (uint64_t)total) || segc_dev_alloc(&d_offsets, 8 * (n_seg + 1)) ||
-            segc_dev_alloc(&d_q, 4 * n) || segc_dev_alloc(&d_status, 4 * n_seg) ||
-            segc_dev_alloc(&d_models, sizeof(Segc2Model) * n_channels) ||
-            (step && (segc_dev_alloc(&d_scale, 4 * (uint64_t)n_channels) || segc_dev_alloc(&d_x, 4 * n))))
-            rc = SKV_ERR_DEVICE;
+        rc = segc_cuda_decode_segments(src, total, offsets, n_seg, n_cells, n_channels, models, q, step, x, ms);
     }
-    if (rc == SKV_OK) {
-        segc_timer_mark(&t[0]);
-        if (segc_to_dev(d_src, src, (uint64_t)total) || segc_to_dev(d_offsets, offsets, 8 * (n_seg + 1)) ||
-            segc_to_dev(d_models, models, sizeof(Segc2Model) * n_channels) ||
-            (step && segc_to_dev(d_scale, step, 4 * (uint64_t)n_channels)))
-            rc = SKV_ERR_DEVICE;
-        segc_timer_mark(&t[1]);
-    }
-    if (rc == SKV_OK) {
-        SEGC_LAUNCH(segc2_decode_kernel, SEGC_GRID(n_seg, SEGC_ENCODE_BLOCK), SEGC_ENCODE_BLOCK,
-                    (const uint8_t *)d_src, (const uint64_t *)d_offsets, n_cells, n_channels, (uint32_t)n_seg,
-                    (const Segc2Model *)d_models, (int32_t *)d_q, (int32_t *)d_status);
-        if (step)
-            SEGC_LAUNCH(segc_dequantize_kernel, SEGC_GRID(n, 256), 256, (const int32_t *)d_q,
-                        (const float *)d_scale, n, n_channels, (float *)d_x);
-        if (segc_launched())
-            rc = SKV_ERR_DEVICE;
-        segc_timer_mark(&t[2]);
-    }
-    if (rc == SKV_OK) {
-        if (segc_to_host(status, d_status, 4 * n_seg) ||
-            (step ? segc_to_host(x, d_x, 4 * n) : segc_to_host(q, d_q, 4 * n)))
-            rc = SKV_ERR_DEVICE;
-        segc_timer_mark(&t[3]);
-        segc_timers_read(t, ms);
-    }
-    for (s = 0; s < n_seg && rc == SKV_OK; s++)
-        if (status[s] != SKV_OK)
-            rc = status[s];
-    SEGC_TIMERS_FREE(t);
-    segc_dev_free(d_src);
-    segc_dev_free(d_offsets);
-    segc_dev_free(d_q);
-    segc_dev_free(d_status);
-    segc_dev_free(d_scale);
-    segc_dev_free(d_x);
-    segc_dev_free(d_models);
     free(offsets);
-    free(status);
     free(params);
     free(models);
     return rc == SKV_OK ? total : rc;
