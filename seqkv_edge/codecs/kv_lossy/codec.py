@@ -135,13 +135,13 @@ class _Feedback:
         self.done_bits += bits
 
 
-_SAID: set = set()  # (table, bits) already warned about in this process
+_SAID: set = set()  # (a table's points, bits) already warned about in this process
 
 
 def _say_if_poor(bits: float, expected_kl: float, table) -> None:
     """Warn once per model and rate when a ``bits`` target leaves this model above ``POOR_KL``: some models need
     more bits than others for the same quality, and ``max_kl`` picks the rate that keeps it."""
-    key = (id(table), round(bits, 3))
+    key = (tuple(table.points), round(bits, 3))  # the table is loaded anew for every save: its content names it
     if expected_kl > POOR_KL and key not in _SAID:
         _SAID.add(key)
         logger.warning("kv_lossy: at %g bits per value this model's expected next-token KL is %.3f nats (above %g); "
