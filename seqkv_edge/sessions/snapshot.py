@@ -49,12 +49,15 @@ def _tensor_meta(tensor) -> dict:
 
 
 def _gpu(config, llm):
-    """The GPU backend that codes this save (lossy only), or None."""
+    """The GPU backend that codes this save (lossy only) and the buffer to read the state into (page-locked, with
+    CUDA), or None for either."""
     if config.kv != "lossy" or config.device == "cpu":
-        return None
+        return None, None
     from ..codecs.kv_lossy.backend import gpu_for_state
 
-    return gpu_for_state(config.device, state_size(llm))
+    size = state_size(llm)
+    gpu = gpu_for_state(config.device, size)
+    return gpu, gpu.host_buffer(size) if hasattr(gpu, "host_buffer") else None
 
 
 def _kv_codec(config, gpu=None) -> StateCodec:
@@ -75,8 +78,8 @@ def _kv_codec(config, gpu=None) -> StateCodec:
 def save(llm, path: Union[str, Path], config) -> SessionInfo:
     """Write ``llm``'s sequence 0 to ``path`` atomically as a KV snapshot (``config``: the ``SeqKV`` settings)."""
     clock = Clock()
-    gpu = _gpu(config, llm)
-    blob = read_seq_state(llm.ctx, out=gpu.host_buffer(state_size(llm)) if hasattr(gpu, "host_buffer") else None)
+    gpu, buffer = _gpu(config, llm)
+    blob = read_seq_state(llm.ctx, out=buffer)
     state = parse_seq_state(blob, model=llm)
     clock.lap("read_state")
     n_tokens = llm.n_tokens
