@@ -27,6 +27,7 @@ the profile up by digest and refuses (``ModelMismatchError``) when it does not h
 """
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from ..codecs.kv_lossy.predict import (
     RANKS,
     fit_predictors,
 )
-from ..codecs.kv_lossy.profile import PROFILE_VERSION, KVProfile, profile_dir
+from ..codecs.kv_lossy.profile import PROFILE_VERSION, KVProfile, load_profile_file, parse_digest, profile_dir
 
 logger = logging.getLogger(__name__)
 
@@ -273,8 +274,10 @@ def load_or_build_profile(llm_or_path, text_path=None, kl_table: bool = True) ->
     model_path = str(getattr(llm_or_path, "model_path", llm_or_path))
     fingerprint = model_fingerprint(model_path)
     index = profile_dir() / f"{fingerprint}.digest"
-    path = profile_dir() / f"{index.read_text().strip()}.npz" if index.is_file() else None
-    profile = KVProfile.load(path) if path is not None and path.is_file() else None
+    digest = parse_digest(index.read_text().strip()) if index.is_file() else None
+    path = profile_dir() / f"{digest.hex()}.npz" if digest else None
+    # loaded once per process (every lossy save asks); a copy, since the weights and table go on it
+    profile = copy.copy(load_profile_file(path, digest)) if path is not None and path.is_file() else None
     if (profile is None or profile.version < PROFILE_VERSION or profile.meta.get("predictor_ranks") != RANKS
             or (profile.meta.get("layers") != "depth" and _has_sliding_window(llm_or_path))):
         # none yet, an older version, predictors of other ranks, or a sliding-window model's profile whose second

@@ -132,16 +132,16 @@ def keep_profile_beside(path, profile) -> None:
 
 def _profile_beside(source: str, meta: dict):
     """The profile a file's META names, from its folder's copies; None when it names none or there is none."""
-    from ..codecs.kv_lossy.profile import DIGEST_BYTES, load_profile_file
+    from ..codecs.kv_lossy.profile import DIGEST_BYTES, load_profile_file, parse_digest
 
-    digest = meta.get("profile")
-    if digest is None:
+    named = meta.get("profile")
+    if named is None:
         return None
-    if not (isinstance(digest, str) and len(digest) == 2 * DIGEST_BYTES
-            and all(c in "0123456789abcdef" for c in digest)):
-        raise CorruptDataError(f"{source}: META names KV profile {digest!r}, not a {DIGEST_BYTES}-byte hex digest")
-    beside = Path(source).parent / PROFILES_BESIDE / f"{digest}.npz"
-    return load_profile_file(beside, bytes.fromhex(digest)) if beside.is_file() else None
+    digest = parse_digest(named)
+    if digest is None:
+        raise CorruptDataError(f"{source}: META names KV profile {named!r}, not a {DIGEST_BYTES}-byte hex digest")
+    beside = Path(source).parent / PROFILES_BESIDE / f"{named}.npz"
+    return load_profile_file(beside, digest) if beside.is_file() else None
 
 
 def _session_meta(llm, state, state_bytes: int, codecs: dict, rope) -> dict:

@@ -20,7 +20,8 @@ from .predict import OUT_SUFFIX
 DIGEST_BYTES = 8
 PROFILE_VERSION = 3
 
-__all__ = ["DIGEST_BYTES", "PROFILE_VERSION", "KVProfile", "load_profile_file", "profile_dir", "profile_for_digest"]
+__all__ = ["DIGEST_BYTES", "PROFILE_VERSION", "KVProfile", "load_profile_file", "parse_digest", "profile_dir",
+           "profile_for_digest"]
 
 
 class KVProfile:
@@ -99,6 +100,12 @@ def _digest(analysis: dict, synthesis: dict, predictors: dict) -> bytes:
         for key in sorted(predictors):
             h.update(key.encode() + repr(predictors[key].shape).encode() + predictors[key].astype("<f4").tobytes())
     return h.digest()[:DIGEST_BYTES]
+
+
+def parse_digest(text) -> bytes | None:
+    """The profile digest a text names (its hex form, as files and META carry it), or None when it names none."""
+    ok = isinstance(text, str) and len(text) == 2 * DIGEST_BYTES and all(c in "0123456789abcdef" for c in text)
+    return bytes.fromhex(text) if ok else None
 
 
 def profile_dir() -> Path:
