@@ -21,10 +21,10 @@ True
 from __future__ import annotations
 
 import logging
-import zlib
 
 import numpy as np
 
+from ..checksum import crc32
 from ..errors import CorruptDataError, SeqKVError
 from ..native import require
 from .base import TokensCodec
@@ -48,7 +48,7 @@ def _lib():
 
 def tokens_crc(tokens: np.ndarray) -> int:
     """CRC32 of token ids as little-endian int32."""
-    return zlib.crc32(np.ascontiguousarray(tokens, dtype="<i4").tobytes())
+    return crc32(np.ascontiguousarray(tokens, dtype="<i4").tobytes())
 
 
 def check_tokens(tokens, n_vocab: int) -> np.ndarray:

@@ -17,12 +17,12 @@ import json
 import mmap
 import os
 import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
+from ..checksum import crc32
 from ..codecs.varint import read_varint, write_varint
 from ..errors import CorruptDataError
 from ..fileio import atomic_writer
@@ -82,12 +82,12 @@ def write_container(path: Union[str, Path], meta: Union[dict, bytes], sections: 
     with atomic_writer(path) as f:
         f.write(MAGIC + bytes([FORMAT_VERSION, 0]))
         for kind, payload in [first, *sections]:
-            crc = zlib.crc32(payload)
+            crc = crc32(payload)
             f.write(bytes([kind]) + write_varint(len(payload)))
             f.write(payload)
             f.write(struct.pack("<I", crc))
             crcs += struct.pack("<I", crc)
-        f.write(bytes([Kind.END, 0]) + struct.pack("<I", zlib.crc32(crcs)))
+        f.write(bytes([Kind.END, 0]) + struct.pack("<I", crc32(crcs)))
         return f.tell()
 
 
@@ -111,7 +111,7 @@ def parse_container(data: Buffer, source: str = "session data") -> Container:
             if length != 0 or pos + 4 > len(buf):
                 raise CorruptDataError(f"{source} has a damaged end marker")
             (total,) = struct.unpack_from("<I", buf, pos)
-            if total != zlib.crc32(crcs):
+            if total != crc32(crcs):
                 raise CorruptDataError(f"{source}: section list checksum mismatch")
             if pos + 4 != len(buf):
                 raise CorruptDataError(f"{source} has {len(buf) - pos - 4} trailing bytes after the end marker")
@@ -141,7 +141,7 @@ def _check_crcs(sections: list[tuple], source: str) -> None:
     """Each (kind, payload, crc, offset) section's payload matches its CRC; large files are checked in threads
     (zlib releases the GIL), the first damaged section in file order is reported."""
     def damaged(section) -> bool:
-        return zlib.crc32(section[1]) != section[2]
+        return crc32(section[1]) != section[2]
 
     n_threads = min(os.cpu_count() or 1, len(sections))
     if n_threads > 1 and sum(len(s[1]) for s in sections) > _PARALLEL_CRC_BYTES:

@@ -32,14 +32,13 @@ import struct
 import tempfile
 import types
 import urllib.parse
-import zlib
-
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..checksum import crc32
 from ..codecs.tokens_portable import TokensPortableCodec
 from ..container import meta_schema
 from ..container.chunks import ChunkCodec, complete_prefix, default_codec, split_payload
@@ -140,12 +139,12 @@ def _where(store) -> str:
 def _pack_record(meta: dict, coded_tokens: bytes) -> bytes:
     head = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
     body = _RECORD_MAGIC + bytes([_RECORD_VERSION]) + struct.pack("<I", len(head)) + head + coded_tokens
-    return body + struct.pack("<I", zlib.crc32(body))
+    return body + struct.pack("<I", crc32(body))
 
 
 def _unpack_record(data: bytes, name: str) -> tuple[dict, np.ndarray]:
     buf = memoryview(data)
-    if len(buf) < 13 or bytes(buf[:4]) != _RECORD_MAGIC or zlib.crc32(buf[:-4]) != struct.unpack_from("<I", buf, len(buf) - 4)[0]:
+    if len(buf) < 13 or bytes(buf[:4]) != _RECORD_MAGIC or crc32(buf[:-4]) != struct.unpack_from("<I", buf, len(buf) - 4)[0]:
         raise CorruptDataError(f"the record of session {name!r} is damaged (bad magic or checksum)")
     if buf[4] != _RECORD_VERSION:
         raise CorruptDataError(f"session {name!r} has record version {buf[4]}; this seqkv_edge reads {_RECORD_VERSION}")

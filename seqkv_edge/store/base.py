@@ -21,11 +21,11 @@ import secrets
 import threading
 import time
 import uuid
-import zlib
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..checksum import crc32
 from ..errors import CorruptDataError, SeqKVError, StoreFullError, StoreUnavailableError
 from .backend import StoreBackend
 from .eviction import eviction_scores, plan_eviction
@@ -322,7 +322,7 @@ class SessionStore(StoreBackend):
         row.parent, row.tokens = head.id, row.tokens[k:]
         row.weight = max(row.weight - head.weight, 0.0)
         row.recompute_s = max(row.recompute_s - head.recompute_s, 0.0)
-        row.nbytes, row.crc = len(tail_bytes), zlib.crc32(tail_bytes)
+        row.nbytes, row.crc = len(tail_bytes), crc32(tail_bytes)
         plan.inserts[head.id] = (head, head_bytes)
         plan.updates[node] = (row, tail_bytes)
         return head.id
@@ -470,7 +470,7 @@ def _new_row(parent: int, tokens: np.ndarray, payload: bytes, now: float) -> Nod
     # random 62-bit ids need no coordination between writers; backends refuse a collision
     return NodeRow(
         id=secrets.randbits(62) + 1, parent=parent, tokens=np.array(tokens, np.int32), refs=0,
-        nbytes=len(payload), crc=zlib.crc32(payload), hits=1, last_use=now,
+        nbytes=len(payload), crc=crc32(payload), hits=1, last_use=now,
     )
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import uuid
-import zlib
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..checksum import crc32
 from ..errors import CorruptDataError, StoreUnavailableError
 
 
@@ -42,9 +42,9 @@ class ChunkFiles:
             raise CorruptDataError(f"chunk file {path} of node {node_id} is missing") from None
         except OSError as error:
             raise StoreUnavailableError(f"cannot read chunk file {path}: {error}") from error
-        if len(data) != nbytes or zlib.crc32(data) != crc:
+        if len(data) != nbytes or crc32(data) != crc:
             raise CorruptDataError(
-                f"chunk file {path} of node {node_id}: {len(data)} bytes, crc {zlib.crc32(data):08x};"
+                f"chunk file {path} of node {node_id}: {len(data)} bytes, crc {crc32(data):08x};"
                 f" the index says {nbytes} bytes, crc {crc:08x}"
             )
         return data

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-import zlib
 from contextlib import contextmanager
 
 import numpy as np
@@ -32,6 +31,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from ..checksum import crc32
 from ..errors import CorruptDataError, SeqKVError, StoreFullError, StoreUnavailableError
 from .base import SessionStore
 from .records import Conflict, NodeRow, SplitFn, WritePlan
@@ -383,10 +383,10 @@ class RedisStore(SessionStore):
             data, nbytes, crc = flat[3 * k], int(flat[3 * k + 1]), int(flat[3 * k + 2])
             if nbytes < 0:
                 missing.append(node_id)
-            elif len(data) != nbytes or zlib.crc32(data) != crc:
+            elif len(data) != nbytes or crc32(data) != crc:
                 raise CorruptDataError(
                     f"chunk of node {node_id} in {self.url}: {len(data)} bytes, crc "
-                    f"{zlib.crc32(data):08x}; its node says {nbytes} bytes, crc {crc:08x}"
+                    f"{crc32(data):08x}; its node says {nbytes} bytes, crc {crc:08x}"
                 )
             out.append(data)
         if missing:
@@ -401,7 +401,7 @@ class RedisStore(SessionStore):
                 chunks = self._r.mget([f"{self._p}p:{r.id}" for r in part])
             bad = [
                 row for row, data in zip(part, chunks)
-                if data is None or len(data) != row.nbytes or zlib.crc32(data) != row.crc
+                if data is None or len(data) != row.nbytes or crc32(data) != row.crc
             ]
             # another writer may have re-sliced or deleted a node since the snapshot
             now = self._node_rows([row.id for row in bad])
