@@ -31,6 +31,7 @@ from seqkv_edge.codecs.kv_lossless import KVLosslessCodec
 from seqkv_edge.codecs.kv_lossy.codec import KVLossyCodec
 from seqkv_edge.codecs.tokens_model import TokensModelCodec
 from seqkv_edge.codecs.tokens_portable import TokensPortableCodec
+from seqkv_edge.codecs.tokens_zstd import TokensZstdCodec
 from seqkv_edge.codecs.zstd_bytes import ZstdCodec
 from seqkv_edge.container.session_file import Kind, read_container
 from seqkv_edge.errors import CorruptDataError
@@ -47,6 +48,7 @@ EXAMPLES = {  # codec id: codecs to run, the defaults first
     "kv_lossy": [KVLossyCodec(bits=4.0), KVLossyCodec(max_kl=0.01, version=3)],
     "tokens_model": [TokensModelCodec(), TokensModelCodec(n_vocab=1000, checkpoint_tokens=8, check_bits=32)],
     "tokens_portable": [TokensPortableCodec(), TokensPortableCodec(n_vocab=259)],
+    "tokens_zstd": [TokensZstdCodec(n_vocab=151936), TokensZstdCodec(n_vocab=259)],
     "zstd": [ZstdCodec(), ZstdCodec(level=3)],
 }
 FROZEN_CONFIGS = [  # what files hold: a changed key, order or value is a new format
@@ -57,6 +59,7 @@ FROZEN_CONFIGS = [  # what files hold: a changed key, order or value is a new fo
     (TokensModelCodec(), ('{"id": "tokens_model", "n_vocab": 151936, "version": 1, "checkpoint_tokens": 512, '
                           '"check_bits": 8}')),
     (TokensPortableCodec(n_vocab=259), '{"id": "tokens_portable", "n_vocab": 259, "version": 1}'),
+    (TokensZstdCodec(n_vocab=259), '{"id": "tokens_zstd", "n_vocab": 259, "version": 1}'),
     (ZstdCodec(), '{"id": "zstd", "level": 19}'),
 ]
 # the largest relative RMS error of a decoded tensor (values lost or misplaced come out near 1 or above)
@@ -236,6 +239,17 @@ def tokens_portable_fixtures(codec: TokensPortableCodec):
         assert get_codec(container.meta["codecs"]["tokens"]).decode(container.payload(Kind.TOKENS)).tolist() == expected
 
 
+def tokens_zstd_fixtures(codec: TokensZstdCodec):
+    tokens = np.load(FIXTURES / "tokens_portable_v1_tokens.npy")
+    decoded = get_codec({"id": "tokens_zstd", "n_vocab": QWEN_VOCAB, "version": 1}).decode(
+        (FIXTURES / "tokens_zstd_v1.bin").read_bytes(), max_tokens=len(tokens))
+    np.testing.assert_array_equal(decoded, tokens)
+    with pytest.raises(CorruptDataError):  # ids beyond the vocabulary, as a damaged file could hold
+        TokensZstdCodec(n_vocab=int(tokens.max())).decode((FIXTURES / "tokens_zstd_v1.bin").read_bytes())
+    with pytest.raises(CorruptDataError):
+        codec.decode((FIXTURES / "tokens_zstd_v1.bin").read_bytes()[:-3])
+
+
 def tokens_model_fixtures(codec: TokensModelCodec):
     expected = np.load(FIXTURES / "tokens_model_v1_tokens.npy").tolist()
     rows, tokens = fixture_rows_and_tokens(len(expected))
@@ -257,7 +271,8 @@ def zstd_fixtures(codec: ZstdCodec):
 
 
 FIXTURE_CHECKS = {"kv_lossless": kv_lossless_fixtures, "kv_lossy": kv_lossy_fixtures,
-                  "tokens_portable": tokens_portable_fixtures, "tokens_model": tokens_model_fixtures,
+                  "tokens_portable": tokens_portable_fixtures, "tokens_zstd": tokens_zstd_fixtures,
+                  "tokens_model": tokens_model_fixtures,
                   "zstd": zstd_fixtures}
 
 

@@ -9,4 +9,4 @@ __all__ = ["Codec", "BytesCodec", "TokensCodec", "ModelTokensCodec", "StateCodec
            "registered_codecs"]
 
 # the built-in codecs register themselves on import
-from . import kv_lossless, kv_lossy, tokens_model, tokens_portable, zstd_bytes  # noqa: E402,F401
+from . import kv_lossless, kv_lossy, tokens_model, tokens_portable, tokens_zstd, zstd_bytes  # noqa: E402,F401

@@ -5,7 +5,7 @@ produced, so a file always says how to decode itself (``codecs.get_codec(config)
 codes decides its kind:
 
 - :class:`BytesCodec`: bytes to bytes (``zstd``);
-- :class:`TokensCodec`: token ids to bytes and back, no model needed (``tokens_portable``);
+- :class:`TokensCodec`: token ids to bytes and back, no model needed (``tokens_portable``, ``tokens_zstd``);
 - :class:`ModelTokensCodec`: token ids coded under the model's next-token logits, one row per token, so decoding
   replays the model (``tokens_model``);
 - :class:`StateCodec`: every K/V tensor of a parsed llama.cpp state, one payload per tensor (``kv_lossless``,

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import __version__
 from ..codecs import BytesCodec, StateCodec, TokensCodec, get_codec
-from ..codecs.tokens_portable import TokensPortableCodec
+from ..codecs.tokens_zstd import TokensZstdCodec
 from ..codecs.zstd_bytes import ZstdCodec
 from ..container.session_file import Container, Kind, write_container
 from ..errors import CorruptDataError, ModelMismatchError, SeqKVError
@@ -103,7 +103,7 @@ def save(llm, path: Union[str, Path], config) -> SessionInfo:
     coded = kv_codec.encode_state(state, rope, profile=profile)
     if profile is not None:
         keep_profile_beside(path, profile)
-    side, tokens_codec = ZstdCodec(level=19), TokensPortableCodec(n_vocab=llm.n_vocab())
+    side, tokens_codec = ZstdCodec(level=19), TokensZstdCodec(n_vocab=llm.n_vocab())
     skeleton = side.encode(state.skeleton())
     coded_tokens = tokens_codec.encode(llm.input_ids[:n_tokens])
     clock.lap("encode")
