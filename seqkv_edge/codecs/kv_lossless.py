@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -116,8 +117,7 @@ class KVLosslessCodec(StateCodec):
         n_threads = min(self.n_threads or os.cpu_count() or 1, max(len(items), 1))
         if n_threads == 1:
             return [fn(item) for item in items]
-        with ThreadPoolExecutor(max_workers=n_threads) as pool:
-            return list(pool.map(fn, items))
+        return list(_pool(n_threads).map(fn, items))
 
     def encode_many(self, items: Sequence[tuple]) -> list[bytes]:
         """Code (data, ggml_type, token_major, n_channels) tuples in parallel; streams in order."""
@@ -148,6 +148,20 @@ class KVLosslessCodec(StateCodec):
         shape = ((n_tokens, native.kv_row_bytes(ggml_type, n_channels)) if token_major
                  else (n_channels, n_tokens * ELEMENT_SIZE.get(ggml_type, 1)))
         return self.decode_tensor(buf, ggml_type, token_major, n_channels, np.empty(shape, np.uint8))
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(n_threads: int) -> ThreadPoolExecutor:
+    """The process's pool of ``n_threads`` coding threads: kept, so each thread keeps its workspace (context tables
+    built once per process, not once per save or restore) and no restore waits for threads to start."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(n_threads)
+        if pool is None:
+            pool = _POOLS[n_threads] = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="kv_lossless")
+        return pool
 
 
 def stream_size(buf) -> int:
