@@ -6,22 +6,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ROWS 4   /* rows and (widest) columns of one register tile of det_matmul */
-#define TILE 32
+/* det_matmul runs register tiles of ROWS x WIDTH outputs, shaped per instruction set so the accumulators fill
+ * the vector registers without spilling (AVX-512: 16 of its 32, two tiles' worth of the adder's latency). The
+ * shape changes no bit: each output is its own sum in k order, whatever tile or vector lane computes it. */
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-/* the same arithmetic at each vector width: lanes hold independent outputs, and no contraction is allowed */
-#define DET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DET_CLONES
-#endif
-
-/* One ROWS x WIDTH block of out, sums in k order (WIDTH a constant: the accumulators stay in registers). */
-#define DEFINE_TILE(WIDTH)                                                                                        \
-    static inline __attribute__((always_inline)) void tile_##WIDTH(const float *x, uint32_t n_in,               \
-                                                                   uint32_t x_stride, const float *w,           \
-                                                                   uint32_t n_out, float *out,                  \
-                                                                   uint32_t out_stride, int accumulate)         \
+/* One ROWS x WIDTH block of out, sums in k order (constants: the accumulators stay in registers). */
+#define DEFINE_TILE(NAME, ROWS, WIDTH)                                                                            \
+    static inline __attribute__((always_inline)) void NAME(const float *x, uint32_t n_in, uint32_t x_stride,    \
+                                                           const float *w, uint32_t n_out, float *out,          \
+                                                           uint32_t out_stride, int accumulate)                 \
     {                                                                                                             \
         float acc[ROWS][WIDTH];                                                                                   \
         for (int r = 0; r < ROWS; r++)                                                                            \
@@ -38,7 +31,6 @@
         }                                                                                                         \
         for (int r = 0; r < ROWS; r++) memcpy(out + (size_t)r * out_stride, acc[r], sizeof acc[r]);               \
     }
-DEFINE_TILE(32)
 
 /* Any smaller block (edges): the same sums in the same order. */
 static void tile_edge(const float *x, uint32_t n_rows, uint32_t n_in, uint32_t x_stride, const float *w,
@@ -55,43 +47,76 @@ static void tile_edge(const float *x, uint32_t n_rows, uint32_t n_in, uint32_t x
         }
 }
 
-/* The last n_cols (< TILE) columns of ROWS rows: w's columns packed into a zero-padded TILE-wide panel so the
- * register tile runs; the padding's sums are dropped. */
-static inline __attribute__((always_inline)) void tile_narrow(const float *x, uint32_t n_in, uint32_t x_stride,
-                                                              const float *panel, uint32_t n_cols, float *out,
-                                                              uint32_t out_stride, int accumulate)
+typedef void (*MatmulFn)(const float *, uint32_t, uint32_t, uint32_t, const float *, uint32_t, float *, uint32_t,
+                         int);
+
+/* det_matmul with ROWS x WIDTH tiles, compiled with ATTR (a target). The last n_out % WIDTH columns run the same
+ * tile over w's columns packed into a zero-padded WIDTH-wide panel; the padding's sums are dropped. */
+#define DEFINE_MATMUL(NAME, ATTR, ROWS, WIDTH)                                                                    \
+    DEFINE_TILE(NAME##_tile, ROWS, WIDTH)                                                                         \
+    ATTR static void NAME(const float *x, uint32_t n_rows, uint32_t n_in, uint32_t x_stride, const float *w,     \
+                          uint32_t n_out, float *out, uint32_t out_stride, int accumulate)                        \
+    {                                                                                                             \
+        uint32_t full = n_out - n_out % WIDTH, rest = n_out % WIDTH;                                              \
+        float *panel = NULL;                                                                                      \
+        if (rest && n_rows >= ROWS && (panel = calloc((size_t)n_in * WIDTH, sizeof(float))) != NULL)             \
+            for (uint32_t k = 0; k < n_in; k++)                                                                   \
+                memcpy(panel + (size_t)k * WIDTH, w + (size_t)k * n_out + full, rest * sizeof(float));            \
+        for (uint32_t i = 0; i < n_rows; i += ROWS) {                                                             \
+            uint32_t rows = n_rows - i < ROWS ? n_rows - i : ROWS;                                                \
+            const float *xi = x + (size_t)i * x_stride;                                                           \
+            float *oi = out + (size_t)i * out_stride;                                                             \
+            if (rows < ROWS) {                                                                                    \
+                tile_edge(xi, rows, n_in, x_stride, w, n_out, n_out, oi, out_stride, accumulate);                 \
+                continue;                                                                                         \
+            }                                                                                                     \
+            for (uint32_t j = 0; j < full; j += WIDTH)                                                            \
+                NAME##_tile(xi, n_in, x_stride, w + j, n_out, oi + j, out_stride, accumulate);                    \
+            if (rest && panel) {                                                                                  \
+                float block[ROWS * WIDTH] = {0};                                                                  \
+                for (int r = 0; r < ROWS; r++)                                                                    \
+                    if (accumulate) memcpy(block + r * WIDTH, oi + full + (size_t)r * out_stride, rest * sizeof(float)); \
+                NAME##_tile(xi, n_in, x_stride, panel, WIDTH, block, WIDTH, 1);                                   \
+                for (int r = 0; r < ROWS; r++)                                                                    \
+                    memcpy(oi + full + (size_t)r * out_stride, block + r * WIDTH, rest * sizeof(float));          \
+            } else if (rest) { /* no memory for the panel: the same sums, slower */                               \
+                tile_edge(xi, rows, n_in, x_stride, w + full, n_out, rest, oi + full, out_stride, accumulate);    \
+            }                                                                                                     \
+        }                                                                                                         \
+        free(panel);                                                                                              \
+    }
+
+DEFINE_MATMUL(matmul_generic, , 4, 32)
+#if defined(__x86_64__) && defined(__GNUC__)
+DEFINE_MATMUL(matmul_avx2, __attribute__((target("avx2"))), 4, 32)
+DEFINE_MATMUL(matmul_avx512, __attribute__((target("avx512f"))), 8, 32)
+#endif
+
+/* The widest kernel this CPU runs; SEQKV_DETMATH_KERNEL=generic|avx2 picks a narrower one (tests compare them). */
+static MatmulFn choose_matmul(void)
 {
-    float block[ROWS * TILE] = {0};
-    for (int r = 0; r < ROWS; r++)
-        if (accumulate) memcpy(block + r * TILE, out + (size_t)r * out_stride, n_cols * sizeof(float));
-    tile_32(x, n_in, x_stride, panel, TILE, block, TILE, 1);
-    for (int r = 0; r < ROWS; r++) memcpy(out + (size_t)r * out_stride, block + r * TILE, n_cols * sizeof(float));
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    const char *pick = getenv("SEQKV_DETMATH_KERNEL");
+    int generic = pick && !strcmp(pick, "generic"), avx2_only = pick && !strcmp(pick, "avx2");
+    if (!generic && !avx2_only && __builtin_cpu_supports("avx512f"))
+        return matmul_avx512;
+    if (!generic && __builtin_cpu_supports("avx2"))
+        return matmul_avx2;
+#endif
+    return matmul_generic;
 }
 
-DET_CLONES
 void det_matmul(const float *x, uint32_t n_rows, uint32_t n_in, uint32_t x_stride, const float *w, uint32_t n_out,
                 float *out, uint32_t out_stride, int accumulate)
 {
-    uint32_t full = n_out - n_out % TILE, rest = n_out % TILE;
-    float *panel = NULL;
-    if (rest && n_rows >= ROWS && (panel = calloc((size_t)n_in * TILE, sizeof(float))) != NULL)
-        for (uint32_t k = 0; k < n_in; k++) memcpy(panel + (size_t)k * TILE, w + (size_t)k * n_out + full,
-                                                   rest * sizeof(float));
-    for (uint32_t i = 0; i < n_rows; i += ROWS) {
-        uint32_t rows = n_rows - i < ROWS ? n_rows - i : ROWS;
-        const float *xi = x + (size_t)i * x_stride;
-        float *oi = out + (size_t)i * out_stride;
-        if (rows < ROWS) {
-            tile_edge(xi, rows, n_in, x_stride, w, n_out, n_out, oi, out_stride, accumulate);
-            continue;
-        }
-        for (uint32_t j = 0; j < full; j += TILE) tile_32(xi, n_in, x_stride, w + j, n_out, oi + j, out_stride, accumulate);
-        if (rest && panel)
-            tile_narrow(xi, n_in, x_stride, panel, rest, oi + full, out_stride, accumulate);
-        else if (rest)  /* no memory for the panel: the same sums, slower */
-            tile_edge(xi, rows, n_in, x_stride, w + full, n_out, rest, oi + full, out_stride, accumulate);
+    static MatmulFn chosen; /* every thread chooses the same: a race only stores that value again */
+    MatmulFn fn = __atomic_load_n(&chosen, __ATOMIC_RELAXED);
+    if (!fn) {
+        fn = choose_matmul();
+        __atomic_store_n(&chosen, fn, __ATOMIC_RELAXED);
     }
-    free(panel);
+    fn(x, n_rows, n_in, x_stride, w, n_out, out, out_stride, accumulate);
 }
 
 /* ln 2 and pi / 2 split so that k * HI is exact for the k used here (fdlibm's constants) */

@@ -14,7 +14,9 @@
 /*
  * out[i, j] = (accumulate ? out[i, j] : 0) + x[i, 0] * w[0, j] + x[i, 1] * w[1, j] + ... + x[i, n_in-1] * w[n_in-1, j],
  * summed left to right in float32. x: rows of x_stride floats (n_in used), w: [n_in, n_out] contiguous,
- * out: rows of out_stride floats (n_out used); out must not overlap x or w.
+ * out: rows of out_stride floats (n_out used); out must not overlap x or w. Runs the widest kernel the CPU has
+ * (x86-64: AVX-512, AVX2, else portable C; the environment variable SEQKV_DETMATH_KERNEL=generic|avx2 picks a
+ * narrower one, read at the first call): all give the same bits.
  */
 void det_matmul(const float *x, uint32_t n_rows, uint32_t n_in, uint32_t x_stride, const float *w, uint32_t n_out,
                 float *out, uint32_t out_stride, int accumulate);

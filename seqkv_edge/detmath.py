@@ -22,10 +22,10 @@ from .native import require
 __all__ = ["matmul", "per_head", "rope_angles"]
 
 # Products of at least this many multiply-adds are split into row blocks computed in parallel threads: every output
-# is summed exactly as in one call (rows are independent, blocks start on the C kernel's 4-row tiles), so the bits
-# do not depend on the thread count.
+# is summed exactly as in one call (rows are independent; blocks start on whole register tiles of every kernel, of 4
+# or 8 rows), so the bits do not depend on the thread count.
 _PARALLEL_MACS = 1 << 21
-_TILE_ROWS = 4
+_TILE_ROWS = 8
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 

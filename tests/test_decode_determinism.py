@@ -1,6 +1,6 @@
 """The lossy decoder gives the same bytes on every CPU: frozen sha256 of each lossy fixture's decoded state, the same
 in subprocesses with other BLAS kernels and thread counts, and the fixed-order kernels (native/detmath.c) give the
-same bits built for every instruction set, FMA-capable ones included."""
+same bits built for every instruction set, FMA-capable ones included, and with each of det_matmul's kernels."""
 from __future__ import annotations
 
 import json
@@ -128,5 +128,25 @@ def test_kernels_give_the_same_bits_for_every_instruction_set(tmp_path):
         exe = tmp_path / f"det{i}"
         subprocess.run(["gcc", *build, "-std=c11", "-ffp-contract=off", f"-I{NATIVE}", str(tmp_path / "main.c"),
                         str(NATIVE / "detmath.c"), "-lm", "-o", str(exe)], check=True)
-        outputs.append(subprocess.run([str(exe)], capture_output=True, check=True).stdout)
-    assert len(outputs) >= 2 and all(o == outputs[0] for o in outputs)
+        for kernel in ("generic", "avx2", "widest"):  # det_matmul's kernels, each where this CPU runs it
+            env = dict(os.environ, SEQKV_DETMATH_KERNEL=kernel)
+            outputs.append(subprocess.run([str(exe)], capture_output=True, check=True, env=env).stdout)
+    assert len(outputs) >= 6 and all(o == outputs[0] for o in outputs)
+
+
+@pytest.mark.parametrize("kernel", ["generic", "avx2", "widest"])
+def test_every_matmul_kernel_gives_the_sequential_sums(kernel):
+    """Each register-tile shape det_matmul picks per instruction set, at every edge (rows and columns short of a
+    tile), gives the defined sums: in a fresh process, which picks its kernel once."""
+    code = ("import numpy as np, sys; sys.path.insert(0, %r); from test_decode_determinism import sequential_matmul; "
+            "from seqkv_edge import detmath\n"
+            "for n, k, m in [(1, 3, 1), (7, 5, 3), (8, 9, 32), (9, 64, 64), (17, 256, 48), (23, 48, 33), (40, 16, 70)]:\n"
+            "    rng = np.random.default_rng(n * k * m)\n"
+            "    x, w = rng.standard_normal((n, k)).astype(np.float32), rng.standard_normal((k, m)).astype(np.float32)\n"
+            "    out = rng.standard_normal((n, m)).astype(np.float32)\n"
+            "    assert np.array_equal(detmath.matmul(x, w), sequential_matmul(x, w)), (n, k, m)\n"
+            "    want = sequential_matmul(x, w, init=out)\n"
+            "    assert np.array_equal(detmath.matmul(x, w, out=out, accumulate=True), want), (n, k, m)\n") % str(HERE)
+    env = dict(os.environ, SEQKV_DETMATH_KERNEL=kernel)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
