@@ -73,12 +73,12 @@ typedef void (*MatmulFn)(const float *, uint32_t, uint32_t, uint32_t, const floa
             for (uint32_t j = 0; j < full; j += WIDTH)                                                            \
                 NAME##_tile(xi, n_in, x_stride, w + j, n_out, oi + j, out_stride, accumulate);                    \
             if (rest && panel) {                                                                                  \
-                float block[ROWS * WIDTH] = {0};                                                                  \
+                float block[ROWS * WIDTH] = {0}, *edge = oi + full;                                               \
                 for (int r = 0; r < ROWS; r++)                                                                    \
-                    if (accumulate) memcpy(block + r * WIDTH, oi + full + (size_t)r * out_stride, rest * sizeof(float)); \
+                    if (accumulate) memcpy(block + r * WIDTH, edge + (size_t)r * out_stride, rest * sizeof(float)); \
                 NAME##_tile(xi, n_in, x_stride, panel, WIDTH, block, WIDTH, 1);                                   \
                 for (int r = 0; r < ROWS; r++)                                                                    \
-                    memcpy(oi + full + (size_t)r * out_stride, block + r * WIDTH, rest * sizeof(float));          \
+                    memcpy(edge + (size_t)r * out_stride, block + r * WIDTH, rest * sizeof(float));               \
             } else if (rest) { /* no memory for the panel: the same sums, slower */                               \
                 tile_edge(xi, rows, n_in, x_stride, w + full, n_out, rest, oi + full, out_stride, accumulate);    \
             }                                                                                                     \
