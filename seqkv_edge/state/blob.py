@@ -420,16 +420,18 @@ def max_cell_bytes(llm) -> int:
     return int(lib.llama_model_n_layer(ptr)) * 2 * row + 2 * _CELL_BYTES
 
 
-def read_seq_state(ctx, seq_id: int = 0, out: bytearray | None = None) -> bytearray | memoryview:
+def read_seq_state(ctx, seq_id: int = 0, out=None) -> bytearray | memoryview:
     """Copy sequence ``seq_id``'s state out of a llama_context into a buffer we own (llama.cpp writes it once).
 
     ``ctx`` is the raw ``llama_context`` pointer (``llm.ctx``) or a ``llama_cpp.Llama``; seq_id -1 takes the
-    whole memory. With ``out`` (a bytearray, reused when large enough) a memoryview of its head may be returned.
+    whole memory. With ``out`` (a writable buffer, reused when large enough, or ``out(size)`` giving one) a
+    memoryview of its head may be returned.
     """
     lib, ptr = _lib(), _ctx_ptr(ctx)
     size = lib.llama_state_seq_get_size(ptr, seq_id)
     if size == 0:
         raise SeqKVError(f"llama_state_seq_get_size failed for seq {seq_id} (see the llama.cpp log)")
+    out = out(size) if callable(out) else out
     buf = bytearray(size) if out is None or len(out) < size else out
     written = lib.llama_state_seq_get_data(ptr, (ctypes.c_ubyte * size).from_buffer(buf), size, seq_id)
     if written != size:
