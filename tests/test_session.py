@@ -173,3 +173,31 @@ def test_pickle_keeps_compressor(tiny_model_path):
 def test_bad_compressor_argument(tiny_model_path):
     with pytest.raises(TypeError, match="SeqKV"):
         Llama(model_path=tiny_model_path, verbose=False, kv_compressor="lossless")
+
+
+def test_a_save_failing_while_its_kv_streams_are_written_keeps_the_old_file(tiny_model_path, tmp_path, monkeypatch):
+    """Lossless saves write each KV stream as soon as it is coded: a failure half way leaves the previous file
+    whole and no temporary file behind."""
+    from seqkv_edge.codecs.kv_lossless import KVLosslessCodec
+
+    llm = make_llama(tiny_model_path)
+    llm.eval(llm.tokenize(PROMPT))
+    target = tmp_path / "s.seqkv"
+    llm.save_session(target)
+    before = target.read_bytes()
+    llm.eval(llm.tokenize(MORE, add_bos=False))
+    real, calls = KVLosslessCodec.encode_tensor, []
+
+    def failing(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk gone")
+        return real(self, *args)
+
+    monkeypatch.setattr(KVLosslessCodec, "encode_tensor", failing)
+    with pytest.raises(OSError, match="disk gone"):
+        llm.save_session(target)
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.seqkv"]
+    monkeypatch.undo()
+    fresh = make_llama(tiny_model_path)
+    assert fresh.load_session(target).n_tokens == len(llm.tokenize(PROMPT))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 
 class Codec(abc.ABC):
@@ -101,6 +101,11 @@ class StateCodec(Codec):
     @abc.abstractmethod
     def encode_state(self, state, rope: dict | None = None, profile=None) -> list[bytes]:
         """One payload per tensor of ``state`` (a ``state.blob.SeqState``), in ``state.tensors()`` order."""
+
+    def encode_state_iter(self, state, rope: dict | None = None, profile=None) -> Iterable[bytes]:
+        """The payloads of :meth:`encode_state`, in order; a codec whose config is known before it codes may yield
+        each as soon as it is coded, so that a writer writes it while the next ones are coded."""
+        return self.encode_state(state, rope, profile=profile)
 
     @abc.abstractmethod
     def decode_state(self, payloads: Sequence, tensors: Sequence, positions, rope: dict | None = None,

@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -113,24 +113,28 @@ class KVLosslessCodec(StateCodec):
         return native.kv_decode(buf, ggml_type, token_major, n_channels, out)
 
     # ---- many tensors, in parallel ----
-    def _pool_map(self, fn, items: Sequence):
+    def _pool_map(self, fn, items: Sequence) -> Iterator:
+        """``fn`` of each item, in the kept pool; the results in order, each as soon as it and those before are in."""
         n_threads = min(self.n_threads or os.cpu_count() or 1, max(len(items), 1))
-        if n_threads == 1:
-            return [fn(item) for item in items]
-        return list(_pool(n_threads).map(fn, items))
+        return map(fn, items) if n_threads == 1 else _pool(n_threads).map(fn, items)
 
     def encode_many(self, items: Sequence[tuple]) -> list[bytes]:
         """Code (data, ggml_type, token_major, n_channels) tuples in parallel; streams in order."""
-        return self._pool_map(lambda item: self.encode_tensor(*item), items)
+        return list(self._pool_map(lambda item: self.encode_tensor(*item), items))
 
     def decode_many(self, items: Sequence[tuple]) -> list[np.ndarray]:
         """Decode (buf, ggml_type, token_major, n_channels, out) tuples in parallel; the outs in order."""
-        return self._pool_map(lambda item: self.decode_tensor(*item), items)
+        return list(self._pool_map(lambda item: self.decode_tensor(*item), items))
 
     # ---- whole states (the StateCodec contract) ----
     def encode_state(self, state, rope: dict | None = None, profile=None) -> list[bytes]:
         """One stream per tensor of ``state``; ``rope`` and ``profile`` are not needed (bit-exact coding)."""
-        return self.encode_many([(t.data, t.ggml_type.id, t.token_major, t.n_channels) for t in state.tensors()])
+        return list(self.encode_state_iter(state))
+
+    def encode_state_iter(self, state, rope: dict | None = None, profile=None) -> Iterator[bytes]:
+        """The streams of :meth:`encode_state`, each as soon as it and those before it are coded."""
+        items = [(t.data, t.ggml_type.id, t.token_major, t.n_channels) for t in state.tensors()]
+        return self._pool_map(lambda item: self.encode_tensor(*item), items)
 
     def decode_state(self, payloads, tensors, positions, rope: dict | None = None, profile=None) -> None:
         """Decode ``payloads`` into the views ``tensors``; ``positions``, ``rope`` and ``profile`` are not needed."""

@@ -13,6 +13,7 @@ a uniquely named temporary file in the same directory is written, fsynced, then 
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import mmap
 import os
@@ -25,7 +26,7 @@ from typing import Callable, Iterable, Optional, Union
 from ..checksum import crc32
 from ..codecs.varint import read_varint, write_varint
 from ..errors import CorruptDataError
-from ..fileio import atomic_writer
+from ..fileio import atomic_writer, start_writeback
 from .meta_schema import SESSION_META
 from .meta_schema import check as check_meta
 
@@ -34,6 +35,7 @@ FORMAT_VERSION = 2  # 2: hybrid schedules are run-length coded (SCHEDULE_RUNS); 
 SUPPORTED_VERSIONS = (1, 2)
 Buffer = Union[bytes, bytearray, memoryview]
 _PARALLEL_CRC_BYTES = 1 << 22  # files with more payload bytes than this check their sections' CRCs in threads
+_WRITEBACK_BYTES = 1 << 21  # written bytes that start their writeback to disk (while later sections are coded)
 
 
 class Kind(enum.IntEnum):
@@ -73,20 +75,25 @@ def encode_meta(meta: dict) -> bytes:
 
 
 def write_container(path: Union[str, Path], meta: Union[dict, bytes], sections: Iterable[tuple[int, Buffer]]) -> int:
-    """Atomically write a session file; returns its size in bytes.
+    """Atomically write a session file; returns its size in bytes. ``sections`` may be an iterator yielding each
+    section as it is coded: each is written when it comes, and its pages go to disk while the next are coded.
 
     ``meta`` is a JSON-safe dict (META section) or the bytes of a compact HEADER section.
     """
     first = (Kind.HEADER, meta) if isinstance(meta, (bytes, bytearray)) else (Kind.META, encode_meta(meta))
-    crcs = bytearray()
+    crcs, synced = bytearray(), 0
     with atomic_writer(path) as f:
         f.write(MAGIC + bytes([FORMAT_VERSION, 0]))
-        for kind, payload in [first, *sections]:
+        for kind, payload in itertools.chain([first], sections):  # sections may still be coding: written as they come
             crc = crc32(payload)
             f.write(bytes([kind]) + write_varint(len(payload)))
             f.write(payload)
             f.write(struct.pack("<I", crc))
             crcs += struct.pack("<I", crc)
+            if f.tell() - synced >= _WRITEBACK_BYTES:
+                f.flush()
+                start_writeback(f.fileno(), synced, f.tell() - synced)
+                synced = f.tell()
         f.write(bytes([Kind.END, 0]) + struct.pack("<I", crc32(crcs)))
         return f.tell()
 

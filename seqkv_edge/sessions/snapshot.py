@@ -79,7 +79,7 @@ def save(llm, path: Union[str, Path], config) -> SessionInfo:
     """Write ``llm``'s sequence 0 to ``path`` atomically as a KV snapshot (``config``: the ``SeqKV`` settings)."""
     clock = Clock()
     gpu, buffer = _gpu(config, llm)
-    blob = read_seq_state(llm.ctx, out=buffer)
+    blob = read_seq_state(llm.ctx, out=buffer if buffer is not None else lambda size: reused_buffer(llm, "state", size))
     state = parse_seq_state(blob, model=llm)
     clock.lap("read_state")
     n_tokens = llm.n_tokens
@@ -100,19 +100,25 @@ def save(llm, path: Union[str, Path], config) -> SessionInfo:
             from ..calibrate.profile import load_or_build_profile
 
             profile = load_or_build_profile(llm)
-    coded = kv_codec.encode_state(state, rope, profile=profile)
+    coded = kv_codec.encode_state_iter(state, rope, profile=profile)  # lossless: coding in threads from here on
     if profile is not None:
         keep_profile_beside(path, profile)
     side, tokens_codec = ZstdCodec(level=19), TokensZstdCodec(n_vocab=llm.n_vocab())
     skeleton = side.encode(state.skeleton())
     coded_tokens = tokens_codec.encode(llm.input_ids[:n_tokens])
-    clock.lap("encode")
     codecs = {"kv": kv_codec.get_config(), "tokens": tokens_codec.get_config(), "skeleton": side.get_config()}
     meta = _session_meta(llm, state, len(blob), codecs, rope)
     if profile is not None:
         meta["profile"] = profile.digest.hex()
-    sections = [(Kind.TOKENS, coded_tokens), (Kind.SKELETON, skeleton)] + [(Kind.KV, c) for c in coded]
-    file_bytes = write_container(path, meta, sections)
+
+    def sections():
+        yield Kind.TOKENS, coded_tokens
+        yield Kind.SKELETON, skeleton
+        for payload in coded:  # each written as it comes: "encode" holds the writes, "write" the rest of the flush
+            yield Kind.KV, payload
+        clock.lap("encode")
+
+    file_bytes = write_container(path, meta, sections())
     clock.lap("write")
     return SessionInfo(str(path), n_tokens, len(blob), file_bytes, clock.seconds)
 
