@@ -27,15 +27,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .. import native
 from ..errors import CorruptDataError, UnsupportedStateError
-from .registry import register_codec
 from .base import StateCodec
+from .registry import register_codec
 
 logger = logging.getLogger(__name__)
 
@@ -113,18 +113,38 @@ class KVLosslessCodec(StateCodec):
         return native.kv_decode(buf, ggml_type, token_major, n_channels, out)
 
     # ---- many tensors, in parallel ----
+    def _threads(self, n_items: int) -> int:
+        return min(self.n_threads or os.cpu_count() or 1, max(n_items, 1))
+
     def _pool_map(self, fn, items: Sequence) -> Iterator:
         """``fn`` of each item, in the kept pool; the results in order, each as soon as it and those before are in."""
-        n_threads = min(self.n_threads or os.cpu_count() or 1, max(len(items), 1))
+        n_threads = self._threads(len(items))
         return map(fn, items) if n_threads == 1 else _pool(n_threads).map(fn, items)
+
+    def _map_all(self, fn, items: Iterable, n_items: int) -> list:
+        """``fn`` of each of the ``n_items`` items, in the kept pool, taking each item as it comes (a payload of a file
+        still being read); returns when every call has ended. On a failure the calls not started are cancelled and
+        the running ones waited for, then it is raised: nothing writes into the caller's buffers afterwards."""
+        if self._threads(n_items) == 1:
+            return [fn(item) for item in items]
+        pool, futures = _pool(self._threads(n_items)), []
+        try:
+            for item in items:
+                futures.append(pool.submit(fn, item))
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            raise
 
     def encode_many(self, items: Sequence[tuple]) -> list[bytes]:
         """Code (data, ggml_type, token_major, n_channels) tuples in parallel; streams in order."""
-        return list(self._pool_map(lambda item: self.encode_tensor(*item), items))
+        return self._map_all(lambda item: self.encode_tensor(*item), items, len(items))
 
     def decode_many(self, items: Sequence[tuple]) -> list[np.ndarray]:
         """Decode (buf, ggml_type, token_major, n_channels, out) tuples in parallel; the outs in order."""
-        return list(self._pool_map(lambda item: self.decode_tensor(*item), items))
+        return self._map_all(lambda item: self.decode_tensor(*item), items, len(items))
 
     # ---- whole states (the StateCodec contract) ----
     def encode_state(self, state, rope: dict | None = None, profile=None) -> list[bytes]:
@@ -138,10 +158,10 @@ class KVLosslessCodec(StateCodec):
 
     def decode_state(self, payloads, tensors, positions, rope: dict | None = None, profile=None) -> None:
         """Decode ``payloads`` into the views ``tensors``; ``positions``, ``rope`` and ``profile`` are not needed."""
-        payloads = list(payloads)
         if len(payloads) != len(tensors):
             raise CorruptDataError(f"decoding a lossless KV state: {len(payloads)} streams for {len(tensors)} tensors")
-        self.decode_many([(c, t.ggml_type.id, t.token_major, t.n_channels, t.data) for c, t in zip(payloads, tensors)])
+        items = ((c, t.ggml_type.id, t.token_major, t.n_channels, t.data) for c, t in zip(payloads, tensors))
+        self._map_all(lambda item: self.decode_tensor(*item), items, len(tensors))
 
     # ---- one stream, described by its own header ----
     def decode_stream(self, buf) -> np.ndarray:

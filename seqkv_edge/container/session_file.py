@@ -21,7 +21,7 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from ..checksum import crc32
 from ..codecs.varint import read_varint, write_varint
@@ -69,6 +69,17 @@ class Container:
             raise CorruptDataError(f"expected one {Kind(kind).name} section, found {len(found)}")
         return found[0]
 
+    # what a restore asks of a file that may still be arriving (``streamed.StreamedContainer``): here all is in
+    def arriving(self, kind: int, count: int) -> Sequence[memoryview]:
+        """The ``count`` sections of ``kind``; CorruptDataError when the file holds another number."""
+        found = self.payloads(kind)
+        if len(found) != count:
+            raise CorruptDataError(f"expected {count} {Kind(kind).name} sections, found {len(found)}")
+        return found
+
+    def complete(self) -> None:
+        """Returns once the whole file is in and verified (here: at once)."""
+
 
 def encode_meta(meta: dict) -> bytes:
     return json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
@@ -101,6 +112,18 @@ def write_container(path: Union[str, Path], meta: Union[dict, bytes], sections: 
 def parse_container(data: Buffer, source: str = "session data") -> Container:
     """Parse and verify a session file held in memory (bytes, mmap or memoryview)."""
     buf = memoryview(data)
+    version = file_version(buf, source)
+    sections = list(walk_sections(buf, source))
+    _check_crcs(sections, source)
+    sections = [(kind, payload) for kind, payload, _, _ in sections]
+    if not sections:
+        raise CorruptDataError(f"{source} does not start with a META or HEADER section")
+    meta, header = head_of(sections[0], source)
+    return Container(version=version, meta=meta, header=header, sections=sections[1:])
+
+
+def file_version(buf: memoryview, source: str) -> int:
+    """The format version of a session file starting at ``buf`` (6 bytes or more), checked."""
     if len(buf) < 6 or bytes(buf[:4]) != MAGIC:
         raise CorruptDataError(f"{source} is not a seqkv session file (bad magic)")
     version = buf[4]
@@ -108,40 +131,57 @@ def parse_container(data: Buffer, source: str = "session data") -> Container:
         raise CorruptDataError(
             f"{source} has format version {version}; this seqkv_edge reads {SUPPORTED_VERSIONS}: upgrade seqkv_edge"
         )
-    pos, sections, crcs = 6, [], bytearray()
+    return version
+
+
+def walk_sections(buf: memoryview, source: str, wait: Optional[Callable[[int], None]] = None) -> Iterator[tuple]:
+    """(kind, payload, crc, offset) of each section of the whole file ``buf`` after its 6-byte head, in file order,
+    CRCs not checked; then the end marker is checked. ``wait(n)``, when given, is called before any byte below
+    ``n`` is read (a file still arriving)."""
+    pos, crcs = 6, bytearray()
     while True:
         if pos >= len(buf):
             raise CorruptDataError(f"{source} is truncated: no end marker")
+        if wait:
+            wait(min(pos + 11, len(buf)))  # the kind and a length of up to 10 bytes
         kind = buf[pos]
         length, pos = read_varint(buf, pos + 1, source)
         if kind == Kind.END:
             if length != 0 or pos + 4 > len(buf):
                 raise CorruptDataError(f"{source} has a damaged end marker")
+            if wait:
+                wait(pos + 4)
             (total,) = struct.unpack_from("<I", buf, pos)
             if total != crc32(crcs):
                 raise CorruptDataError(f"{source}: section list checksum mismatch")
             if pos + 4 != len(buf):
                 raise CorruptDataError(f"{source} has {len(buf) - pos - 4} trailing bytes after the end marker")
-            break
+            return
         end = pos + length
         if end + 4 > len(buf):
-            raise CorruptDataError(f"{source} is truncated inside a {_kind_name(kind)} section")
+            raise CorruptDataError(f"{source} is truncated inside a {kind_name(kind)} section")
+        if wait:
+            wait(end + 4)
         (crc,) = struct.unpack_from("<I", buf, end)
         crcs += struct.pack("<I", crc)
-        sections.append((kind, buf[pos:end], crc, pos))
+        yield kind, buf[pos:end], crc, pos
         pos = end + 4
-    _check_crcs(sections, source)
-    sections = [(kind, payload) for kind, payload, _, _ in sections]
-    if not sections or sections[0][0] not in (Kind.META, Kind.HEADER):
+
+
+def head_of(first: tuple[int, memoryview], source: str) -> tuple[dict, Optional[memoryview]]:
+    """(meta, header) of a file whose first section is ``first`` (kind, payload): META parsed and checked, or the
+    compact HEADER of a tokens-only file with an empty meta."""
+    kind, payload = first
+    if kind == Kind.HEADER:
+        return {}, payload
+    if kind != Kind.META:
         raise CorruptDataError(f"{source} does not start with a META or HEADER section")
-    if sections[0][0] == Kind.HEADER:
-        return Container(version=version, meta={}, header=sections[0][1], sections=sections[1:])
     try:
-        meta = json.loads(bytes(sections[0][1]))
+        meta = json.loads(bytes(payload))
     except (ValueError, RecursionError) as exc:
         raise CorruptDataError(f"{source}: META section is not valid JSON ({type(exc).__name__}: {exc})") from None
     check_meta(meta, SESSION_META, source)
-    return Container(version=version, meta=meta, header=None, sections=sections[1:])
+    return meta, None
 
 
 def _check_crcs(sections: list[tuple], source: str) -> None:
@@ -158,10 +198,10 @@ def _check_crcs(sections: list[tuple], source: str) -> None:
         bad = [damaged(section) for section in sections]
     for (kind, _, _, offset), is_bad in zip(sections, bad):
         if is_bad:
-            raise CorruptDataError(f"{source}: checksum mismatch in a {_kind_name(kind)} section at byte {offset}")
+            raise CorruptDataError(f"{source}: checksum mismatch in a {kind_name(kind)} section at byte {offset}")
 
 
-def _kind_name(kind: int) -> str:
+def kind_name(kind: int) -> str:
     try:
         return Kind(kind).name
     except ValueError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-from ..container.session_file import read_container
+from ..container.streamed import open_streamed
 from . import named, snapshot, tokens
 from .base import SessionInfo, reused_buffer, rollback_on_failure
 from .prefill import Progress
@@ -50,8 +50,10 @@ def load(llm, target: Union[str, Path], config, progress: Progress = None) -> Se
     store = session_store(llm, config)
     if store is not None and named.is_session_name(target):
         return named.load_named(llm, store, target, codec=_chunk_codec(llm, store), progress=progress)
-    container = read_container(target, buffer=lambda size: reused_buffer(llm, "file", size))
-    with rollback_on_failure(llm):
-        if container.header is not None:
-            return tokens.load_file(llm, target, container, progress)
-        return snapshot.load(llm, target, container, device=config.device)
+    # read by a thread of its own while the KV sections decode, each as soon as it is in
+    with open_streamed(target, buffer=lambda size: reused_buffer(llm, "file", size)) as container:
+        with rollback_on_failure(llm):
+            if container.header is not None:
+                container.complete()
+                return tokens.load_file(llm, target, container, progress)
+            return snapshot.load(llm, target, container, device=config.device)

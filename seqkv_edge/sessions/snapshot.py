@@ -254,9 +254,10 @@ def decode_state(container: Container, source: str, out=None, device: str = "aut
     skeleton = _decode_bounded(codecs["skeleton"], container.payload(Kind.SKELETON), meta["state_bytes"], source)
     state = skeleton_state(skeleton, expected_size=meta["state_bytes"], out=out, **meta.get("layout", {}))
     blob, tensors = state.blob if out is not None else state.blob.obj, state.tensors()
-    coded = container.payloads(Kind.KV)
-    if len(coded) != len(tensors) or len(tensors) != len(meta["tensors"]):
-        raise CorruptDataError(f"{source}: {len(coded)} KV sections for {len(tensors)} tensors in the state layout")
+    if len(tensors) != len(meta["tensors"]):
+        raise CorruptDataError(f"{source}: {len(meta['tensors'])} KV tensors described for {len(tensors)} tensors in "
+                               "the state layout")
+    coded = container.arriving(Kind.KV, len(tensors))  # of a file still being read: each as soon as it is in
     for tensor, described in zip(tensors, meta["tensors"]):
         if _tensor_meta(tensor) != described:
             raise CorruptDataError(f"{source}: tensor {described.get('name')} does not match the state layout")
@@ -271,6 +272,7 @@ def decode_state(container: Container, source: str, out=None, device: str = "aut
                               profile=_profile_beside(source, meta) if kv_codec.needs_model else None)
     except (ValueError, IndexError, TypeError, KeyError) as exc:  # payload fields a decoder trusted
         raise CorruptDataError(f"{source}: a KV payload does not decode ({type(exc).__name__}: {exc})") from None
+    container.complete()  # the whole file verified before the context is touched
     return blob, tokens
 
 
