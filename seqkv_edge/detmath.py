@@ -58,9 +58,11 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def matmul(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, accumulate: bool = False) -> np.ndarray:
+def matmul(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, accumulate: bool = False,
+           split: bool = True) -> np.ndarray:
     """``x @ w`` (``out += x @ w`` with ``accumulate``) for float32 ``x`` [n, k] and ``w`` [k, m], each output summed
-    over k in order. ``out`` (float32 [n, m], rows may be strided) receives the result."""
+    over k in order. ``out`` (float32 [n, m], rows may be strided) receives the result. ``split`` False keeps it in
+    the calling thread (same bits)."""
     ffi, lib = require()
     x, w = _f32(x), _f32(w)
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
@@ -79,7 +81,7 @@ def matmul(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, accumula
             lib.det_matmul(base_x + start * x.shape[1], stop - start, x.shape[1], x.shape[1], base_w, w.shape[1],
                            base_out + start * out_stride, out_stride, int(accumulate))
 
-        _in_blocks(_row_blocks(x.shape[0], x.size * w.shape[1]), rows)
+        _in_blocks(_row_blocks(x.shape[0], x.size * w.shape[1]) if split else [(0, x.shape[0])], rows)
     return out
 
 

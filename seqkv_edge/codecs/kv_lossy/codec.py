@@ -88,6 +88,9 @@ _SEARCH_TOLERANCE = 0.05  # ... to within 5%, and within 0.1 bit per value (codi
 _SEARCH_TOLERANCE_BITS = 0.1  # which moves scales by at most _FEEDBACK_RANGE: ~0.2 bit per value)
 _DEFAULT_SLOPE = -1 / math.log(2)  # bits per value per unit of ln(scale): 1 bit per doubling of the step
 _FEEDBACK_RANGE = 0.15  # how far (in ln(scale)) the feedback may move a tensor's scale from the search's
+# a decode splits its prediction chain's products over the cores from this many cores on: with fewer, entropy
+# decoding and synthesis in the pool keep every core busy and the splits only add waits (benchmarks/RESULTS.md)
+_SPLIT_CHAIN_CORES = 4
 
 __all__ = ["KVLossyCodec", "KVProfile", "rope_params", "tensor_values", "store_values"]
 
@@ -362,7 +365,8 @@ class KVLossyCodec(StateCodec):
                     raise ModelMismatchError(f"decoding {tensor.name}: {len(pos)} cell positions for "
                                              f"{tensor.n_cells} cells")
                 coded = ahead.pop(i).result()
-                found, body = _predicted(coded, tensor, profile, decoded[stream])
+                found, body = _predicted(coded, tensor, profile, decoded[stream],
+                                         split=n_threads >= _SPLIT_CHAIN_CORES)
                 finishing.append(pool.submit(_synthesize, coded, body, found, tensor, pos, rope, split=False))
                 profile = found or profile
                 forget_unused(decoded[stream], tensor.depth)

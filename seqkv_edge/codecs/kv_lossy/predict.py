@@ -80,17 +80,18 @@ def forget_unused(bodies: dict, layer: int) -> None:
         del bodies[key]
 
 
-def predict(bodies: dict, kind: str, layer: int, w: np.ndarray, w_out: np.ndarray | None = None) -> np.ndarray:
+def predict(bodies: dict, kind: str, layer: int, w: np.ndarray, w_out: np.ndarray | None = None,
+            split: bool = True) -> np.ndarray:
     """``features(bodies, kind, layer) @ w`` (``@ w_out`` for a reduced-rank predictor) without assembling the
     features: each output summed over the feature tensors' channels in feature order (``detmath.matmul``: the
-    encoder and every decoder compute the same bits)."""
+    encoder and every decoder compute the same bits). ``split`` False: the products in the calling thread."""
     out, start = None, 0
     for key in feature_keys(kind, layer):
         x = bodies[key]
         part = w[start:start + x.shape[1]]
-        out = matmul(x, part) if out is None else matmul(x, part, out=out, accumulate=True)
+        out = matmul(x, part, split=split) if out is None else matmul(x, part, out=out, accumulate=True, split=split)
         start += x.shape[1]
-    return out if w_out is None else matmul(out, w_out)
+    return out if w_out is None else matmul(out, w_out, split=split)
 
 
 def fit_predictors(samples: list[dict], ridge: float = RIDGE, ranks: dict | None = None) -> dict[str, np.ndarray]:

@@ -376,10 +376,10 @@ def _finish_tensor(coded: _Body, tensor, positions: np.ndarray, rope: dict | Non
     return found
 
 
-def _predicted(coded: _Body, tensor, profile=None, decoded: dict | None = None):
+def _predicted(coded: _Body, tensor, profile=None, decoded: dict | None = None, split: bool = True):
     """(the profile the payload names or None, its coded-domain rows with format 4's inter-layer prediction added);
     the rows go into ``decoded`` for the tensors predicted from them. This step is the chain a state decodes along;
-    what follows (:func:`_synthesize`) the next tensors do not need."""
+    what follows (:func:`_synthesize`) the next tensors do not need. ``split`` False: its products in this thread."""
     body, found = coded.body, None
     if coded.digest:
         head_dim = tensor.n_channels // coded.n_heads
@@ -388,7 +388,7 @@ def _predicted(coded: _Body, tensor, profile=None, decoded: dict | None = None):
             raise ModelMismatchError(f"decoding {tensor.name}: KV profile {found.digest.hex()} has no "
                                      f"{coded.n_heads} x {head_dim} basis for this tensor")
         if coded.flags & _FLAG_PREDICTED:
-            _add_prediction(body, tensor, found, decoded or {})
+            _add_prediction(body, tensor, found, decoded or {}, split)
         if decoded is not None:
             decoded[tensor.kind, tensor.depth] = body
     return found, body
@@ -421,7 +421,7 @@ def _synthesize(coded: _Body, body: np.ndarray, profile, tensor, positions: np.n
     store_values(tensor, x, rope)
 
 
-def _add_prediction(body: np.ndarray, tensor, profile: KVProfile, decoded: dict) -> None:
+def _add_prediction(body: np.ndarray, tensor, profile: KVProfile, decoded: dict, split: bool = True) -> None:
     """Format 4: add the inter-layer prediction (``predict``) from the tensors decoded before."""
     keys = feature_keys(tensor.kind, tensor.depth)
     if not keys or any(key not in decoded or len(decoded[key]) != len(body) for key in keys):
@@ -431,4 +431,4 @@ def _add_prediction(body: np.ndarray, tensor, profile: KVProfile, decoded: dict)
     if w is None:
         raise ModelMismatchError(f"decoding {tensor.name}: KV profile {profile.digest.hex()} has no predictor of "
                                  f"this shape")
-    body += predict(decoded, tensor.kind, tensor.depth, *w)
+    body += predict(decoded, tensor.kind, tensor.depth, *w, split=split)
