@@ -106,3 +106,12 @@ def test_a_file_that_is_not_a_session_is_refused_with_the_reader_gone(tmp_path):
         with open_streamed(damaged(tmp_path, b"not a session file at all"), fresh_buffer):
             pass
     assert not readers()
+
+
+def test_the_first_section_is_the_head_not_a_payload(tmp_path):
+    path = FIXTURES / "session_v2_snapshot_f16.seqkv"
+    with open_streamed(path, fresh_buffer) as container:
+        with pytest.raises(CorruptDataError, match="expected one META section, found 0"):
+            container.payload(Kind.META)
+    with open_streamed(path, fresh_buffer) as container:
+        assert container.payloads(Kind.META) == [] and container.sections[0][0] != Kind.META

@@ -100,7 +100,7 @@ class StreamedContainer:
             return None
 
     def _of_kind(self, kind: int) -> Iterator[memoryview]:
-        i = 0
+        i = 1  # after the META or HEADER section, as Container.sections
         while (section := self._at(i)) is not None:
             if section[0] == kind:
                 yield section[1]
@@ -125,7 +125,7 @@ class StreamedContainer:
         """Wait for the whole file; CorruptDataError if it is damaged or holds other counts than were expected."""
         self._at(1 << 62)
         for kind, count in self._counts.items():
-            found = sum(k == kind for k, _ in self._got)
+            found = sum(k == kind for k, _ in self._got[1:])
             if found != count:
                 raise CorruptDataError(f"{self._source}: expected {count} {Kind(kind).name} sections, found {found}")
 
