@@ -6,6 +6,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from ..state import llama_api
 from ..state.blob import read_seq_state
 from ..state.swa import write_state
@@ -87,7 +89,8 @@ def reused_buffer(llm, name: str, size: int) -> memoryview:
 def rollback_on_failure(llm):
     """Put the context (cells, tokens) back as it was if the block fails or is cancelled."""
     n_tokens = llm.n_tokens
-    previous = read_seq_state(llm.ctx) if n_tokens else None  # a bytearray of its own: one copy of the state
+    # one copy of the state, in memory of its own (not zeroed first: llama.cpp writes all of it)
+    previous = read_seq_state(llm.ctx, out=lambda size: np.empty(size, np.uint8)) if n_tokens else None
     input_ids = llm.input_ids[:n_tokens].copy()
     try:
         yield
