@@ -13,18 +13,27 @@ from pathlib import Path
 from typing import Union
 
 from ..container.streamed import open_streamed
-from . import named, snapshot, tokens
+from . import snapshot, tokens
 from .base import SessionInfo, reused_buffer, rollback_on_failure
 from .prefill import Progress
 
 __all__ = ["load", "save", "session_store"]
 
+
+def _named():
+    """``sessions.named``, imported on first use: the store and its compiled kernels load only for a Llama that
+    keeps sessions in one (a process that restores one file does not wait for them)."""
+    from . import named
+
+    return named
+
+
 def session_store(llm, config):
     """The store a Llama's sessions go to (``config.store``), opened once per Llama; None without one."""
     store = getattr(llm, "session_store", None)
     if store is None and config.store is not None:
-        store = named.open_session_store(config.store, budget_bytes=config.store_budget_bytes,
-                                         n_threads=config.n_threads)
+        store = _named().open_session_store(config.store, budget_bytes=config.store_budget_bytes,
+                                            n_threads=config.n_threads)
         llm.session_store = store
     return store
 
@@ -37,8 +46,8 @@ def _chunk_codec(llm, store):
 def save(llm, target: Union[str, Path], config, progress: Progress = None) -> SessionInfo:
     """Save ``llm``'s sequence 0 to ``target`` (a file, or a name in the store) with the settings ``config``."""
     store = session_store(llm, config)
-    if store is not None and named.is_session_name(target):
-        return named.save_named(llm, store, target, codec=_chunk_codec(llm, store))
+    if store is not None and _named().is_session_name(target):
+        return _named().save_named(llm, store, target, codec=_chunk_codec(llm, store))
     if config.kv == "none":
         return tokens.save(llm, target, config, progress)
     return snapshot.save(llm, target, config)
@@ -48,8 +57,8 @@ def load(llm, target: Union[str, Path], config, progress: Progress = None) -> Se
     """Restore ``target`` (a file, or a name in the store) into ``llm``; on any error or cancellation the context
     is left exactly as it was."""
     store = session_store(llm, config)
-    if store is not None and named.is_session_name(target):
-        return named.load_named(llm, store, target, codec=_chunk_codec(llm, store), progress=progress)
+    if store is not None and _named().is_session_name(target):
+        return _named().load_named(llm, store, target, codec=_chunk_codec(llm, store), progress=progress)
     # read by a thread of its own while the KV sections decode, each as soon as it is in
     with open_streamed(target, buffer=lambda size: reused_buffer(llm, "file", size)) as container:
         with rollback_on_failure(llm):
