@@ -7,6 +7,7 @@ architecture without reading a multi-GB file.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import struct
 from functools import lru_cache
@@ -17,59 +18,23 @@ GGUF_MAGIC = b"GGUF"
 SAMPLED_BLOCKS = 16
 SAMPLED_BLOCK_BYTES = 4096
 
-# GGUF value types -> fixed byte sizes (strings and arrays are handled separately)
-_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY = 8, 9
-
-
-class _Reader:
-    def __init__(self, f):
-        self.f = f
-
-    def read(self, n: int) -> bytes:
-        data = self.f.read(n)
-        if len(data) != n:
-            raise CorruptDataError("GGUF header is truncated")
-        return data
-
-    def u32(self) -> int:
-        return struct.unpack("<I", self.read(4))[0]
-
-    def u64(self) -> int:
-        return struct.unpack("<Q", self.read(8))[0]
-
-    def skip_value(self, value_type: int) -> None:
-        if value_type in _SCALAR_SIZES:
-            self.f.seek(_SCALAR_SIZES[value_type], os.SEEK_CUR)
-        elif value_type == _STRING:
-            self.f.seek(self.u64(), os.SEEK_CUR)
-        elif value_type == _ARRAY:
-            item_type, count = self.u32(), self.u64()
-            if item_type in _SCALAR_SIZES:
-                self.f.seek(_SCALAR_SIZES[item_type] * count, os.SEEK_CUR)
-            else:
-                for _ in range(count):
-                    self.skip_value(item_type)
-        else:
-            raise CorruptDataError(f"GGUF header holds unknown value type {value_type}")
-
 
 def gguf_header_length(path: str) -> int:
-    """Byte length of a GGUF file's header: magic, metadata and tensor infos."""
+    """Byte length of a GGUF file's header: magic, metadata and tensor infos (walked by the native core in a
+    read-only mapping of the file, which touches only the header's pages, as llama.cpp maps the model itself)."""
+    from .native import require
+
+    ffi, lib = require()
     with open(path, "rb") as f:
-        r = _Reader(f)
-        if r.read(4) != GGUF_MAGIC:
+        if os.fstat(f.fileno()).st_size < 4:
             raise CorruptDataError(f"{path} is not a GGUF file")
-        r.u32()  # version
-        n_tensors, n_kv = r.u64(), r.u64()
-        for _ in range(n_kv):
-            r.read(r.u64())  # key
-            r.skip_value(r.u32())
-        for _ in range(n_tensors):
-            r.read(r.u64())  # name
-            n_dims = r.u32()
-            f.seek(8 * n_dims + 4 + 8, os.SEEK_CUR)  # dims, type, offset
-        return f.tell()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            length = lib.gguf_header_length(ffi.from_buffer("uint8_t[]", data), len(data))
+            magic = data[:4]
+    if length > 0:
+        return int(length)
+    raise CorruptDataError(f"{path} is not a GGUF file" if length < 0 or magic != GGUF_MAGIC
+                           else "GGUF header is truncated")
 
 
 @lru_cache(maxsize=8)
