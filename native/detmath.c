@@ -6,9 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* det_matmul runs register tiles of ROWS x WIDTH outputs, shaped per instruction set so the accumulators fill
- * the vector registers without spilling (AVX-512: 16 of its 32, two tiles' worth of the adder's latency). The
- * shape changes no bit: each output is its own sum in k order, whatever tile or vector lane computes it. */
+/* det_matmul runs register tiles of ROWS x WIDTH outputs, shaped per instruction set so the accumulators use the
+ * vector registers without spilling (AVX-512: 8 x 32 floats in 16 of its 32 registers, enough independent sums to
+ * keep both adders busy; AVX2 and portable C: 4 x 32). The shape changes no bit: each output is its own sum in k
+ * order, whatever tile or vector lane computes it. */
 
 /* One ROWS x WIDTH block of out, sums in k order (constants: the accumulators stay in registers). */
 #define DEFINE_TILE(NAME, ROWS, WIDTH)                                                                            \
