@@ -30,6 +30,16 @@ _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    """In a forked child: the pool's threads stayed in the parent, so the child starts its own."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _row_blocks(n_rows: int, macs: int) -> list[tuple[int, int]]:
     """(start, stop) row blocks for a product of ``macs`` multiply-adds: one per core when it pays."""
     n_blocks = min(os.cpu_count() or 1, n_rows // (8 * _TILE_ROWS), max(macs // _PARALLEL_MACS, 1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -281,3 +282,21 @@ def write_fixtures():  # pragma: no cover - maintenance helper
 if __name__ == "__main__":  # pragma: no cover
     if "--write-fixtures" in sys.argv:
         write_fixtures()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_codes_with_pools_of_its_own():
+    """The kept coding pools' threads stay in the parent on fork: a child (multiprocessing's fork start, prefork
+    servers) must start its own instead of waiting on the parent's forever."""
+    import signal
+
+    codec = KVLosslessCodec(n_threads=2)
+    data = np.random.default_rng(0).integers(0, 1 << 16, (64, 64)).astype(np.uint16).view(np.uint8)
+    items = [(data, GGML_F16, True, 64)] * 4
+    want = codec.encode_many(items)
+    pid = os.fork()
+    if pid == 0:  # the child: a hang ends by the alarm, a wrong answer by the exit code
+        signal.alarm(20)
+        os._exit(0 if codec.encode_many(items) == want else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

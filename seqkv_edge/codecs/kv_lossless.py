@@ -113,13 +113,16 @@ class KVLosslessCodec(StateCodec):
         return native.kv_decode(buf, ggml_type, token_major, n_channels, out)
 
     # ---- many tensors, in parallel ----
+    def _max_threads(self) -> int:
+        return self.n_threads or os.cpu_count() or 1
+
     def _threads(self, n_items: int) -> int:
-        return min(self.n_threads or os.cpu_count() or 1, max(n_items, 1))
+        return min(self._max_threads(), max(n_items, 1))
 
     def _pool_map(self, fn, items: Sequence) -> Iterator:
-        """``fn`` of each item, in the kept pool; the results in order, each as soon as it and those before are in."""
-        n_threads = self._threads(len(items))
-        return map(fn, items) if n_threads == 1 else _pool(n_threads).map(fn, items)
+        """``fn`` of each item, in the kept pool; the results in order, each as soon as it and those before are in
+        (``close()`` the iterator to cancel the calls not started)."""
+        return map(fn, items) if self._threads(len(items)) == 1 else _pool(self._max_threads()).map(fn, items)
 
     def _map_all(self, fn, items: Iterable, n_items: int) -> list:
         """``fn`` of each of the ``n_items`` items, in the kept pool, taking each item as it comes (a payload of a file
@@ -127,7 +130,7 @@ class KVLosslessCodec(StateCodec):
         the running ones waited for, then it is raised: nothing writes into the caller's buffers afterwards."""
         if self._threads(n_items) == 1:
             return [fn(item) for item in items]
-        pool, futures = _pool(self._threads(n_items)), []
+        pool, futures = _pool(self._max_threads()), []  # one pool per setting; it starts at most n_items threads
         try:
             for item in items:
                 futures.append(pool.submit(fn, item))
@@ -179,13 +182,24 @@ _POOLS_LOCK = threading.Lock()
 
 
 def _pool(n_threads: int) -> ThreadPoolExecutor:
-    """The process's pool of ``n_threads`` coding threads: kept, so each thread keeps its workspace (context tables
-    built once per process, not once per save or restore) and no restore waits for threads to start."""
+    """The process's pool of up to ``n_threads`` coding threads: kept, so each thread keeps its workspace (context
+    tables built once per process, not once per save or restore) and no restore waits for threads to start."""
     with _POOLS_LOCK:
         pool = _POOLS.get(n_threads)
         if pool is None:
             pool = _POOLS[n_threads] = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="kv_lossless")
         return pool
+
+
+def _forget_pools() -> None:
+    """In a forked child: the pools' threads stayed in the parent, so the child starts its own."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
 
 
 def stream_size(buf) -> int:
