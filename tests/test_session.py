@@ -201,3 +201,49 @@ def test_a_save_failing_while_its_kv_streams_are_written_keeps_the_old_file(tiny
     monkeypatch.undo()
     fresh = make_llama(tiny_model_path)
     assert fresh.load_session(target).n_tokens == len(llm.tokenize(PROMPT))
+
+
+def test_token_ids_beyond_the_models_vocabulary_are_refused(tiny_model_path, tmp_path):
+    """A file whose checksums hold but whose tokens (and their codec's vocabulary) were forged past the model's
+    vocabulary is refused before the context takes them; the context stays as it was."""
+    from seqkv_edge.codecs.tokens_zstd import TokensZstdCodec
+    from seqkv_edge.container.session_file import Kind, write_container
+
+    llm = make_llama(tiny_model_path)
+    llm.eval(llm.tokenize(PROMPT))
+    llm.save_session(tmp_path / "s.seqkv")
+    container = read_container(tmp_path / "s.seqkv")
+    tokens = TokensZstdCodec(n_vocab=llm.n_vocab()).decode(container.payload(Kind.TOKENS))
+    forged = TokensZstdCodec(n_vocab=llm.n_vocab() + 10)
+    tokens[3] = llm.n_vocab() + 5
+    meta = dict(container.meta, codecs=dict(container.meta["codecs"], tokens=forged.get_config()))
+    sections = [(k, forged.encode(tokens) if k == Kind.TOKENS else bytes(p)) for k, p in container.sections]
+    write_container(tmp_path / "forged.seqkv", meta, sections)
+    before = bytes(read_seq_state(llm.ctx))
+    with pytest.raises(CorruptDataError, match="vocabulary"):
+        llm.load_session(tmp_path / "forged.seqkv")
+    assert bytes(read_seq_state(llm.ctx)) == before
+
+
+def test_a_restore_failing_while_it_writes_the_state_in_puts_the_context_back(tiny_model_path, tmp_path, monkeypatch):
+    """The file decodes whole before the context is touched; if writing it in fails half way (llama.cpp refusing
+    it, an interrupt), the live session's cells and tokens come back exactly."""
+    import seqkv_edge.sessions.snapshot as snapshot
+
+    other = make_llama(tiny_model_path)
+    other.eval(other.tokenize(b"Another session entirely, shorter."))
+    other.save_session(tmp_path / "other.seqkv")
+    llm = make_llama(tiny_model_path)
+    llm.eval(llm.tokenize(PROMPT))
+    before, tokens = bytes(read_seq_state(llm.ctx)), list(llm.input_ids[:llm.n_tokens])
+    real = snapshot.write_state
+
+    def half_written(target, blob):
+        real(target, blob)  # the new state is in the context ...
+        raise KeyboardInterrupt  # ... when the restore is cancelled
+
+    monkeypatch.setattr(snapshot, "write_state", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        llm.load_session(tmp_path / "other.seqkv")
+    monkeypatch.undo()
+    assert bytes(read_seq_state(llm.ctx)) == before and list(llm.input_ids[:llm.n_tokens]) == tokens

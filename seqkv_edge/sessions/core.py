@@ -61,8 +61,8 @@ def load(llm, target: Union[str, Path], config, progress: Progress = None) -> Se
         return _named().load_named(llm, store, target, codec=_chunk_codec(llm, store), progress=progress)
     # read by a thread of its own while the KV sections decode, each as soon as it is in
     with open_streamed(target, buffer=lambda size: reused_buffer(llm, "file", size)) as container:
-        with rollback_on_failure(llm):
-            if container.header is not None:
-                container.complete()
+        if container.header is not None:
+            container.complete()
+            with rollback_on_failure(llm):
                 return tokens.load_file(llm, target, container, progress)
-            return snapshot.load(llm, target, container, device=config.device)
+        return snapshot.load(llm, target, container, device=config.device)  # rolls back around its writing in

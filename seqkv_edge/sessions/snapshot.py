@@ -28,7 +28,7 @@ from ..state.blob import (
 )
 from ..state.llama_api import state_size
 from ..state.swa import write_state
-from .base import SessionInfo, reused_buffer, set_tokens
+from .base import SessionInfo, reused_buffer, rollback_on_failure, set_tokens
 from .timing import Clock
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,10 @@ def save(llm, path: Union[str, Path], config) -> SessionInfo:
             yield Kind.KV, payload
         clock.lap("encode")
 
-    file_bytes = write_container(path, meta, sections())
+    try:
+        file_bytes = write_container(path, meta, sections())
+    finally:
+        getattr(coded, "close", lambda: None)()  # after a failure: the codings not started are cancelled
     clock.lap("write")
     return SessionInfo(str(path), n_tokens, len(blob), file_bytes, clock.seconds)
 
@@ -291,16 +294,20 @@ def _decode_bounded(config: dict, payload, limit: int, source: str):
 
 
 def load(llm, path: Union[str, Path], container: Container, device: str = "auto") -> SessionInfo:
-    """Restore the snapshot file ``path`` (its ``container`` read) into ``llm``'s sequence 0; the caller rolls the
-    context back on failure (``base.rollback_on_failure``)."""
+    """Restore the snapshot file ``path`` (its ``container``, read or arriving) into ``llm``'s sequence 0. The file
+    is checked and decoded whole before the context is touched; writing it in runs under ``base.rollback_on_failure``
+    (so a damaged or foreign file costs no copy of the live state)."""
     clock = Clock()
     source = str(path)
     check_model(container, llm, source)
     clock.lap("check")
     blob, tokens = decode_state(container, source, out=lambda size: reused_buffer(llm, "state", size), device=device)
+    if len(tokens) and not 0 <= int(tokens.min()) <= int(tokens.max()) < llm.n_vocab():
+        raise CorruptDataError(f"{source}: a token id lies outside this model's vocabulary of {llm.n_vocab()}")
     clock.lap("decode")
-    write_state(llm, blob)
-    set_tokens(llm, tokens)
+    with rollback_on_failure(llm):
+        write_state(llm, blob)
+        set_tokens(llm, tokens)
     clock.lap("set_state")
     return SessionInfo(source, len(tokens), len(blob), Path(path).stat().st_size, clock.seconds,
                        restored_by="snapshot")
