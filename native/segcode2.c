@@ -236,16 +236,12 @@ static int64_t segc2_encode_job(segc_job *job, int n_threads, int64_t dst_cap)
 int64_t segc2_fit_models(const int32_t *q, uint32_t n_cells, uint32_t n_channels, uint32_t *params, uint8_t *head,
                          int64_t head_cap, int n_threads)
 {
-    segc_job job;
+    segc_job job = {.n_cells = n_cells, .n_channels = n_channels, .q = q};
     int64_t n_seg = segc2_segment_count(n_cells, n_channels), rc;
-    memset(&job, 0, sizeof(job));
     if (n_seg < 0 || !q || !params || !head)
         return n_seg < 0 ? n_seg : SKV_ERR_ARGUMENT;
     if (head_cap < segc2_head_bound(n_channels))
         return SKV_ERR_CAPACITY;
-    job.n_cells = n_cells;
-    job.n_channels = n_channels;
-    job.q = q;
     rc = segc2_fit_job(&job, n_seg, segc2_threads(&job, n_threads), 0);
     if (rc == SKV_OK) {
         for (uint32_t c = 0; c < n_channels; c++) {
@@ -262,31 +258,19 @@ int64_t segc2_fit_models(const int32_t *q, uint32_t n_cells, uint32_t n_channels
 int64_t segc2_encode(const int32_t *q, uint32_t n_cells, uint32_t n_channels, uint8_t *dst, int64_t dst_cap,
                      int n_threads)
 {
-    segc_job job;
-    memset(&job, 0, sizeof(job));
     if (!q || !dst)
         return SKV_ERR_ARGUMENT;
-    job.n_cells = n_cells;
-    job.n_channels = n_channels;
-    job.q = q;
-    job.dst = dst;
+    segc_job job = {.n_cells = n_cells, .n_channels = n_channels, .q = q, .dst = dst};
     return segc2_encode_job(&job, n_threads, dst_cap);
 }
 
 int64_t segc2_encode_f32(const float *x, const float *inv_step, uint32_t n_cells, uint32_t n_channels,
                          uint8_t *dst, int64_t dst_cap, int n_threads, const float *step, float *rec)
 {
-    segc_job job;
-    memset(&job, 0, sizeof(job));
     if (!x || !inv_step || !dst || (rec && !step))
         return SKV_ERR_ARGUMENT;
-    job.rec_step = step;
-    job.rec = rec;
-    job.n_cells = n_cells;
-    job.n_channels = n_channels;
-    job.fx = x;
-    job.fscale = inv_step;
-    job.dst = dst;
+    segc_job job = {.n_cells = n_cells, .n_channels = n_channels, .fx = x, .fscale = inv_step, .dst = dst,
+                    .rec_step = step, .rec = rec};
     return segc2_encode_job(&job, n_threads, dst_cap);
 }
 
@@ -368,29 +352,18 @@ static int64_t segc2_decode_job(segc_job *job, int64_t src_len, int n_threads)
 int64_t segc2_decode(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels, int32_t *q,
                      int n_threads)
 {
-    segc_job job;
-    memset(&job, 0, sizeof(job));
     if (!src || !q)
         return SKV_ERR_ARGUMENT;
-    job.n_cells = n_cells;
-    job.n_channels = n_channels;
-    job.src = src;
-    job.q_out = q;
+    segc_job job = {.n_cells = n_cells, .n_channels = n_channels, .src = src, .q_out = q};
     return segc2_decode_job(&job, src_len, n_threads);
 }
 
 int64_t segc2_decode_f32(const uint8_t *src, int64_t src_len, uint32_t n_cells, uint32_t n_channels,
                          const float *step, float *x, int n_threads)
 {
-    segc_job job;
-    memset(&job, 0, sizeof(job));
     if (!src || !step || !x)
         return SKV_ERR_ARGUMENT;
-    job.n_cells = n_cells;
-    job.n_channels = n_channels;
-    job.src = src;
-    job.fscale = step;
-    job.x_out = x;
+    segc_job job = {.n_cells = n_cells, .n_channels = n_channels, .src = src, .fscale = step, .x_out = x};
     return segc2_decode_job(&job, src_len, n_threads);
 }
 
