@@ -198,7 +198,12 @@ def _check_crcs(sections: list[tuple], source: str) -> None:
         bad = [damaged(section) for section in sections]
     for (kind, _, _, offset), is_bad in zip(sections, bad):
         if is_bad:
-            raise CorruptDataError(f"{source}: checksum mismatch in a {kind_name(kind)} section at byte {offset}")
+            raise damaged_section(kind, offset, source)
+
+
+def damaged_section(kind: int, offset: int, source: str) -> CorruptDataError:
+    """The error for a section whose payload fails its CRC."""
+    return CorruptDataError(f"{source}: checksum mismatch in a {kind_name(kind)} section at byte {offset}")
 
 
 def kind_name(kind: int) -> str:

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from ..checksum import crc32
 from ..errors import CorruptDataError
-from .session_file import Kind, file_version, head_of, kind_name, walk_sections
+from .session_file import Kind, damaged_section, file_version, head_of, walk_sections
 
 CHUNK_BYTES = 1 << 20  # one read: small enough that decoding starts early, large enough to cost no time
 
@@ -67,8 +67,7 @@ class StreamedContainer:
             file_version(self._data, self._source)
             for kind, payload, crc, offset in walk_sections(self._data, self._source, wait=self._fill_to):
                 if crc32(payload) != crc:
-                    raise CorruptDataError(f"{self._source}: checksum mismatch in a {kind_name(kind)} section at "
-                                           f"byte {offset}")
+                    raise damaged_section(kind, offset, self._source)
                 with self._cond:
                     self._got.append((kind, payload))
                     self._cond.notify_all()
