@@ -10,7 +10,9 @@ import hashlib
 import mmap
 import os
 import struct
+from contextlib import contextmanager
 from functools import lru_cache
+from typing import Iterator
 
 from .errors import CorruptDataError
 
@@ -19,35 +21,44 @@ SAMPLED_BLOCKS = 16
 SAMPLED_BLOCK_BYTES = 4096
 
 
-def gguf_header_length(path: str) -> int:
-    """Byte length of a GGUF file's header: magic, metadata and tensor infos (walked by the native core in a
-    read-only mapping of the file, which touches only the header's pages, as llama.cpp maps the model itself)."""
-    from .native import require
-
-    ffi, lib = require()
+@contextmanager
+def _mapped(path: str) -> Iterator[mmap.mmap]:
+    """A read-only mapping of the model file (as llama.cpp maps it): only the pages read are read from disk."""
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size < 4:
             raise CorruptDataError(f"{path} is not a GGUF file")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            length = lib.gguf_header_length(ffi.from_buffer("uint8_t[]", data), len(data))
-            magic = data[:4]
+            yield data
+
+
+def _header_length(data: mmap.mmap, path: str) -> int:
+    from .native import require
+
+    ffi, lib = require()
+    length = lib.gguf_header_length(ffi.from_buffer("uint8_t[]", data), len(data))
     if length > 0:
         return int(length)
-    raise CorruptDataError(f"{path} is not a GGUF file" if length < 0 or magic != GGUF_MAGIC
+    raise CorruptDataError(f"{path} is not a GGUF file" if length < 0 or data[:4] != GGUF_MAGIC
                            else "GGUF header is truncated")
+
+
+def gguf_header_length(path: str) -> int:
+    """Byte length of a GGUF file's header: magic, metadata and tensor infos (walked by the native core)."""
+    with _mapped(path) as data:
+        return _header_length(data, path)
 
 
 @lru_cache(maxsize=8)
 def _model_fingerprint(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    header = gguf_header_length(path)
-    with open(path, "rb") as f:
-        digest.update(f.read(header))
+    with _mapped(path) as data, memoryview(data) as view:  # the header walked and hashed in one mapping
+        header = _header_length(data, path)
+        digest.update(view[:header])
         digest.update(struct.pack("<Q", size))
         span = max(size - header - SAMPLED_BLOCK_BYTES, 0)
         for i in range(SAMPLED_BLOCKS):
-            f.seek(header + span * i // max(SAMPLED_BLOCKS - 1, 1))
-            digest.update(f.read(SAMPLED_BLOCK_BYTES))
+            start = header + span * i // max(SAMPLED_BLOCKS - 1, 1)
+            digest.update(view[start:start + SAMPLED_BLOCK_BYTES])
     return digest.hexdigest()[:32]
 
 
